@@ -1,0 +1,479 @@
+"""Configuration: TOML parsed once into frozen, validated models; every key has a default."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from soakd.errors import ConfigError
+from soakd.units import parse_duration, parse_size
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+JSONScalar = str | int | float | bool
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class HttpTarget(_Model):
+    """An HTTP workload against a URL (external process mode)."""
+
+    url: str
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"] = "GET"
+    body: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    query_param: str | None = None  # when set, each query is sent as ?<query_param>=<query>
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got {value!r}")
+        return value
+
+
+class TargetConfig(_Model):
+    factory: str | None = "soakd.reference:ReferenceAggregator"
+    method: str = "process_query"
+    scenario: str | None = None
+    python_path: tuple[str, ...] = ()
+    options: dict[str, Any] = Field(default_factory=dict)
+    http: HttpTarget | None = None
+
+    @field_validator("factory", "scenario")
+    @classmethod
+    def _module_attr(cls, value: str | None) -> str | None:
+        if value is not None:
+            module, sep, attr = value.partition(":")
+            if not sep or not module or not attr:
+                raise ValueError(f"expected 'module:attr' such as 'pkg.mod:Factory', got {value!r}")
+        return value
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, value: str) -> str:
+        if not value.isidentifier():
+            raise ValueError(f"expected a method name such as 'process_query', got {value!r}")
+        return value
+
+    @property
+    def name(self) -> str:
+        """The target as the summary names it."""
+        if self.http is not None:
+            return self.http.url
+        return self.scenario or self.factory or "?"
+
+
+class RunConfig(_Model):
+    duration: Duration = 600.0
+    stop_timeout: Duration = 30.0  # in-flight iterations get this long to finish at stop
+    start_timeout: Duration = 60.0  # worker import + factory must be ready within this
+    worker_log_limit: Size = 1024 * 1024  # bytes of target stdout/stderr kept in worker.log
+    worker_memory_limit: Size | None = None  # RLIMIT_AS on the worker (tests, hard caps)
+
+    @field_validator("duration", "start_timeout")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError(f"must be > 0, got {value}")
+        return value
+
+
+class ThinkTime(_Model):
+    distribution: Literal["none", "constant", "uniform", "exponential"] = "exponential"
+    mean: Duration = 0.05
+    min: Duration = 0.0
+    max: Duration = 1.0
+
+
+class Stage(_Model):
+    duration: Duration
+    users: int | None = Field(default=None, ge=0, le=10_000)
+    rate: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Stage:
+        if (self.users is None) == (self.rate is None):
+            raise ValueError("a stage sets exactly one of 'users' or 'rate'")
+        return self
+
+
+class Query(_Model):
+    text: str = Field(min_length=1)
+    kind: str = "default"
+    weight: float = Field(default=1.0, gt=0)
+
+
+Matcher = dict[str, JSONScalar]
+
+
+class WorkloadConfig(_Model):
+    users: int = Field(default=4, ge=1, le=10_000)
+    rate: float | None = Field(default=None, gt=0)  # set → open model at this arrival rate (per s)
+    max_concurrency: int = Field(default=256, ge=1, le=100_000)
+    think_time: ThinkTime = ThinkTime()
+    stages: tuple[Stage, ...] = ()
+    timeout: Duration = 30.0
+    queries: tuple[Query, ...] = ()
+    queries_file: str | None = None
+    error_events: tuple[Matcher, ...] = ({"type": "error"},)
+    milestones: dict[str, Matcher] = Field(
+        default_factory=lambda: {
+            "first_status": {"type": "status"},
+            "analysis_complete": {"type": "status", "stage": "analysis_complete"},
+        }
+    )
+    interval: Duration = 10.0  # workload stats are reported per interval
+    seed: int | None = None
+
+    @field_validator("queries", mode="before")
+    @classmethod
+    def _queries(cls, value: object) -> object:
+        if isinstance(value, list | tuple):
+            return [{"text": q} if isinstance(q, str) else q for q in value]
+        return value
+
+    @field_validator("timeout", "interval")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError(f"must be > 0, got {value}")
+        return value
+
+
+TracingMode = Literal["always", "on-suspicion", "off"]
+
+
+class SamplingConfig(_Model):
+    enabled: bool = True  # false: process samples only (the overhead baseline)
+    process_interval: Duration = 1.0
+    system_interval: Duration = 5.0
+    heap_interval: Duration = 2.0
+    types_interval: Duration = 30.0
+    sites_interval: Duration = 10.0
+    analysis_interval: Duration = 10.0
+    checkpoint_interval: Duration = 30.0
+    job_timeout: Duration = 20.0  # a sampling job that takes longer is abandoned and recorded
+    tracemalloc: TracingMode = "on-suspicion"
+    frames: int = Field(default=8, ge=1, le=100)
+    max_sites: int = Field(default=50, ge=1, le=10_000)  # sites per heap sample sent over
+    max_types: int = Field(default=50, ge=1, le=10_000)
+
+    @field_validator(
+        "process_interval",
+        "system_interval",
+        "heap_interval",
+        "types_interval",
+        "sites_interval",
+        "analysis_interval",
+        "checkpoint_interval",
+        "job_timeout",
+    )
+    @classmethod
+    def _interval(cls, value: float) -> float:
+        if value < 0.05:
+            raise ValueError(f"must be ≥ 50ms, got {value}s")
+        return value
+
+
+class DetectionConfig(_Model):
+    warmup: Duration = 60.0  # floor: nothing is judged before this
+    warmup_max: Duration = 600.0  # automatic warm-up end is never later than this
+    window: Duration = 1800.0
+    min_heap_slope: Size = 1024 * 1024  # bytes per hour worth reporting
+    min_native_slope: Size = 64 * 1024 * 1024  # per hour: allocator creep stays below this
+    min_count_slope: float = Field(default=20.0, gt=0)  # fds/threads/tasks/objects per hour
+    confidence: float = Field(default=0.99, gt=0.5, lt=1.0)
+    confirm_after: int = Field(default=3, ge=1, le=100)
+    on_leak: Literal["fail", "alert"] = "fail"  # alert: report leaks but exit by other verdicts
+
+    @model_validator(mode="after")
+    def _order(self) -> DetectionConfig:
+        if self.warmup_max < self.warmup:
+            raise ValueError(
+                f"warmup_max ({self.warmup_max}s) must be ≥ warmup ({self.warmup}s)"
+            )
+        return self
+
+
+METRICS = (
+    "rss_bytes",
+    "heap_bytes",
+    "fds",
+    "threads",
+    "tasks",
+    "error_rate",
+    "latency_p50_ms",
+    "latency_p99_ms",
+    "first_event_p99_ms",
+    "throughput_drop",
+    "system_memory_percent",
+    "load_avg",
+    "leak",
+)
+SIZE_METRICS = {"rss_bytes", "heap_bytes"}
+DURATION_METRICS = {"latency_p50_ms", "latency_p99_ms", "first_event_p99_ms"}
+
+
+class Rule(_Model):
+    metric: str
+    above: float | None = None
+    below: float | None = None
+    window: Duration | None = None
+    for_: Duration = Field(default=0.0, alias="for")
+    grace: Duration | None = None  # default: the detection warm-up floor
+    action: Literal["alert", "abort"] = "alert"
+    kind: str | None = None  # for metric = "leak": only leaks of this kind
+    name: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _limits(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        metric = data.get("metric")
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
+        out = dict(data)
+        for key in ("above", "below"):
+            if key in out:
+                out[key] = _rule_limit(str(metric), key, out[key])
+        if metric == "leak" and "above" not in out and "below" not in out:
+            out["above"] = 0.0
+        return out
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> Rule:
+        if (self.above is None) == (self.below is None):
+            raise ValueError(f"rule for {self.metric!r} sets exactly one of 'above' or 'below'")
+        if self.kind is not None and self.kind not in LEAK_KINDS:
+            raise ValueError(f"unknown leak kind {self.kind!r}; valid: {', '.join(LEAK_KINDS)}")
+        return self
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        op, limit = ("above", self.above) if self.above is not None else ("below", self.below)
+        return f"{self.metric} {op} {limit:g}"
+
+
+LEAK_KINDS = ("heap", "native", "objects", "fds", "threads", "tasks")
+
+
+def _rule_limit(metric: str, key: str, value: object) -> float:
+    if metric in SIZE_METRICS:
+        return float(parse_size(value))
+    if metric in DURATION_METRICS and isinstance(value, str):
+        return parse_duration(value) * 1000.0
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{key} for {metric!r} must be a number, got {value!r}")
+    return float(value)
+
+
+class GuardConfig(_Model):
+    """Built-in rules that protect the staging box (abort before the OOM killer acts)."""
+
+    enabled: bool = True
+    system_memory_percent: float = Field(default=90.0, gt=0, le=100)
+    worker_rss: Size = 8 * 1024**3
+
+
+class Webhook(_Model):
+    url: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout: Duration = 5.0
+    retries: int = Field(default=2, ge=0, le=10)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    def __repr__(self) -> str:  # URLs and headers may carry secrets
+        return "Webhook(<redacted>)"
+
+
+class AlertsConfig(_Model):
+    webhooks: tuple[Webhook, ...] = ()
+    command: tuple[str, ...] | None = None  # run on each alert; the event JSON on stdin
+    command_timeout: Duration = 10.0
+
+
+class OutputConfig(_Model):
+    runs_dir: str = "runs"
+    retention: int = Field(default=50, ge=1)  # keep this many run directories
+    console: Literal["auto", "json", "pretty"] = "auto"
+
+
+class MetricsConfig(_Model):
+    enabled: bool = False
+    bind: str = "127.0.0.1:9464"
+
+    @field_validator("bind")
+    @classmethod
+    def _bind(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"expected HOST:PORT such as 127.0.0.1:9464, got {value!r}")
+        return value
+
+
+class Config(_Model):
+    target: TargetConfig = TargetConfig()
+    run: RunConfig = RunConfig()
+    workload: WorkloadConfig = WorkloadConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    detection: DetectionConfig = DetectionConfig()
+    rules: tuple[Rule, ...] = ()
+    guard: GuardConfig = GuardConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    output: OutputConfig = OutputConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    source: str | None = Field(default=None, exclude=True)  # the file it came from
+    base_dir: str = Field(default=".", exclude=True)  # relative paths resolve against this
+
+    @model_validator(mode="after")
+    def _cross(self) -> Config:
+        for i, rule in enumerate(self.rules):
+            if rule.window is not None and rule.window < self.sampling.process_interval:
+                raise ValueError(
+                    f"rules[{i}].window ({rule.window}s) is shorter than "
+                    f"sampling.process_interval ({self.sampling.process_interval}s)"
+                )
+        return self
+
+    def resolve(self, path: str) -> Path:
+        """A path from the config, relative to the config file's directory."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+
+def _format_errors(source: str, exc: ValidationError, data: dict[str, Any]) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        path = ".".join(p if not p.isdigit() else f"[{p}]" for p in loc).replace(".[", "[")
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            parent = _lookup_model(loc[:-1])
+            valid = ", ".join(sorted(parent.model_fields)) if parent else "see config/soakd.toml"
+            msg = f"unknown key; valid keys here: {valid}"
+        value = err.get("input")
+        shown = "" if err["type"] == "missing" else f" = {_short(value)}"
+        lines.append(f"{source}: {path or '(top level)'}{shown}: {msg}")
+    return "\n".join(lines)
+
+
+def _lookup_model(loc: list[str]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in loc:
+        if part.isdigit():
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            field = next((f for f in model.model_fields.values() if f.alias == part), None)
+        if field is None:
+            return None
+        ann = field.annotation
+        inner = _model_in(ann)
+        if inner is None:
+            return None
+        model = inner
+    return model
+
+
+def _model_in(ann: Any) -> type[BaseModel] | None:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in getattr(ann, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def parse_set(items: list[str]) -> list[tuple[list[str], Any]]:
+    """``KEY=VALUE`` overrides: a dotted key and a TOML value (bare words are strings)."""
+    out = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(
+                f"--set {item!r}: expected KEY=VALUE with a dotted key, "
+                "e.g. --set workload.users=16"
+            )
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            if raw.strip() and all(c not in raw for c in "[]{}\"'="):
+                value = raw.strip()  # bare word: a string, so --set target.method=run works
+            else:
+                raise ConfigError(
+                    f"--set {item!r}: {raw!r} is not a TOML value; quote strings "
+                    "(KEY='\"text\"'), tables are {a=1}, arrays [1, 2]"
+                ) from None
+        out.append((key.split("."), value))
+    return out
+
+
+def _apply(data: dict[str, Any], path: list[str], value: Any, item: str) -> None:
+    node = data
+    for part in path[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {item}: {part!r} is not a table")
+        node = nxt
+    node[path[-1]] = value
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read, merge ``--set`` overrides and validate; any mistake is a ConfigError (exit 2)."""
+    data: dict[str, Any] = {}
+    source = "<defaults>"
+    base = Path.cwd()
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"{p}: config file not found; pass an existing --config FILE") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{p}: cannot read config file: {exc}") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+        base = p.resolve().parent
+    for keys, value in parse_set(overrides or []):
+        _apply(data, keys, value, ".".join(keys))
+        source = source if path is not None else "--set"
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(source, exc, data)) from None
+    except (TypeError, ValueError) as exc:  # a validator that failed outside pydantic's wrapping
+        raise ConfigError(f"{source}: {exc}") from None
+    return config.model_copy(update={"source": source, "base_dir": str(base)})

@@ -1,0 +1,1 @@
+"""Where a run's facts go: events, the sample store, metrics, webhooks, sd_notify."""

@@ -1,0 +1,25 @@
+"""The observer interface the supervisor feeds; every sink implements what it needs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+class RunObserver:
+    """Receives a run's facts as they happen. Methods must not block (the supervisor's loop)."""
+
+    async def start(self) -> None:
+        """Open resources (servers, sessions)."""
+
+    async def stop(self) -> None:
+        """Release resources; must not raise."""
+
+    def on_samples(self, t: float, values: Mapping[str, float]) -> None:
+        """A batch of numeric samples taken at ``t`` (seconds since the run started)."""
+
+    def on_workload(self, t: float, interval: Mapping[str, Any], totals: Mapping[str, Any]) -> None:
+        """Per-interval workload stats and the run's cumulative totals."""
+
+    def on_event(self, event: str, fields: Mapping[str, Any]) -> None:
+        """A structured event (leak.suspected, leak.confirmed, threshold.breached, ...)."""
