@@ -99,7 +99,7 @@ def build_payload(query: str, count: int, seed: int) -> dict[str, Any]:
             url = f"https://{domain}/{slug}"
         title = f"{topic.title()} — {filler.title()}"
         description = (
-            f"A {filler} on <strong>{topic}</strong>: what it is, how it works and "
+            f"{filler.capitalize()} on <strong>{topic}</strong>: what it is, how it works and "
             f"what to watch for. Covers {', '.join(rng.sample(words, k=min(2, len(words))))}."
         )
         snippets = [

@@ -22,6 +22,7 @@ __all__ = [
 ]
 
 _WORD_RE = re.compile(r"[\w][\w'.-]*")
+_TAG_RE = re.compile(r"<[^>]+>")  # Brave marks matches with <strong> in descriptions
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +68,7 @@ def score_result(keywords: Sequence[str], result: SearchResult) -> float:
     if not keywords:
         return 0.0
     title = set(_WORD_RE.findall(result.title.lower()))
-    body = set(_WORD_RE.findall(result.description.lower()))
+    body = set(_WORD_RE.findall(_TAG_RE.sub(" ", result.description).lower()))
     for snippet in result.extra_snippets:
         body.update(_WORD_RE.findall(snippet.lower()))
     hits = sum(2.0 * (word in title) + 1.0 * (word in body) for word in keywords)
@@ -108,8 +109,10 @@ class KnowledgeSynthesizer:
             await anyio.lowlevel.checkpoint()
             detail = f" {result.extra_snippets[0]}" if result.extra_snippets else ""
             age = f" ({result.age})" if result.age else ""
+            description = _TAG_RE.sub("", result.description)
             yield ContentChunk(
-                f"[{index}] {result.title}{age}: {result.description}{detail}", (result.url,)
+                f"[{index}] {_TAG_RE.sub('', result.title)}{age}: {description}{detail}",
+                (result.url,),
             )
         await anyio.lowlevel.checkpoint()
         yield ContentChunk(
