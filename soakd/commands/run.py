@@ -1,0 +1,62 @@
+"""Run a soak: drive the target, sample, detect leaks, apply rules, write the run directory.
+
+Prints the run directory's path first. Exit codes: 0 pass, 1 internal error, 2 usage or
+config error, 3 leak found, 4 aborted by a threshold rule, 5 target failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import anyio
+
+from soakd.config import load_config
+from soakd.errors import CommandError
+from soakd.rundir import create_run_dir
+from soakd.units import parse_duration
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "run", help="run a soak", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    p.add_argument("--config", "-c", metavar="FILE", help="TOML config (default: built-in defaults)")
+    p.add_argument("--duration", "-d", metavar="DUR", help="how long to soak: 90s, 10m, 6h")
+    p.add_argument("--run-dir", metavar="DIR", help="write the run here (must not exist or be empty)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key with a TOML value, e.g. workload.users=16")
+    p.add_argument("--pid", type=int, metavar="PID", help="watch a running process instead")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ...",
+                   help="watch this command instead of a Python target")  # fmt: skip
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    config = load_config(args.config, overrides)
+    duration = config.run.duration
+    if args.duration is not None:
+        try:
+            duration = parse_duration(args.duration)
+        except ValueError as exc:
+            raise CommandError(f"--duration {args.duration!r}: {exc}") from None
+        if duration <= 0:
+            raise CommandError(f"--duration {args.duration!r}: must be > 0")
+    command = [c for c in (args.command or [])]
+    if command and command[0] == "--":
+        command = command[1:]
+    if command and args.pid is not None:
+        raise CommandError("give either --pid PID or -- CMD ..., not both")
+    runs_dir = Path(config.output.runs_dir).expanduser()  # relative to the working directory
+    run_dir = create_run_dir(
+        runs_dir, Path(args.run_dir) if args.run_dir else None, config.output.retention
+    )
+    print(run_dir.path, flush=True)
+    from soakd.supervisor import Supervisor
+
+    supervisor = Supervisor(config, run_dir, duration)
+    if command or args.pid is not None:
+        supervisor.set_external(command or None, args.pid)
+    return anyio.run(supervisor.run)

@@ -1,0 +1,108 @@
+"""The run directory: creation (never over an earlier run), retention, and its file names."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from soakd.errors import CommandError
+
+SUMMARY = "summary.json"
+EVENTS = "events.jsonl"
+SAMPLES = "samples.db"
+SNAPSHOTS = "snapshots"
+CONFIG = "config.json"
+WORKER_LOG = "worker.log"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+    run_id: str
+
+    @property
+    def summary(self) -> Path:
+        return self.path / SUMMARY
+
+    @property
+    def events(self) -> Path:
+        return self.path / EVENTS
+
+    @property
+    def samples(self) -> Path:
+        return self.path / SAMPLES
+
+    @property
+    def snapshots(self) -> Path:
+        return self.path / SNAPSHOTS
+
+    @property
+    def worker_log(self) -> Path:
+        return self.path / WORKER_LOG
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def create_run_dir(runs_dir: Path, explicit: Path | None, retention: int) -> RunDir:
+    """Make a fresh run directory; exit 2 naming the path when it cannot be made."""
+    run_id = new_run_id()
+    if explicit is not None:
+        path = explicit
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise CommandError(
+                f"will not overwrite an existing run directory: {path}; "
+                "pass a new --run-dir or remove it"
+            )
+    else:
+        if not runs_dir.parent.is_dir():
+            raise CommandError(
+                f"runs directory's parent does not exist: {runs_dir.parent}; create it or set "
+                "output.runs_dir"
+            )
+        path = runs_dir / run_id
+    try:
+        path.mkdir(parents=explicit is not None, exist_ok=True)
+        (path / SNAPSHOTS).mkdir(exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as exc:
+        raise CommandError(
+            f"cannot create the run directory {path}: {exc.strerror or exc}; "
+            "choose a writable --run-dir or output.runs_dir"
+        ) from None
+    if explicit is None:
+        prune_runs(runs_dir, retention, keep=path)
+    return RunDir(path, run_id)
+
+
+def prune_runs(runs_dir: Path, retention: int, keep: Path) -> list[Path]:
+    """Delete the oldest soakd run directories beyond ``retention`` (only ones soakd made)."""
+    runs = sorted(
+        (p for p in runs_dir.iterdir() if p.is_dir() and (p / EVENTS).exists() and p != keep),
+        key=lambda p: p.stat().st_mtime,
+    )
+    removed = []
+    for old in runs[: max(0, len(runs) - (retention - 1))]:
+        shutil.rmtree(old, ignore_errors=True)
+        removed.append(old)
+    return removed
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON via a temp file and rename, so readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, default=str)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

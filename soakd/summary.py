@@ -1,0 +1,317 @@
+"""summary.json (schema ``soakd.summary/1``), built from what is on disk.
+
+One code path serves the live run (checkpoints and the end) and ``soakd report`` on a run whose
+supervisor was killed: the summary is always a function of ``samples.db`` and ``events.jsonl``
+(plus the supervisor's final word when it had one), so both agree by construction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import sqlite3
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from soakd import rundir
+from soakd.errors import (
+    EXIT_ABORTED,
+    EXIT_INTERNAL,
+    EXIT_LEAK,
+    EXIT_PASS,
+    EXIT_TARGET_FAILED,
+    CommandError,
+)
+from soakd.sinks.store import StoreReader
+
+SCHEMA = "soakd.summary/1"
+VERDICT_EXIT = {
+    "pass": EXIT_PASS,
+    "leak": EXIT_LEAK,
+    "aborted": EXIT_ABORTED,
+    "target_failed": EXIT_TARGET_FAILED,
+    "error": EXIT_INTERNAL,
+}
+KIND_PRIORITY = {"heap": 0, "native": 1, "objects": 2, "tasks": 3, "threads": 4, "fds": 5}
+MAX_EVENT_LINE = 1024 * 1024
+_PCT = ("p50", "p90", "p99", "max")
+
+
+def read_events(path: Path) -> Iterator[dict[str, Any]]:
+    """Events from events.jsonl; torn, oversized or non-object lines are skipped."""
+    try:
+        fh = path.open("rb")
+    except OSError:
+        return
+    with fh:
+        while line := fh.readline(MAX_EVENT_LINE + 1):
+            if len(line) > MAX_EVENT_LINE:
+                while line and not line.endswith(b"\n"):  # skip the rest of a huge line
+                    line = fh.readline(MAX_EVENT_LINE)
+                continue
+            try:
+                event = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            if isinstance(event, dict) and isinstance(event.get("event"), str):
+                yield event
+
+
+def _num(value: Any, default: float = 0.0) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return default
+    return out if math.isfinite(out) else default
+
+
+def _pct(raw: Any) -> dict[str, float]:
+    raw = raw if isinstance(raw, Mapping) else {}
+    return {k: _num(raw.get(k)) for k in _PCT}
+
+
+def _workload(totals: Mapping[str, Any], duration_s: float) -> dict[str, Any]:
+    iterations = int(_num(totals.get("iterations")))
+    errors = int(_num(totals.get("errors")))
+    out: dict[str, Any] = dict(totals)
+    out.update(
+        iterations=iterations,
+        errors=errors,
+        error_rate=errors / iterations if iterations else 0.0,
+        throughput_per_s=_num(totals.get("throughput_per_s"))
+        or (iterations / duration_s if duration_s > 0 else 0.0),
+        latency_ms=_pct(totals.get("latency_ms")),
+        first_event_ms=_pct(totals.get("first_event_ms")),
+    )
+    return out
+
+
+def slope_per_h(points: list[tuple[float, float]], since: float = 0.0) -> float:
+    """Robust (Theil–Sen) slope per hour of the points at or after ``since``."""
+    from soakd.analysis.trend import theil_sen
+
+    pts = [p for p in points if p[0] >= since] or points
+    if len(pts) < 3:
+        return 0.0
+    step = max(1, len(pts) // 300)  # O(n²) pairs: bound the work for 24 h of 1 Hz samples
+    sample = pts[::step]
+    fit = theil_sen([t for t, _ in sample], [v for _, v in sample])
+    return float(fit.slope * 3600.0)
+
+
+def leak_sort_key(leak: Mapping[str, Any]) -> tuple[float, float, float]:
+    """Most certain first: kind priority, then p-value, then relative growth (descending)."""
+    return (
+        KIND_PRIORITY.get(str(leak.get("kind")), 9),
+        _num(leak.get("p_value"), 1.0),
+        -_num(leak.get("slope_per_h")),
+    )
+
+
+def _leak_entry(event: Mapping[str, Any]) -> dict[str, Any]:
+    tb = event.get("traceback")
+    return {
+        "kind": event.get("kind"),
+        "site": event.get("site"),
+        "traceback": [str(f) for f in tb] if isinstance(tb, list) else [],
+        "type": event.get("type"),
+        "slope_per_h": _num(event.get("slope_per_h")),
+        "unit": event.get("unit") or "bytes",
+        "growth": _num(event.get("growth")),
+        "p_value": _num(event.get("p_value"), 1.0),
+        "first_detected_s": _num(event.get("first_detected_s")),
+        # extras for triage: more fields may be added to the contract's leak entries
+        "line": event.get("line"),
+        "slope_low_per_h": _num(event.get("slope_low_per_h")),
+        "analyses": int(_num(event.get("analyses"))),
+        "signals": event.get("signals") if isinstance(event.get("signals"), list) else [],
+    }
+
+
+def _iso(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def build_summary(
+    run_dir: Path, final: Mapping[str, Any] | None = None, *, on_leak: str | None = None
+) -> dict[str, Any]:
+    """The summary of the run in ``run_dir``; ``final`` is the supervisor's last word, if any."""
+    try:
+        reader = StoreReader(run_dir / rundir.SAMPLES)
+    except FileNotFoundError:
+        raise CommandError(f"not a soakd run directory (no samples.db): {run_dir}") from None
+    try:
+        meta = reader.meta()
+        rss = reader.series("rss_bytes")
+        heap = reader.series("heap_bytes")
+        last_t = reader.last_t() or 0.0
+        latest_wl_t = max((t for t, _ in reader.workload()), default=0.0)
+    except sqlite3.DatabaseError as exc:
+        raise CommandError(f"samples.db in {run_dir} is not a readable soakd store: {exc}") from None
+    finally:
+        reader.close()
+    try:
+        config = json.loads(meta.get("config", "{}"))
+        totals = json.loads(meta.get("workload_totals", "{}"))
+        started_epoch = float(meta["started_epoch"])
+    except (KeyError, ValueError, TypeError, json.JSONDecodeError):
+        raise CommandError(f"samples.db in {run_dir} has no valid run metadata") from None
+    if not isinstance(config, dict) or not isinstance(totals, dict):
+        raise CommandError(f"samples.db in {run_dir} has malformed run metadata")
+    detection = config.get("detection") if isinstance(config.get("detection"), dict) else {}
+    on_leak = on_leak or str(detection.get("on_leak", "fail"))
+
+    leaks: dict[tuple[str, str], dict[str, Any]] = {}
+    suspects: dict[tuple[str, str], dict[str, Any]] = {}
+    breaches: list[dict[str, Any]] = []
+    failed: dict[str, Any] | None = None
+    finished: dict[str, Any] | None = None
+    warmup_end: float | None = None
+    last_event_t = 0.0
+    for ev in read_events(run_dir / rundir.EVENTS):
+        name = ev["event"]
+        last_event_t = max(last_event_t, _num(ev.get("t")))
+        key = (str(ev.get("kind")), str(ev.get("key", ev.get("site") or ev.get("type"))))
+        if name == "leak.confirmed":
+            leaks[key] = _leak_entry(ev)
+            suspects.pop(key, None)
+        elif name == "leak.suspected" and key not in leaks:
+            suspects[key] = _leak_entry(ev)
+        elif name == "leak.cleared":
+            leaks.pop(key, None)
+            suspects.pop(key, None)
+        elif name == "threshold.breached":
+            breaches.append(
+                {
+                    "rule": str(ev.get("rule")),
+                    "value": _num(ev.get("value")),
+                    "limit": _num(ev.get("limit")),
+                    "action": ev.get("action") if ev.get("action") == "abort" else "alert",
+                    "at_s": _num(ev.get("at_s")),
+                    "metric": ev.get("metric"),
+                }
+            )
+        elif name == "target.failed" and failed is None:
+            failed = {"reason": ev.get("reason"), "message": ev.get("message")}
+        elif name == "detection.warmup_end":
+            warmup_end = _num(ev.get("warmup_end_s"))
+        elif name == "run.finished":
+            finished = ev
+
+    final = dict(final or {})
+    if not final and finished is not None:
+        final = {k: finished[k] for k in ("verdict", "duration_s", "ended_at") if k in finished}
+    interrupted = not final
+    duration = _num(final.get("duration_s"), max(last_t, last_event_t, latest_wl_t))
+    leak_list = sorted(leaks.values(), key=leak_sort_key)
+    workload = _workload(totals, duration)
+    verdict = final.get("verdict") or decide_verdict(
+        failed=failed is not None,
+        aborted=any(b["action"] == "abort" for b in breaches),
+        leaks=bool(leak_list) and on_leak == "fail",
+        iterations=workload["iterations"],
+    )
+    since = warmup_end if warmup_end is not None else _num(detection.get("warmup"), 0.0)
+    summary: dict[str, Any] = {
+        "schema": SCHEMA,
+        "run_id": meta.get("run_id", run_dir.name),
+        "started_at": meta.get("started_at", _iso(started_epoch)),
+        "ended_at": final.get("ended_at") or _iso(started_epoch + duration),
+        "duration_s": round(duration, 3),
+        "verdict": verdict,
+        "exit_code": VERDICT_EXIT.get(str(verdict), EXIT_INTERNAL),
+        "target": meta.get("target", "?"),
+        "workload": workload,
+        "memory": {
+            "rss_start_bytes": int(rss[0][1]) if rss else 0,
+            "rss_end_bytes": int(rss[-1][1]) if rss else 0,
+            "rss_peak_bytes": int(max(v for _, v in rss)) if rss else 0,
+            "rss_slope_bytes_per_h": round(slope_per_h(rss, since), 1),
+            "heap_slope_bytes_per_h": round(slope_per_h(heap, since), 1),
+        },
+        "leaks": leak_list,
+        "breaches": breaches,
+        # extras (the contract allows additions): what a person triaging needs next
+        "suspects": sorted(suspects.values(), key=leak_sort_key),
+        "detection": {"warmup_end_s": warmup_end, "on_leak": on_leak},
+        "failure": failed,
+        "interrupted": interrupted,
+        "last_sample_s": round(last_t, 3),
+    }
+    if "reason" in final:
+        summary["stop_reason"] = final["reason"]
+    return summary
+
+
+def decide_verdict(*, failed: bool, aborted: bool, leaks: bool, iterations: int) -> str:
+    """The run's verdict: a failed target outranks an abort, which outranks a leak."""
+    if failed or iterations == 0:
+        return "target_failed"
+    if aborted:
+        return "aborted"
+    if leaks:
+        return "leak"
+    return "pass"
+
+
+def write_summary(run_dir: Path, summary: Mapping[str, Any]) -> Path:
+    path = run_dir / rundir.SUMMARY
+    rundir.write_json_atomic(path, summary)
+    return path
+
+
+def rebuild_summary(run_dir: Path) -> dict[str, Any]:
+    """Recompute from disk (``soakd report``); keeps the supervisor's final verdict if it wrote one."""
+    return build_summary(run_dir)
+
+
+_TOP = {
+    "schema": str,
+    "run_id": str,
+    "started_at": str,
+    "ended_at": str,
+    "duration_s": (int, float),
+    "verdict": str,
+    "exit_code": int,
+    "target": str,
+    "workload": dict,
+    "memory": dict,
+    "leaks": list,
+    "breaches": list,
+}
+_LEAK = ("kind", "site", "traceback", "type", "slope_per_h", "unit", "growth", "p_value",
+         "first_detected_s")  # fmt: skip
+_BREACH = ("rule", "value", "limit", "action", "at_s")
+
+
+def validate_summary(summary: Mapping[str, Any]) -> list[str]:
+    """Problems against the ``soakd.summary/1`` contract (empty when it conforms)."""
+    problems = []
+    for key, typ in _TOP.items():
+        if not isinstance(summary.get(key), typ):
+            problems.append(f"{key}: missing or wrong type ({summary.get(key)!r})")
+    if summary.get("schema") != SCHEMA:
+        problems.append(f"schema must be {SCHEMA}")
+    if summary.get("verdict") not in VERDICT_EXIT:
+        problems.append(f"verdict {summary.get('verdict')!r} not one of {sorted(VERDICT_EXIT)}")
+    wl = summary.get("workload") or {}
+    for key in ("iterations", "errors", "error_rate", "throughput_per_s"):
+        if not isinstance(wl.get(key), int | float):
+            problems.append(f"workload.{key} missing")
+    for key in ("latency_ms", "first_event_ms"):
+        if not all(isinstance((wl.get(key) or {}).get(p), int | float) for p in _PCT):
+            problems.append(f"workload.{key} needs {', '.join(_PCT)}")
+    mem = summary.get("memory") or {}
+    for key in ("rss_start_bytes", "rss_end_bytes", "rss_peak_bytes", "rss_slope_bytes_per_h",
+                "heap_slope_bytes_per_h"):  # fmt: skip
+        if not isinstance(mem.get(key), int | float):
+            problems.append(f"memory.{key} missing")
+    for i, leak in enumerate(summary.get("leaks") or []):
+        problems += [f"leaks[{i}].{k} missing" for k in _LEAK if k not in leak]
+        if leak.get("kind") not in KIND_PRIORITY:
+            problems.append(f"leaks[{i}].kind {leak.get('kind')!r} unknown")
+    for i, breach in enumerate(summary.get("breaches") or []):
+        problems += [f"breaches[{i}].{k} missing" for k in _BREACH if k not in breach]
+    return problems

@@ -1,0 +1,638 @@
+"""The supervisor: starts and watches the worker, schedules sampling and analysis, decides.
+
+It outlives what it watches: a worker that crashes, hangs or floods its output ends the run with
+a verdict and a report, never with a supervisor traceback. Every scheduled job is bounded in time
+(a hung job in APScheduler 3 blocks every later run of itself), and blocking calls (psutil, SQLite
+reads) run in threads so sampling never stalls the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import anyio
+import psutil
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from soakd import rundir, summary
+from soakd.channel import Channel, ChannelClosed, Message, WorkerLink
+from soakd.config import Config
+from soakd.detection import DetectionParams, Detector, Finding, SiteInfo
+from soakd.errors import EXIT_INTERNAL
+from soakd.rules import RuleEngine, guard_rules
+from soakd.sinks.alerts import AlertSender
+from soakd.sinks.base import RunObserver
+from soakd.sinks.events import EventLog
+from soakd.sinks.notify import Notifier
+from soakd.sinks.store import SampleStore
+
+Job = Callable[[], Awaitable[None]]
+STALL_ENV = "SOAKD_FAULT_STALL_SAMPLING_AFTER"  # test hook: process sampling hangs after N s
+
+
+def detection_params(config: Config) -> DetectionParams:
+    d = config.detection
+    return DetectionParams(
+        warmup_floor_s=d.warmup,
+        warmup_max_s=d.warmup_max,
+        window_s=d.window,
+        min_heap_slope_bytes_per_h=float(d.min_heap_slope),
+        min_native_slope_bytes_per_h=float(d.min_native_slope),
+        min_count_slope_per_h=d.min_count_slope,
+        confidence=d.confidence,
+        confirm_after=d.confirm_after,
+    )
+
+
+class WorkerLog:
+    """Keeps the first ``limit`` bytes of the target's output; counts the rest."""
+
+    def __init__(self, path: Path, limit: int) -> None:
+        self._fh = path.open("ab")
+        self._left = limit
+        self.dropped = 0
+
+    def write(self, data: bytes) -> None:
+        keep = data[: max(0, self._left)]
+        if keep:
+            try:
+                self._fh.write(keep)
+                self._fh.flush()
+            except OSError:
+                pass
+            self._left -= len(keep)
+        self.dropped += len(data) - len(keep)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            if self.dropped:
+                self._fh.write(f"\n[soakd: {self.dropped} more bytes of output dropped]\n".encode())
+            self._fh.close()
+
+
+class Supervisor:
+    def __init__(self, config: Config, run: rundir.RunDir, duration: float) -> None:
+        self.config = config
+        self.run_dir = run
+        self.duration = duration
+        self.t0 = time.monotonic()
+        self.started_epoch = time.time()
+        self.events = EventLog(run.events, run.run_id, self.t0, console=config.output.console)
+        self.store = SampleStore(run.samples)
+        self.detector = Detector(detection_params(config))
+        guards = [r.model_copy(update={"grace": 0.0}) for r in guard_rules(config.guard)]
+        self.rules = RuleEngine([*config.rules, *guards], grace_s=config.detection.warmup)
+        self.stop_requested = anyio.Event()
+        self.stop_reason = "duration"
+        self.aborted = False
+        self.failure: dict[str, Any] | None = None
+        self.proc: asyncio.subprocess.Process | None = None
+        self.psproc: psutil.Process | None = None
+        self.link: WorkerLink | None = None
+        self.ready = anyio.Event()
+        self.finished = anyio.Event()
+        self.tracing = False
+        self.tracing_since = 0.0
+        self.snapshots_taken = 0
+        self.overhead_bytes = 0.0
+        self.iterations = 0
+        self.last_values: dict[str, float] = {}
+        self.job_failures: dict[str, int] = {}
+        self.warmup_reported = False
+        self.observers: list[RunObserver] = []
+        self.worker_log = WorkerLog(run.worker_log, config.run.worker_log_limit)
+        self._stall_after = float(os.environ.get(STALL_ENV, "inf"))
+        self._sample_count = 0
+
+    # -- helpers ---------------------------------------------------------------------------
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def emit(self, event: str, level: str = "info", **fields: Any) -> None:
+        self.events.emit(event, level, **fields)
+
+    def request_stop(self, reason: str) -> None:
+        if not self.stop_requested.is_set():
+            self.stop_reason = reason
+            self.stop_requested.set()
+
+    def _record(self, t: float, values: Mapping[str, float]) -> None:
+        try:
+            self.store.add(t, values)
+        except Exception as exc:  # full disk: keep watching, say so once per kind
+            self._job_failed("store", exc)
+        self.last_values.update(values)
+        for obs in self.observers:
+            with contextlib.suppress(Exception):
+                obs.on_samples(t, values)
+
+    def _job_failed(self, name: str, exc: BaseException) -> None:
+        count = self.job_failures.get(name, 0) + 1
+        self.job_failures[name] = count
+        if count in (1, 10, 100) or count % 1000 == 0:
+            self.emit("job.failed", "warning", job=name, error=f"{type(exc).__name__}: {exc}",
+                      count=count)  # fmt: skip
+
+    def _bounded(self, name: str, job: Job) -> Job:
+        timeout = self.config.sampling.job_timeout
+
+        async def run() -> None:
+            if self.stop_requested.is_set() and name != "checkpoint":
+                return
+            try:
+                await asyncio.wait_for(job(), timeout)
+            except TimeoutError as exc:
+                self._job_failed(name, exc)
+            except (ChannelClosed, psutil.NoSuchProcess, psutil.AccessDenied) as exc:
+                self._job_failed(name, exc)
+            except Exception as exc:  # a sampler's bug must not end the soak
+                self._job_failed(name, exc)
+
+        run.__name__ = name
+        return run
+
+    # -- setup -----------------------------------------------------------------------------
+    def _write_meta(self) -> None:
+        cfg = self.config
+        self.store.set_meta("run_id", self.run_dir.run_id)
+        self.store.set_meta("started_epoch", repr(self.started_epoch))
+        self.store.set_meta("started_at", summary._iso(self.started_epoch))
+        self.store.set_meta("target", cfg.target.name)
+        self.store.set_meta("config", cfg.model_dump(mode="json", by_alias=True))
+        self.store.set_meta("duration_s", repr(self.duration))
+        self.store.set_meta("workload_totals", {})
+        rundir.write_json_atomic(
+            self.run_dir.path / rundir.CONFIG,
+            {"config": cfg.model_dump(mode="json", by_alias=True), "base_dir": cfg.base_dir},
+        )
+
+    def _build_observers(self) -> None:
+        cfg = self.config
+        self.observers.append(AlertSender(cfg.alerts, self._log_from_sink, self.run_dir.run_id,
+                                          cfg.target.name))  # fmt: skip
+        self.observers.append(Notifier())
+        if cfg.metrics.enabled:
+            from soakd.sinks.metrics import MetricsServer
+
+            self.observers.append(
+                MetricsServer(cfg.metrics.bind, self.run_dir.run_id, cfg.target.name)
+            )
+        if sys.stderr.isatty() and cfg.output.console != "json":
+            from soakd.reporting.progress import Progress
+
+            self.observers.append(Progress(self.duration))
+
+        def fan_out(event: str, fields: dict[str, Any]) -> None:
+            for obs in self.observers:
+                with contextlib.suppress(Exception):
+                    obs.on_event(event, fields)
+
+        self.events.add_listener(fan_out)
+
+    def _log_from_sink(self, event: str, fields: Mapping[str, Any]) -> None:
+        self.emit(event, **dict(fields))
+
+    # -- worker ----------------------------------------------------------------------------
+    async def _spawn_worker(self) -> None:
+        cfg = self.config
+        parent, child = socket.socketpair()
+        env = dict(os.environ)
+        env.update(
+            SOAKD_CHANNEL_FD=str(child.fileno()),
+            SOAKD_CONFIG=str(self.run_dir.path / rundir.CONFIG),
+            SOAKD_SUPERVISOR_PID=str(os.getpid()),
+            SOAKD_AGENT_DISABLED="1",
+            PYTHONUNBUFFERED="1",
+        )
+        limit = cfg.run.worker_memory_limit
+
+        def preexec() -> None:
+            if limit:
+                import resource
+
+                resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "soakd.worker",
+            pass_fds=(child.fileno(),), env=env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True, preexec_fn=preexec if limit else None,
+        )  # fmt: skip
+        child.close()
+        self.psproc = psutil.Process(self.proc.pid)
+        self.link = WorkerLink(await Channel.open(parent), self._on_message)
+        self.emit("worker.started", pid=self.proc.pid)
+
+    def _on_message(self, message: Message) -> None:
+        kind = message.get("msg")
+        if kind == "ready":
+            self.emit("worker.ready", pid=message.get("pid"))
+            self.ready.set()
+        elif kind == "workload":
+            self._on_workload(message)
+        elif kind == "failed":
+            self.failure = {"reason": message.get("reason"), "message": message.get("message")}
+            self.emit("target.failed", "error", **self.failure)
+            self.request_stop("target_failed")
+        elif kind == "finished":
+            self.finished.set()
+
+    def _on_workload(self, message: Message) -> None:
+        interval = message.get("interval") or {}
+        totals = message.get("totals") or {}
+        if not isinstance(interval, dict) or not isinstance(totals, dict):
+            return
+        t = self.now()
+        self.iterations = int(totals.get("iterations", 0) or 0)
+        lat = interval.get("latency_ms") or {}
+        first = interval.get("first_event_ms") or {}
+        values = {
+            "throughput_per_s": interval.get("throughput_per_s", 0.0),
+            "error_rate": interval.get("error_rate", 0.0),
+            "iterations": interval.get("iterations", 0),
+            "errors": interval.get("errors", 0),
+            "missed_starts": interval.get("missed_starts", 0),
+            "latency_p50_ms": lat.get("p50", 0.0),
+            "latency_p90_ms": lat.get("p90", 0.0),
+            "latency_p99_ms": lat.get("p99", 0.0),
+            "latency_max_ms": lat.get("max", 0.0),
+            "first_event_p50_ms": first.get("p50", 0.0),
+            "first_event_p99_ms": first.get("p99", 0.0),
+        }
+        clean = {k: float(v) for k, v in values.items() if isinstance(v, int | float)}
+        self._record(t, clean)
+        try:
+            self.store.add_workload(t, interval)
+            self.store.set_meta("workload_totals", totals)
+        except Exception as exc:
+            self._job_failed("store", exc)
+        if interval.get("iterations", 0) or interval.get("errors", 0):
+            self.rules.observe(t, clean)
+        self.emit(
+            "workload.interval",
+            iterations=clean.get("iterations", 0),
+            errors=clean.get("errors", 0),
+            throughput_per_s=round(clean.get("throughput_per_s", 0.0), 2),
+            error_rate=round(clean.get("error_rate", 0.0), 4),
+            latency_p99_ms=round(clean.get("latency_p99_ms", 0.0), 2),
+            first_event_p50_ms=round(clean.get("first_event_p50_ms", 0.0), 2),
+        )
+        for obs in self.observers:
+            with contextlib.suppress(Exception):
+                obs.on_workload(t, interval, totals)
+        self._evaluate_rules()
+
+    async def _pump_output(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        while data := await self.proc.stdout.read(65536):
+            self.worker_log.write(data)
+
+    async def _watch_worker(self) -> None:
+        assert self.proc is not None
+        code = await self.proc.wait()
+        if not self.stop_requested.is_set() or not self.finished.is_set():
+            if self.failure is None and not self.finished.is_set() and not self._stopping_worker:
+                sig = -code if code < 0 else None
+                what = f"signal {signal.Signals(sig).name}" if sig else f"exit code {code}"
+                self.failure = {"reason": "worker_died", "message": f"worker died: {what}"}
+                self.emit("target.failed", "error", returncode=code, **self.failure)
+                self.request_stop("worker_died")
+        self.emit("worker.exited", returncode=code)
+
+    _stopping_worker = False
+
+    # -- samplers --------------------------------------------------------------------------
+    def _process_sample(self) -> dict[str, float]:
+        p = self.psproc
+        assert p is not None
+        with p.oneshot():
+            mem = p.memory_info()
+            values: dict[str, float] = {
+                "rss_bytes": mem.rss,
+                "vms_bytes": mem.vms,
+                "fds": p.num_fds(),
+                "threads": p.num_threads(),
+                "cpu_percent": p.cpu_percent(),
+            }
+            try:
+                children = p.children(recursive=True)
+            except psutil.Error:
+                children = []
+            values["children"] = len(children)
+        if self._sample_count % 10 == 0:  # USS walks smaps: affordable every tenth sample
+            with contextlib.suppress(psutil.Error):
+                values["uss_bytes"] = p.memory_full_info().uss
+        self._sample_count += 1
+        return values
+
+    async def sample_process(self) -> None:
+        if self.now() > self._stall_after:
+            await anyio.sleep(float("inf"))  # test hook: a stalled sampler must trip the watchdog
+        values = await anyio.to_thread.run_sync(self._process_sample)
+        t = self.now()
+        self._record(t, values)
+        rss = values["rss_bytes"] - self.overhead_bytes  # tracemalloc's own tables are not a leak
+        self.detector.add("rss", "rss", t, rss)
+        for key in ("fds", "threads"):
+            self.detector.add(key, key, t, values[key])  # type: ignore[arg-type]
+        self.rules.observe(t, values)
+        self._evaluate_rules()
+
+    async def sample_system(self) -> None:
+        def read() -> dict[str, float]:
+            vm = psutil.virtual_memory()
+            return {
+                "system_memory_percent": 100.0 * (vm.total - vm.available) / vm.total,
+                "system_available_bytes": vm.available,
+                "load_avg": os.getloadavg()[0],
+            }
+
+        values = await anyio.to_thread.run_sync(read)
+        t = self.now()
+        self._record(t, values)
+        self.rules.observe(t, values)
+        self._evaluate_rules()
+
+    async def sample_heap(self) -> None:
+        assert self.link is not None
+        result = await self.link.request("heap", self.config.sampling.job_timeout)
+        values = {k: float(v) for k, v in result.items() if isinstance(v, int | float)}
+        t = self.now()
+        self.overhead_bytes = values.get("tracemalloc_overhead_bytes", 0.0)
+        self._record(t, values)
+        if "heap_bytes" in values:
+            self.detector.add("heap", "heap", t, values["heap_bytes"])
+        if "tasks" in values:
+            self.detector.add("tasks", "tasks", t, values["tasks"])
+        self.rules.observe(t, values)
+
+    async def sample_types(self) -> None:
+        assert self.link is not None
+        result = await self.link.request("types", self.config.sampling.job_timeout)
+        t = self.now()
+        counts = {f"type:{k}": float(v) for k, v in result.items()}
+        self._record(t, counts)
+        for name, count in result.items():
+            self.detector.add("type", name, t, float(count))
+
+    async def sample_sites(self, role: str = "latest") -> None:
+        if not self.tracing or self.link is None:
+            return
+        if self.snapshots_taken == 0:
+            role = "baseline"
+        path = self.run_dir.snapshots / f"{role}.json.gz"
+        result = await self.link.request(
+            "sites", self.config.sampling.job_timeout, snapshot_path=str(path), role=role
+        )
+        t = self.now()
+        self.snapshots_taken += 1
+        values: dict[str, float] = {}
+        for site in result.get("sites", []):
+            key = site["site"]
+            values[f"site:{key}"] = float(site["size"])
+            values[f"site_count:{key}"] = float(site["count"])
+            tb = tuple(site.get("traceback") or ())
+            self.store.add_site(key, tb, site.get("line"))
+            self.detector.add("site", key, t, float(site["size"]),
+                              SiteInfo(site=key, traceback=tb, line=site.get("line")))  # fmt: skip
+        values["traced_bytes"] = float(result.get("traced_bytes", 0.0))
+        values["heap_pause_s"] = float(result.get("pause_s", 0.0))
+        self._record(t, values)
+        self.emit("snapshot.saved", path=str(path), role=role,
+                  traced_bytes=values["traced_bytes"], pause_s=values["heap_pause_s"])  # fmt: skip
+
+    async def set_tracing(self, on: bool, reason: str) -> None:
+        if on == self.tracing or self.link is None:
+            return
+        await self.link.request("start_tracing" if on else "stop_tracing", 10.0)
+        self.tracing = on
+        self.tracing_since = self.now()
+        self.emit("tracing.started" if on else "tracing.stopped", reason=reason)
+
+    async def analyze(self) -> None:
+        now = self.now()
+        changes = await anyio.to_thread.run_sync(lambda: self.detector.analyze(now))
+        if not self.warmup_reported and (w := self.detector.warmup_end()) is not None:
+            self.warmup_reported = True
+            self.emit("detection.warmup_end", warmup_end_s=round(w, 3))
+        for finding in changes:
+            self._emit_finding(finding)
+            if finding.state == "confirmed":
+                self.rules.observe_leak(now, finding.kind)
+        self._evaluate_rules()
+        mode = self.config.sampling.tracemalloc
+        if mode == "on-suspicion" and self.config.sampling.enabled:
+            open_heap = any(f.kind in ("heap", "objects") for f in self.detector.findings()
+                            if f.state == "suspected" or f.site is None)  # fmt: skip
+            if not self.tracing and (self.detector.suspicious(now) or open_heap):
+                await self.set_tracing(True, "suspicion")
+                await self.sample_sites()
+
+    def _emit_finding(self, f: Finding) -> None:
+        level = "warning" if f.state == "confirmed" else "info"
+        self.emit(
+            f"leak.{f.state}", level,
+            kind=f.kind, key=f.key, site=f.site, traceback=list(f.traceback), line=f.line,
+            type=f.type, slope_per_h=round(f.slope_per_h, 3),
+            slope_low_per_h=round(f.slope_low_per_h, 3), unit=f.unit, growth=round(f.growth, 1),
+            p_value=f.p_value, first_detected_s=round(f.first_detected_s, 3),
+            analyses=f.analyses, signals=list(f.signals),
+        )  # fmt: skip
+
+    def _evaluate_rules(self) -> None:
+        for breach in self.rules.evaluate(self.now()):
+            data = breach.as_dict()
+            self.emit("threshold.breached", "warning", metric=breach.metric, **data)
+            if breach.action == "abort":
+                self.aborted = True
+                self.request_stop(f"aborted: {breach.rule}")
+
+    async def checkpoint(self) -> None:
+        def write() -> None:
+            s = summary.build_summary(self.run_dir.path, on_leak=self.config.detection.on_leak)
+            summary.write_summary(self.run_dir.path, s)
+
+        await anyio.to_thread.run_sync(write)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def _schedule(self, scheduler: AsyncIOScheduler) -> None:
+        s = self.config.sampling
+        first = dt.datetime.now()
+        jobs: list[tuple[str, Job, float]] = [
+            ("sample_process", self.sample_process, s.process_interval),
+            ("sample_system", self.sample_system, s.system_interval),
+            ("checkpoint", self.checkpoint, s.checkpoint_interval),
+        ]
+        if s.enabled:
+            jobs += [
+                ("sample_heap", self.sample_heap, s.heap_interval),
+                ("sample_types", self.sample_types, s.types_interval),
+                ("sample_sites", self.sample_sites, s.sites_interval),
+                ("analyze", self.analyze, s.analysis_interval),
+            ]
+        for name, job, every in jobs:
+            scheduler.add_job(
+                self._bounded(name, job), "interval", seconds=every, id=name, name=name,
+                next_run_time=first, max_instances=1, coalesce=True,
+                misfire_grace_time=max(1, int(every)),
+            )  # fmt: skip
+
+    async def _signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                self.emit("signal.received", signal=signal.Signals(signum).name)
+                self.request_stop(f"signal {signal.Signals(signum).name}")
+
+    async def run(self) -> int:
+        self._write_meta()
+        self._build_observers()
+        for obs in self.observers:
+            await obs.start()
+        self.emit("run.started", target=self.config.target.name, run_dir=str(self.run_dir.path),
+                  duration_s=self.duration, pid=os.getpid())  # fmt: skip
+        scheduler = AsyncIOScheduler()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._signals)
+                await self._spawn_worker()
+                assert self.link is not None
+                tg.start_soon(self.link.pump)
+                tg.start_soon(self._pump_output)
+                tg.start_soon(self._watch_worker)
+                with anyio.move_on_after(self.config.run.start_timeout) as scope:
+                    async with anyio.create_task_group() as wait:
+                        async def until(ev: anyio.Event) -> None:
+                            await ev.wait()
+                            wait.cancel_scope.cancel()
+
+                        wait.start_soon(until, self.ready)
+                        wait.start_soon(until, self.stop_requested)
+                if scope.cancelled_caught and not self.ready.is_set():
+                    self.failure = {"reason": "start_timeout", "message":
+                                    f"target not ready within {self.config.run.start_timeout}s"}
+                    self.emit("target.failed", "error", **self.failure)
+                    self.request_stop("target_failed")
+                if self.ready.is_set() and not self.stop_requested.is_set():
+                    if self.config.sampling.enabled and self.config.sampling.tracemalloc == "always":
+                        self.tracing = True
+                        self.tracing_since = self.now()
+                        self.emit("tracing.started", reason="always")
+                    self._schedule(scheduler)
+                    scheduler.start()
+                    with anyio.move_on_after(max(0.0, self.duration - self.now())):
+                        await self.stop_requested.wait()
+                await self._shutdown(scheduler)
+                tg.cancel_scope.cancel()
+        finally:
+            await self._close()
+        return self.exit_code
+
+    async def _shutdown(self, scheduler: AsyncIOScheduler) -> None:
+        self.emit("run.stopping", reason=self.stop_reason)
+        if scheduler.running:
+            scheduler.shutdown(wait=False)
+        if self.ready.is_set() and self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.sample_process(), 5.0)
+            if self.tracing:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.sample_sites("final"), 30.0)
+            if self.config.sampling.enabled:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.sample_heap(), 5.0)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.analyze(), 30.0)
+        await self._stop_worker()
+        self.ended = time.time()
+
+    async def _stop_worker(self) -> None:
+        proc = self.proc
+        if proc is None:
+            return
+        self._stopping_worker = True
+        if self.link is not None and proc.returncode is None:
+            await self.link.notify("stop")
+        with anyio.move_on_after(self.config.run.stop_timeout + 5.0):
+            await proc.wait()
+        self._kill_group(signal.SIGTERM)
+        with anyio.move_on_after(3.0):
+            await proc.wait()
+        self._kill_group(signal.SIGKILL)
+        with anyio.move_on_after(3.0):
+            await proc.wait()
+
+    def _kill_group(self, sig: int) -> None:
+        """The worker and anything the target forked: they share the worker's session."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, sig)
+
+    @property
+    def verdict(self) -> str:
+        leaks = any(f.state == "confirmed" for f in self.detector.findings())
+        return summary.decide_verdict(
+            failed=self.failure is not None,
+            aborted=self.aborted,
+            leaks=leaks and self.config.detection.on_leak == "fail",
+            iterations=self.iterations,
+        )
+
+    exit_code = EXIT_INTERNAL
+    ended = 0.0
+
+    async def _close(self) -> None:
+        verdict = self.verdict
+        if self.failure is None and self.iterations == 0:
+            self.emit("target.failed", "error", reason="no_iterations",
+                      message="no iteration completed during the run")  # fmt: skip
+        duration = self.now()
+        final = {
+            "verdict": verdict,
+            "duration_s": duration,
+            "ended_at": summary._iso(self.ended or time.time()),
+            "reason": self.stop_reason,
+        }
+        s: dict[str, Any] = {}
+        try:
+            s = await anyio.to_thread.run_sync(
+                lambda: summary.build_summary(self.run_dir.path, final,
+                                              on_leak=self.config.detection.on_leak)  # fmt: skip
+            )
+            s["worker_log_dropped_bytes"] = self.worker_log.dropped
+            if self.job_failures:
+                s["job_failures"] = dict(self.job_failures)
+            summary.write_summary(self.run_dir.path, s)
+        except Exception as exc:
+            self.emit("summary.failed", "error", error=f"{type(exc).__name__}: {exc}")
+        try:
+            from soakd.reporting import write_reports
+
+            await anyio.to_thread.run_sync(lambda: write_reports(self.run_dir.path, s))
+        except Exception as exc:
+            self.emit("report.failed", "error", error=f"{type(exc).__name__}: {exc}")
+        self.exit_code = summary.VERDICT_EXIT[verdict]
+        self.emit("run.finished", verdict=verdict, exit_code=self.exit_code,
+                  duration_s=round(duration, 3), ended_at=final["ended_at"],
+                  leaks=len(s.get("leaks", [])), breaches=len(s.get("breaches", [])))  # fmt: skip
+        for obs in self.observers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(obs.stop(), 10.0)
+        self.worker_log.close()
+        self.store.close()
+        self.events.close()
+
+
+def dump_config(config: Config) -> str:
+    return json.dumps(config.model_dump(mode="json", by_alias=True), indent=2)

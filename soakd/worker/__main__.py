@@ -1,0 +1,3 @@
+from soakd.worker.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,170 @@
+"""Worker entry point (``python -m soakd.worker``), started by the supervisor.
+
+Environment: ``SOAKD_CHANNEL_FD`` (our end of the socketpair) and ``SOAKD_CONFIG`` (the run's
+config.json). The worker dies with the supervisor: PR_SET_PDEATHSIG plus EOF on the channel.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import socket
+import sys
+import traceback
+from typing import Any
+
+import anyio
+
+from soakd.channel import Channel, ChannelClosed, Message
+from soakd.config import Config
+from soakd.errors import EXIT_TARGET_FAILED
+from soakd.worker.target import TargetError, open_target
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: channel EOF still ends the worker
+    if os.getppid() != parent:  # the supervisor died before prctl took effect
+        os._exit(EXIT_TARGET_FAILED)
+
+
+class Worker:
+    def __init__(self, config: Config, channel: Channel) -> None:
+        from soakd.agent import Agent
+
+        self.config = config
+        self.channel = channel
+        s = config.sampling
+        self.agent = Agent(frames=s.frames, max_sites=s.max_sites, max_types=s.max_types)
+        self.stop = anyio.Event()
+        self.engine: Any = None
+
+    async def run(self) -> int:
+        if self.config.sampling.enabled and self.config.sampling.tracemalloc == "always":
+            self.agent.start_tracing()  # before the import, so import-time allocations are traced
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._serve, tg.cancel_scope)
+                code = await self._drive()
+                tg.cancel_scope.cancel()
+        except ChannelClosed:
+            return 0
+        return code
+
+    async def _drive(self) -> int:
+        from soakd.workload.corpus import Corpus
+        from soakd.workload.engine import Engine
+
+        cfg = self.config
+        try:
+            corpus = Corpus.from_config(cfg.workload, cfg.base_dir)
+            if cfg.target.http is not None:
+                from soakd.worker.http_target import open_http_target
+
+                opener = open_http_target(cfg.target.http)
+            else:
+                opener = open_target(cfg.target, cfg.base_dir)
+            async with opener as call:
+                self.engine = Engine(cfg.workload, call, corpus)
+                await self.channel.send({"msg": "ready", "pid": os.getpid()})
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._report_workload)
+                    await self.engine.run(self.stop, cfg.run.stop_timeout)
+                    tg.cancel_scope.cancel()
+                await self._send_workload()
+                # leaving `opener` runs the target's __aexit__; the supervisor bounds it in time
+        except TargetError as exc:
+            await self.channel.send({"msg": "failed", "reason": exc.reason, "message": exc.message})
+            return EXIT_TARGET_FAILED
+        except Exception as exc:
+            text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            await self.channel.send({"msg": "failed", "reason": "error", "message": text})
+            return EXIT_TARGET_FAILED
+        await self.channel.send({"msg": "finished"})
+        return 0
+
+    async def _report_workload(self) -> None:
+        while True:
+            await anyio.sleep(self.config.workload.interval)
+            await self._send_workload()
+
+    async def _send_workload(self) -> None:
+        if self.engine is not None:
+            interval, totals = self.engine.take_interval(), self.engine.totals()
+            await self.channel.send({"msg": "workload", "interval": interval, "totals": totals})
+
+    async def _serve(self, scope: anyio.CancelScope) -> None:
+        async with anyio.create_task_group() as tg:
+            while (message := await self.channel.recv()) is not None:
+                tg.start_soon(self._answer, message)
+            scope.cancel()  # supervisor gone: stop driving the target at once
+            os._exit(0)
+
+    async def _answer(self, message: Message) -> None:
+        op = message.get("op")
+        rid = message.get("id")
+        try:
+            result = await self._dispatch(str(op), message)
+        except Exception as exc:
+            if rid is not None:
+                await self.channel.send({"id": rid, "ok": False, "error": f"{type(exc).__name__}: {exc}"})
+            return
+        if rid is not None:
+            await self.channel.send({"id": rid, "ok": True, "result": result})
+
+    async def _dispatch(self, op: str, message: Message) -> Any:
+        agent = self.agent
+        if op == "stop":
+            self.stop.set()
+            return None
+        if op == "ping":
+            return {"pid": os.getpid()}
+        if op == "heap":
+            result = dict(await anyio.to_thread.run_sync(agent.heap))
+            result["tasks"] = agent.tasks()  # the loop's tasks: read on the loop thread
+            return result
+        if op == "types":
+            return await anyio.to_thread.run_sync(agent.types)
+        if op == "sites":
+            path = message.get("snapshot_path")
+            role = str(message.get("role", "latest"))
+            return await anyio.to_thread.run_sync(lambda: agent.sites(path, role))
+        if op == "start_tracing":
+            agent.start_tracing()
+            return None
+        if op == "stop_tracing":
+            agent.stop_tracing()
+            return None
+        raise ValueError(f"unknown op {op!r}")
+
+
+async def _amain() -> int:
+    fd = int(os.environ["SOAKD_CHANNEL_FD"])
+    with open(os.environ["SOAKD_CONFIG"], encoding="utf-8") as fh:
+        raw = json.load(fh)
+    config = Config.model_validate(raw["config"]).model_copy(update={"base_dir": raw["base_dir"]})
+    sock = socket.socket(fileno=fd)
+    channel = await Channel.open(sock)
+    try:
+        return await Worker(config, channel).run()
+    finally:
+        await channel.close()
+
+
+def main() -> int:
+    parent = int(os.environ.get("SOAKD_SUPERVISOR_PID", os.getppid()))
+    _die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
+    try:
+        return anyio.run(_amain)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        sys.stdout.flush()

@@ -1,0 +1,125 @@
+"""Shared helpers: run the real CLI in a subprocess, write configs, poll with deadlines."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS = str(Path(__file__).resolve().parent / "targets")
+
+# Fast cadence for tests: every sampler ticks within a second, warm-up is short.
+FAST = """
+[sampling]
+process_interval = "250ms"
+system_interval = "500ms"
+heap_interval = "500ms"
+types_interval = "2s"
+sites_interval = "1s"
+analysis_interval = "1s"
+checkpoint_interval = "1s"
+[workload]
+users = 2
+interval = "1s"
+[workload.think_time]
+distribution = "constant"
+mean = "5ms"
+[run]
+stop_timeout = "5s"
+start_timeout = "30s"
+"""
+
+
+def soakd_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "soakd", *args]
+
+
+def soak_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("NOTIFY_SOCKET", None)
+    env.pop("WATCHDOG_USEC", None)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), TARGETS, env.get("PYTHONPATH", "")])
+    env.update(extra)
+    return env
+
+
+def run_soakd(
+    *args: str, cwd: Path | None = None, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        soakd_cmd(*args), cwd=cwd, env=env or soak_env(), capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+
+
+def start_soakd(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        soakd_cmd(*args), cwd=cwd, env=env or soak_env(), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll until ``predicate()`` is truthy; fail naming ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def write_config(directory: Path, body: str, fast: bool = True) -> Path:
+    path = directory / "soakd.toml"
+    path.write_text((FAST if fast else "") + "\n" + body, encoding="utf-8")
+    return path
+
+
+def events(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "events.jsonl"
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass  # a line being written right now
+    return out
+
+
+def event_names(run_dir: Path) -> list[str]:
+    return [e["event"] for e in events(run_dir)]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().split(") ")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "run"
