@@ -1,0 +1,605 @@
+"""The load generator: virtual users (closed model) or an arrival rate (open model) driving one
+iteration function, with bounded statistics per interval and for the whole run.
+
+Models:
+
+- closed: ``users`` virtual users each loop *pick a query → run one iteration → think*.
+- open (``rate`` set): arrivals are evenly spaced at ``1/rate`` (deterministic, so a soak is
+  reproducible and a rate the target cannot sustain shows as a clean, steady miss count rather
+  than Poisson noise). An arrival starts at once unless ``max_concurrency`` iterations are
+  already in flight, in which case it is counted as a *missed start* and dropped — never queued,
+  so an overloaded target cannot silently slow the offered load down. Arrivals whose time passed
+  while the event loop was stalled are issued at once (and missed beyond the cap).
+
+Stages run in sequence by elapsed time; each sets ``users`` or ``rate`` (a step, not a ramp) and
+the last stage's level holds until the run stops. Latency is recorded for successful iterations
+only (fast failures would otherwise flatter it); time to first event and to milestones is
+recorded whenever the event was seen. Memory is bounded: fixed-size histograms, a capped number
+of error classes and kinds, nothing kept per iteration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import math
+import random
+import time
+from collections.abc import AsyncIterable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+from anyio.abc import TaskGroup
+
+from soakd.config import ThinkTime, WorkloadConfig
+from soakd.workload.corpus import Corpus, CorpusEntry
+from soakd.workload.histogram import LatencyHistogram
+from soakd.workload.matchers import EventMatcher, MatcherSet
+
+__all__ = [
+    "Engine",
+    "IterationFn",
+    "Level",
+    "classify_exception",
+    "error_event_class",
+    "level_at",
+    "think_delay",
+]
+
+IterationFn = Callable[[str], Any]
+
+MAX_ERROR_CLASSES = 32  # distinct error classes kept; more are folded into "other"
+MAX_KINDS = 64  # distinct query kinds kept; more are folded into "other"
+OTHER = "other"
+_MAX_LABEL = 64
+_STAGE_POLL_S = 0.1  # stage boundaries are re-checked at least this often
+_ARRIVAL_BURST = 64  # arrivals issued back to back before yielding to the event loop
+_CI_CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True, slots=True)
+class Level:
+    """The offered load at one moment: ``users`` (closed model) or ``rate`` (open model)."""
+
+    users: int | None = None
+    rate: float | None = None
+
+
+def level_at(cfg: WorkloadConfig, elapsed: float) -> tuple[Level, float]:
+    """The level in effect ``elapsed`` seconds into the run and seconds until it next changes."""
+    if not cfg.stages:
+        base = Level(rate=cfg.rate) if cfg.rate is not None else Level(users=cfg.users)
+        return base, math.inf
+    end = 0.0
+    for stage in cfg.stages:
+        end += stage.duration
+        if elapsed < end:
+            return Level(stage.users, stage.rate), end - elapsed
+    last = cfg.stages[-1]
+    return Level(last.users, last.rate), math.inf
+
+
+def think_delay(think: ThinkTime, rng: random.Random) -> float:
+    """One think time in seconds: none, constant(mean), uniform(min, max), exponential(mean)
+    clipped to max."""
+    dist = think.distribution
+    if dist == "none":
+        return 0.0
+    if dist == "constant":
+        return think.mean
+    if dist == "uniform":
+        return rng.uniform(think.min, think.max)
+    if think.mean <= 0:
+        return 0.0
+    return min(rng.expovariate(1.0 / think.mean), think.max)
+
+
+def classify_exception(exc: BaseException) -> str:
+    """Class name; an exception group whose leaves share one class is named by that class."""
+    if isinstance(exc, BaseExceptionGroup):
+        names: set[str] = set()
+        _leaf_names(exc, names)
+        if len(names) == 1:
+            return names.pop()
+    return type(exc).__name__
+
+
+def _leaf_names(group: BaseExceptionGroup[BaseException], out: set[str]) -> None:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            _leaf_names(exc, out)
+        else:
+            out.add(type(exc).__name__)
+
+
+def error_event_class(event: dict[Any, Any]) -> str:
+    """``error_event:<error | code | type>`` for an event that matched an error matcher."""
+    for key in ("error", "code", "type"):
+        value = event.get(key)
+        if value is not None and value != "":
+            return "error_event:" + _label(str(value))
+    return "error_event"
+
+
+def _label(text: str) -> str:
+    text = " ".join(text.split())  # one line: labels end up in logs and metrics
+    return text if len(text) <= _MAX_LABEL else text[: _MAX_LABEL - 1] + "…"
+
+
+class _KindStats:
+    __slots__ = ("errors", "first_event", "iterations", "latency")
+
+    def __init__(self) -> None:
+        self.iterations = 0
+        self.errors = 0
+        self.latency = LatencyHistogram()
+        self.first_event = LatencyHistogram()
+
+    def merge(self, other: _KindStats) -> None:
+        self.iterations += other.iterations
+        self.errors += other.errors
+        self.latency.merge(other.latency)
+        self.first_event.merge(other.first_event)
+
+    def reset(self) -> None:
+        self.iterations = self.errors = 0
+        self.latency.reset()
+        self.first_event.reset()
+
+
+class _Window:
+    """Statistics over a span of time (one interval, or the whole run)."""
+
+    __slots__ = (
+        "cancelled",
+        "errors",
+        "errors_by_class",
+        "events",
+        "first_event",
+        "iterations",
+        "kinds",
+        "latency",
+        "milestones",
+        "missed_starts",
+    )
+
+    def __init__(self, milestones: Iterable[str]) -> None:
+        self.iterations = 0
+        self.errors = 0
+        self.cancelled = 0
+        self.missed_starts = 0
+        self.events = 0
+        self.errors_by_class: dict[str, int] = {}
+        self.latency = LatencyHistogram()
+        self.first_event = LatencyHistogram()
+        self.milestones = {name: LatencyHistogram() for name in milestones}
+        self.kinds: dict[str, _KindStats] = {}
+
+    def kind(self, name: str) -> _KindStats:
+        stats = self.kinds.get(name)
+        if stats is None:
+            if len(self.kinds) >= MAX_KINDS and name != OTHER:
+                return self.kind(OTHER)
+            stats = self.kinds[name] = _KindStats()
+        return stats
+
+    def add_error(self, cls: str, n: int = 1) -> None:
+        by = self.errors_by_class
+        if cls not in by and len(by) >= MAX_ERROR_CLASSES:
+            cls = OTHER
+        by[cls] = by.get(cls, 0) + n
+
+    def merge(self, other: _Window) -> None:
+        self.iterations += other.iterations
+        self.errors += other.errors
+        self.cancelled += other.cancelled
+        self.missed_starts += other.missed_starts
+        self.events += other.events
+        for cls, n in other.errors_by_class.items():
+            self.add_error(cls, n)
+        self.latency.merge(other.latency)
+        self.first_event.merge(other.first_event)
+        for name, hist in other.milestones.items():
+            self.milestones[name].merge(hist)
+        for name, stats in other.kinds.items():
+            self.kind(name).merge(stats)
+
+    def reset(self) -> None:
+        self.iterations = self.errors = self.cancelled = self.missed_starts = self.events = 0
+        self.errors_by_class.clear()
+        self.latency.reset()
+        self.first_event.reset()
+        for hist in self.milestones.values():
+            hist.reset()
+        for stats in self.kinds.values():  # kept: kinds are few and recur every interval
+            stats.reset()
+
+    def copy(self) -> _Window:
+        out = _Window(self.milestones)
+        out.merge(self)
+        return out
+
+
+def _r(x: float) -> float:
+    return round(x, 3)
+
+
+def _pcts(h: LatencyHistogram) -> dict[str, float]:
+    return {
+        "p50": _r(h.percentile(50)),
+        "p90": _r(h.percentile(90)),
+        "p99": _r(h.percentile(99)),
+        "max": _r(h.max),
+    }
+
+
+def _ci(h: LatencyHistogram) -> dict[str, list[float] | None]:
+    out: dict[str, list[float] | None] = {}
+    for q in (50, 99):
+        ci = h.percentile_ci(q, _CI_CONFIDENCE)
+        out[f"p{q}"] = None if ci is None else [_r(ci[0]), _r(ci[1])]
+    return out
+
+
+def _own_cancellation() -> bool:
+    """True when an enclosing scope (not the target) is cancelling this task."""
+    if anyio.current_effective_deadline() == -math.inf:
+        return True
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:
+        return False
+    return task is not None and task.cancelling() > 0
+
+
+class Engine:
+    """Drives ``call(query)`` under the configured load and keeps bounded statistics."""
+
+    _changed: anyio.Event  # set and replaced whenever the level changes or the run stops
+
+    def __init__(
+        self,
+        cfg: WorkloadConfig,
+        call: IterationFn,
+        corpus: Corpus,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._cfg = cfg
+        self._call = call
+        self._corpus = corpus
+        self._clock = clock
+        # Think times get their own stream so the query sequence stays the same for a seed.
+        self._rng = random.Random(None if cfg.seed is None else cfg.seed ^ 0x5EED)
+        self._error_matchers = MatcherSet(cfg.error_events)
+        self._milestones = tuple(
+            (name, EventMatcher(spec)) for name, spec in cfg.milestones.items()
+        )
+        self._window = _Window(cfg.milestones)
+        self._totals = _Window(cfg.milestones)
+        self._interval_start = clock()
+        self._run_start: float | None = None
+        self._run_end: float | None = None
+        self._stopping = False
+        self._in_flight = 0
+        self._alive: set[int] = set()
+        self._users_target = 0
+        self._rate: float | None = None
+        self._rate_gen = 0
+        self._arrivals_running = False
+
+    # -- public ----------------------------------------------------------------------------
+
+    @property
+    def completed(self) -> int:
+        """Iterations completed so far, any outcome (cancelled ones excluded)."""
+        return self._totals.iterations + self._window.iterations
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def users(self) -> int:
+        """Live virtual users (closed model); 0 in the open model."""
+        return len(self._alive)
+
+    async def run(self, stop: anyio.Event, drain_timeout: float) -> None:
+        """Issue load until ``stop`` is set, then let in-flight iterations finish for up to
+        ``drain_timeout`` seconds and cancel the rest (cancelled iterations are not errors)."""
+        if self._run_start is not None:
+            raise RuntimeError("Engine.run() can be called only once")
+        self._run_start = self._interval_start = self._clock()
+        self._changed = anyio.Event()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._control, tg)
+                await stop.wait()
+                self._stopping = True
+                self._notify()
+                # Everything winds down by itself (users finish their iteration, arrivals stop);
+                # the deadline cancels whatever is still running after the drain time.
+                tg.cancel_scope.deadline = anyio.current_time() + max(drain_timeout, 0.0)
+        finally:
+            self._stopping = True
+            self._run_end = self._clock()
+
+    def take_interval(self, *, histograms: bool = False) -> dict[str, Any]:
+        """Statistics since the previous call (or the run's start), then start a new interval."""
+        now = self._clock()
+        w = self._window
+        span = max(now - self._interval_start, 0.0)
+        out: dict[str, Any] = {
+            "interval_s": _r(span),
+            "iterations": w.iterations,
+            "errors": w.errors,
+            "errors_by_class": dict(w.errors_by_class),
+            "missed_starts": w.missed_starts,
+            "cancelled": w.cancelled,
+            "in_flight": self._in_flight,
+            "users": len(self._alive),
+            "rate": self._rate,
+            "throughput_per_s": _r(w.iterations / span) if span > 0 else 0.0,
+            "error_rate": w.errors / w.iterations if w.iterations else 0.0,
+            "events": w.events,
+            "latency_ms": _pcts(w.latency),
+            "first_event_ms": _pcts(w.first_event),
+            "milestones_ms": {
+                name: {
+                    "p50": _r(h.percentile(50)),
+                    "p99": _r(h.percentile(99)),
+                    "count": h.count,
+                }
+                for name, h in w.milestones.items()
+            },
+        }
+        if histograms:
+            out["histograms"] = {
+                "latency": w.latency.to_dict(),
+                "first_event": w.first_event.to_dict(),
+            }
+        self._totals.merge(w)
+        w.reset()
+        self._interval_start = now
+        return out
+
+    def totals(self, *, histograms: bool = False) -> dict[str, Any]:
+        """Cumulative statistics for the run: the summary's ``workload`` section plus extras."""
+        t = self._totals.copy()
+        t.merge(self._window)
+        if self._run_start is None:
+            duration = 0.0
+        else:
+            end = self._run_end if self._run_end is not None else self._clock()
+            duration = max(end - self._run_start, 0.0)
+        out: dict[str, Any] = {
+            "iterations": t.iterations,
+            "errors": t.errors,
+            "error_rate": t.errors / t.iterations if t.iterations else 0.0,
+            "throughput_per_s": _r(t.iterations / duration) if duration > 0 else 0.0,
+            "latency_ms": _pcts(t.latency),
+            "first_event_ms": _pcts(t.first_event),
+            "duration_s": _r(duration),
+            "missed_starts": t.missed_starts,
+            "cancelled": t.cancelled,
+            "events": t.events,
+            "errors_by_class": dict(t.errors_by_class),
+            "latency_ci_ms": _ci(t.latency),
+            "first_event_ci_ms": _ci(t.first_event),
+            "milestones_ms": {
+                name: {**_pcts(h), "count": h.count} for name, h in t.milestones.items()
+            },
+            "by_kind": {
+                kind: {
+                    "iterations": k.iterations,
+                    "errors": k.errors,
+                    "error_rate": k.errors / k.iterations if k.iterations else 0.0,
+                    "latency_ms": {
+                        "p50": _r(k.latency.percentile(50)),
+                        "p99": _r(k.latency.percentile(99)),
+                    },
+                    "first_event_ms": {
+                        "p50": _r(k.first_event.percentile(50)),
+                        "p99": _r(k.first_event.percentile(99)),
+                    },
+                }
+                for kind, k in t.kinds.items()
+                if k.iterations
+            },
+        }
+        if histograms:
+            out["histograms"] = {
+                "latency": t.latency.to_dict(),
+                "first_event": t.first_event.to_dict(),
+            }
+        return out
+
+    # -- load ------------------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        old, self._changed = self._changed, anyio.Event()
+        old.set()
+
+    async def _control(self, tg: TaskGroup) -> None:
+        assert self._run_start is not None
+        current: Level | None = None
+        while not self._stopping:
+            level, until_next = level_at(self._cfg, self._clock() - self._run_start)
+            if level != current:
+                current = level
+                self._apply(level, tg)
+            changed = self._changed
+            if math.isinf(until_next):
+                await changed.wait()
+            else:
+                # Polled, not slept through: the clock may be a test's, not the event loop's.
+                with anyio.move_on_after(min(until_next, _STAGE_POLL_S)):
+                    await changed.wait()
+
+    def _apply(self, level: Level, tg: TaskGroup) -> None:
+        if level.users is not None:
+            self._rate = None
+            self._users_target = level.users
+            for uid in range(level.users):
+                if uid not in self._alive:
+                    self._alive.add(uid)
+                    tg.start_soon(self._user, uid)
+        else:
+            self._users_target = 0
+            self._rate = level.rate
+            self._rate_gen += 1
+            if not self._arrivals_running:
+                self._arrivals_running = True
+                tg.start_soon(self._arrivals, tg)
+        self._notify()
+
+    def _retired(self, uid: int) -> bool:
+        return self._stopping or uid >= self._users_target
+
+    async def _user(self, uid: int) -> None:
+        try:
+            while not self._retired(uid):
+                entry = self._corpus.pick()
+                self._in_flight += 1
+                try:
+                    await self._iterate(entry)
+                finally:
+                    self._in_flight -= 1
+                await self._think(uid)
+        finally:
+            self._alive.discard(uid)
+
+    async def _think(self, uid: int) -> None:
+        delay = think_delay(self._cfg.think_time, self._rng)
+        if delay <= 0:
+            # A target that never awaits would otherwise starve every other task in the worker.
+            await anyio.lowlevel.checkpoint()
+            return
+        deadline = anyio.current_time() + delay
+        while not self._retired(uid):
+            remaining = deadline - anyio.current_time()
+            if remaining <= 0:
+                return
+            changed = self._changed
+            with anyio.move_on_after(remaining):
+                await changed.wait()
+
+    async def _arrivals(self, tg: TaskGroup) -> None:
+        try:
+            gen, rate, origin, k, burst = -1, 0.0, 0.0, 0, 0
+            while not self._stopping and self._rate is not None:
+                if gen != self._rate_gen:
+                    gen, rate, origin, k = self._rate_gen, self._rate, self._clock(), 0
+                if rate <= 0:
+                    await self._changed.wait()
+                    continue
+                delay = origin + k / rate - self._clock()
+                if delay > 0:
+                    burst = 0
+                    changed = self._changed
+                    with anyio.move_on_after(delay):
+                        await changed.wait()
+                    continue
+                k += 1
+                if self._in_flight >= self._cfg.max_concurrency:
+                    self._window.missed_starts += 1
+                else:
+                    self._in_flight += 1  # counted now: the cap must hold before the task runs
+                    tg.start_soon(self._open_iteration, self._corpus.pick())
+                burst += 1
+                if burst >= _ARRIVAL_BURST:
+                    burst = 0
+                    await anyio.lowlevel.checkpoint()
+        finally:
+            self._arrivals_running = False
+
+    async def _open_iteration(self, entry: CorpusEntry) -> None:
+        try:
+            await self._iterate(entry)
+        finally:
+            self._in_flight -= 1
+
+    # -- one iteration ---------------------------------------------------------------------
+
+    async def _iterate(self, entry: CorpusEntry) -> None:
+        clock = self._clock
+        t0 = clock()
+        first: float | None = None
+        error: str | None = None
+        events = 0
+        hits: list[tuple[str, float]] = []
+        pending = list(self._milestones)
+        errors = self._error_matchers
+        scope = anyio.CancelScope(deadline=anyio.current_time() + self._cfg.timeout)
+        try:
+            with scope:
+                result = self._call(entry.text)
+                if inspect.isawaitable(result) and not hasattr(result, "__aiter__"):
+                    result = await result
+                if hasattr(result, "__aiter__"):
+                    iterable: AsyncIterable[Any] = result
+                    iterator = iterable.__aiter__()
+                    abandoned = False
+                    try:
+                        async for event in iterator:
+                            events += 1
+                            if first is None:
+                                first = clock() - t0
+                            if error is None and errors and errors.first(event) is not None:
+                                error = error_event_class(event)
+                            if pending:
+                                for j in range(len(pending) - 1, -1, -1):
+                                    if pending[j][1](event):
+                                        hits.append((pending[j][0], clock() - t0))
+                                        del pending[j]
+                            if scope.cancel_called:
+                                # The target swallowed the timeout and keeps yielding.
+                                abandoned = True
+                                break
+                    finally:
+                        aclose = getattr(iterator, "aclose", None)
+                        if abandoned and aclose is not None:
+                            await aclose()
+        except BaseException as exc:
+            if _own_cancellation():
+                self._window.cancelled += 1
+                if isinstance(exc, anyio.get_cancelled_exc_class()):
+                    raise
+                return  # the pending cancellation is delivered at the caller's next await
+            if error is None:
+                error = "timeout" if scope.cancel_called else classify_exception(exc)
+        else:
+            if error is None and scope.cancel_called:
+                error = "timeout"
+        self._record(entry.kind, error, clock() - t0, first, hits, events)
+
+    def _record(
+        self,
+        kind: str,
+        error: str | None,
+        elapsed: float,
+        first: float | None,
+        hits: list[tuple[str, float]],
+        events: int,
+    ) -> None:
+        w = self._window
+        k = w.kind(kind)
+        w.iterations += 1
+        k.iterations += 1
+        w.events += events
+        if error is None:
+            ms = elapsed * 1000.0
+            w.latency.record(ms)
+            k.latency.record(ms)
+        else:
+            w.errors += 1
+            k.errors += 1
+            w.add_error(error)
+        if first is not None:
+            ms = first * 1000.0
+            w.first_event.record(ms)
+            k.first_event.record(ms)
+        for name, seconds in hits:
+            w.milestones[name].record(seconds * 1000.0)
