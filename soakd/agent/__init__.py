@@ -1,0 +1,131 @@
+"""The in-process agent: heap level, allocation sites, object types and tasks of the target.
+
+It runs inside the target's process — the worker (``python -m soakd.worker``) creates an
+:class:`Agent` and calls it; any other Python program can expose one over a unix socket with
+:func:`serve` or ``python -m soakd.agent app.py`` and be watched from outside (see
+:mod:`soakd.agent.server`). Every method but :meth:`Agent.tasks` may block for a while and is
+meant to run in a thread (``anyio.to_thread.run_sync``); :meth:`Agent.tasks` must run on the
+event loop's thread.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import tracemalloc
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from soakd.agent.allocations import SiteResolver, collect_traces
+from soakd.agent.heap import HeapSampler
+from soakd.agent.objects import TypeCounter, count_tasks
+from soakd.agent.server import AgentClient, AgentError, serve
+
+__all__ = ["SNAPSHOT_SITES", "Agent", "AgentClient", "AgentError", "serve"]
+
+# Entries (distinct tracebacks) kept in a snapshot file: enough to diff, small on disk.
+SNAPSHOT_SITES = 500
+
+
+class Agent:
+    """Heap, allocation-site, type and task statistics of the current process."""
+
+    def __init__(
+        self,
+        *,
+        frames: int = 8,
+        max_sites: int = 50,
+        max_types: int = 50,
+        exclude: Sequence[str] = (),
+    ) -> None:
+        if not 1 <= frames <= 1000:
+            raise ValueError(f"frames must be between 1 and 1000: {frames}")
+        if max_sites < 1 or max_types < 1:
+            raise ValueError(f"max_sites and max_types must be ≥ 1: {max_sites}, {max_types}")
+        self.frames = frames
+        self.max_sites = max_sites
+        self.max_types = max_types
+        self._resolver = SiteResolver(frames, exclude)
+        self._heap = HeapSampler()
+        self._types = TypeCounter(max_types)
+
+    @property
+    def tracing(self) -> bool:
+        return tracemalloc.is_tracing()
+
+    def start_tracing(self) -> None:
+        """Start tracemalloc with ``frames`` frames (kept as is if already tracing)."""
+        if not tracemalloc.is_tracing():
+            tracemalloc.start(self.frames)
+
+    def stop_tracing(self) -> None:
+        """Stop tracemalloc: frees its tables and every trace."""
+        if tracemalloc.is_tracing():
+            tracemalloc.stop()
+
+    def heap(self) -> dict[str, float]:
+        """Cheap heap numbers (see :mod:`soakd.agent.heap` for what ``heap_bytes`` means)."""
+        return self._heap.sample()
+
+    def tasks(self) -> int:
+        """Unfinished asyncio tasks of the running loop; call on the loop's thread."""
+        return count_tasks()
+
+    def types(self) -> dict[str, int]:
+        """Live gc-tracked objects per type name: the top ``max_types`` plus growers."""
+        return self._types.sample()
+
+    def sites(
+        self, snapshot_path: str | None = None, role: str = "latest", *, t: float | None = None
+    ) -> dict[str, Any]:
+        """Group the live traces by site; optionally write a ``soakd.snapshot/1`` file.
+
+        Returns ``{"sites": [{"site", "traceback", "line", "size", "count"}] (top max_sites by
+        size), "traced_bytes", "overhead_bytes", "blocks", "skipped_bytes" (soakd's own),
+        "pause_s" (the GIL-holding copy), "group_s", "tracing"}``. ``t`` (seconds since the
+        run started) is recorded in the snapshot.
+        """
+        taken_at = datetime.now(UTC).isoformat()
+        if not tracemalloc.is_tracing():
+            return {
+                "sites": [],
+                "traced_bytes": 0,
+                "overhead_bytes": tracemalloc.get_tracemalloc_memory(),
+                "blocks": 0,
+                "skipped_bytes": 0,
+                "pause_s": 0.0,
+                "group_s": 0.0,
+                "tracing": False,
+            }
+        groups = collect_traces(self._resolver)
+        self._heap.calibrate(groups.traced_bytes, groups.blocks)
+        result: dict[str, Any] = {
+            "sites": [g.to_json() for g in groups.by_site()[: self.max_sites]],
+            "traced_bytes": groups.traced_bytes,
+            "overhead_bytes": tracemalloc.get_tracemalloc_memory(),
+            "blocks": groups.blocks,
+            "skipped_bytes": groups.skipped_bytes,
+            "pause_s": groups.pause_s,
+            "group_s": groups.group_s,
+            "tracing": True,
+        }
+        if snapshot_path is not None:
+            from soakd.snapshots import Snapshot, SnapshotSite, write_snapshot
+
+            started = time.perf_counter()
+            snapshot = Snapshot(
+                taken_at=taken_at,
+                t=t,
+                role=role,
+                traced_bytes=groups.traced_bytes,
+                frames=tracemalloc.get_traceback_limit(),
+                sites=tuple(
+                    SnapshotSite(g.site, g.traceback, g.line, g.size, g.count)
+                    for g in groups.by_traceback[:SNAPSHOT_SITES]
+                ),
+            )
+            del groups
+            result["snapshot_path"] = os.fspath(write_snapshot(snapshot_path, snapshot))
+            result["write_s"] = time.perf_counter() - started
+        return result

@@ -1,0 +1,51 @@
+"""Cheap Python-heap numbers, sampled every couple of seconds without pausing the target.
+
+``heap_bytes`` is the Python heap level:
+- while tracemalloc traces, the bytes it traces (exact, but only for allocations made since
+  tracing started: the series steps when tracing starts or stops — compare within one segment);
+- otherwise an estimate, ``sys.getallocatedblocks()`` × the mean block size measured the last
+  time traces were grouped (``DEFAULT_MEAN_BLOCK`` before that). It moves with the number of
+  Python blocks, so it follows object leaks well but understates leaks of few large buffers.
+  ``mallinfo2`` was rejected: it also counts native ``malloc`` (the very thing a "native"
+  verdict must tell apart) and misses pymalloc's mmap'd arenas.
+``heap_estimated`` says which of the two a sample is (1.0 = estimate).
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import tracemalloc
+
+__all__ = ["DEFAULT_MEAN_BLOCK", "HeapSampler"]
+
+# Typical CPython 3.11 mean over a service's live blocks (measured: 60–120 B).
+DEFAULT_MEAN_BLOCK = 80.0
+
+
+class HeapSampler:
+    """Heap level, block count, tracemalloc's own cost and gc state; ~0.1 ms per call."""
+
+    def __init__(self) -> None:
+        self.mean_block = DEFAULT_MEAN_BLOCK
+        self.calibrated = False
+
+    def calibrate(self, traced_bytes: int, blocks: int) -> None:
+        """Remember the mean block size seen in a full copy of the traces."""
+        if blocks > 1000 and traced_bytes > 0:
+            self.mean_block = traced_bytes / blocks
+            self.calibrated = True
+
+    def sample(self) -> dict[str, float]:
+        blocks = sys.getallocatedblocks()
+        tracing = tracemalloc.is_tracing()
+        traced = tracemalloc.get_traced_memory()[0] if tracing else 0
+        return {
+            "heap_bytes": float(traced) if tracing else blocks * self.mean_block,
+            "heap_estimated": 0.0 if tracing else 1.0,
+            "heap_blocks": float(blocks),
+            "traced_bytes": float(traced),
+            "tracemalloc_overhead_bytes": float(tracemalloc.get_tracemalloc_memory()),
+            "gc_garbage": float(len(gc.garbage)),
+            "gc_collections": float(sum(s["collections"] for s in gc.get_stats())),
+        }

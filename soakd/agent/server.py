@@ -1,0 +1,366 @@
+"""External mode: serve an :class:`~soakd.agent.Agent` over a unix socket to a watcher outside.
+
+Protocol: one JSON object per line each way. Request ``{"op": OP, ...}`` with OP one of
+``ping``, ``heap``, ``sites`` (optional ``snapshot_path``, ``role``, ``t``), ``types``, ``tasks``,
+``start_tracing``, ``stop_tracing``; response ``{"ok": true, "result": ...}`` or
+``{"ok": false, "error": "message"}``. Requests of one connection are answered in order; the
+agent runs one request at a time across connections.
+
+The socket is ``$SOAKD_AGENT_SOCKET`` or ``/tmp/soakd-agent-<pid>.sock``, mode 0600: it is bound
+inside a fresh 0700 directory, chmod'ed, then renamed into place, so no other user ever gets a
+window to connect. Peers running as another (non-root) user are refused anyway (SO_PEERCRED).
+It is removed by :meth:`AgentServer.close`, at interpreter exit, and never by a forked child.
+
+Limits of ``tasks`` here: the server thread is not the loop's thread, so it finds running loops
+through their tasks and asks each loop to count on its own thread; a loop blocked for more
+than a second is counted from asyncio's task registry instead (see
+:func:`soakd.agent.objects.count_tasks_any_thread`). A loop without tasks counts 0.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import math
+import os
+import selectors
+import socket
+import stat
+import struct
+import sys
+import tempfile
+import threading
+from typing import TYPE_CHECKING, Any
+
+from soakd.agent.objects import count_tasks_any_thread
+from soakd.errors import SoakdError
+
+if TYPE_CHECKING:
+    from soakd.agent import Agent
+
+__all__ = ["AgentClient", "AgentError", "AgentServer", "default_socket_path", "serve"]
+
+ENV_SOCKET = "SOAKD_AGENT_SOCKET"
+_MAX_REQUEST = 64 * 1024
+_MAX_RESPONSE = 64 * 1024 * 1024
+_OPS = ("ping", "heap", "sites", "types", "tasks", "start_tracing", "stop_tracing")
+
+
+class AgentError(SoakdError):
+    """The agent could not be served or did not answer as it should."""
+
+
+def default_socket_path(pid: int | None = None) -> str:
+    """``$SOAKD_AGENT_SOCKET`` or ``/tmp/soakd-agent-<pid>.sock``."""
+    configured = os.environ.get(ENV_SOCKET)
+    if configured:
+        return configured
+    return os.path.join(tempfile.gettempdir(), f"soakd-agent-{pid or os.getpid()}.sock")
+
+
+class AgentServer:
+    """A background thread answering agent requests on a unix socket."""
+
+    def __init__(self, agent: Agent, path: str) -> None:
+        self.agent = agent
+        self.path = os.path.abspath(path)
+        self._owner_pid = os.getpid()
+        self._lock = threading.Lock()  # one agent request at a time
+        self._closed = threading.Event()
+        self._listener, self._inode = _bind_private(self.path)
+        self._wake_r, self._wake_w = os.pipe()
+        self._thread = threading.Thread(
+            target=self._accept_loop, name="soakd-agent-server", daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop accepting, remove the socket (only ours, only in the process that made it)."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        if os.getpid() != self._owner_pid:
+            return  # a forked child inherited us: the socket belongs to the parent
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+        self._thread.join(timeout=5)
+        self._listener.close()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        with contextlib.suppress(OSError):
+            if os.stat(self.path).st_ino == self._inode:
+                os.unlink(self.path)
+
+    def _accept_loop(self) -> None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._listener, selectors.EVENT_READ)
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            while not self._closed.is_set():
+                for key, _ in selector.select():
+                    if key.fileobj is not self._listener or self._closed.is_set():
+                        return
+                    try:
+                        conn, _addr = self._listener.accept()
+                    except OSError:
+                        continue
+                    if not _same_user(conn):
+                        conn.close()
+                        continue
+                    threading.Thread(
+                        target=self._serve_connection,
+                        args=(conn,),
+                        name="soakd-agent-conn",
+                        daemon=True,
+                    ).start()
+
+    def _serve_connection(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rwb") as stream:
+            while not self._closed.is_set():
+                try:
+                    line = stream.readline(_MAX_REQUEST + 1)
+                except OSError:
+                    return
+                if not line:
+                    return
+                if len(line) > _MAX_REQUEST:
+                    reply: dict[str, Any] = {"ok": False, "error": "request too long"}
+                    self._send(stream, reply)
+                    return
+                self._send(stream, self._answer(line))
+
+    @staticmethod
+    def _send(stream: Any, reply: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError):
+            stream.write(json.dumps(reply, separators=(",", ":")).encode() + b"\n")
+            stream.flush()
+
+    def _answer(self, line: bytes) -> dict[str, Any]:
+        try:
+            request = json.loads(line)
+        except ValueError as exc:
+            return {"ok": False, "error": f"request is not JSON: {exc}"}
+        if not isinstance(request, dict) or request.get("op") not in _OPS:
+            return {"ok": False, "error": f"unknown op; expected one of {', '.join(_OPS)}"}
+        try:
+            with self._lock:
+                return {"ok": True, "result": self._dispatch(request)}
+        except (ValueError, TypeError, OSError, SoakdError) as exc:
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+    def _dispatch(self, request: dict[str, Any]) -> Any:
+        op = request["op"]
+        agent = self.agent
+        if op == "ping":
+            return {"pid": os.getpid(), "tracing": agent.tracing, "argv": sys.argv[:8]}
+        if op == "heap":
+            return agent.heap()
+        if op == "types":
+            return agent.types()
+        if op == "tasks":
+            return count_tasks_any_thread()
+        if op == "start_tracing":
+            agent.start_tracing()
+            return {"tracing": agent.tracing}
+        if op == "stop_tracing":
+            agent.stop_tracing()
+            return {"tracing": agent.tracing}
+        path = request.get("snapshot_path")
+        role = request.get("role", "latest")
+        t = request.get("t")
+        if path is not None and not isinstance(path, str):
+            raise TypeError("snapshot_path must be a string or null")
+        if not isinstance(role, str):
+            raise TypeError("role must be a string")
+        if t is not None and (
+            not isinstance(t, int | float) or isinstance(t, bool) or not math.isfinite(t)
+        ):
+            raise TypeError("t must be a finite number or null")
+        return agent.sites(path, role, t=None if t is None else float(t))
+
+
+def _bind_private(path: str) -> tuple[socket.socket, int]:
+    parent = os.path.dirname(path) or "."
+    _remove_stale(path)
+    private_dir = tempfile.mkdtemp(prefix=".soakd-agent-", dir=parent)  # mode 0700
+    staging = os.path.join(private_dir, "s")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(staging)
+        os.chmod(staging, 0o600)
+        listener.listen(8)
+        os.rename(staging, path)
+        inode = os.stat(path).st_ino
+    except OSError as exc:
+        listener.close()
+        raise AgentError(f"cannot serve the agent at {path}: {exc.strerror or exc}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(staging)
+        with contextlib.suppress(OSError):
+            os.rmdir(private_dir)
+    return listener, inode
+
+
+def _remove_stale(path: str) -> None:
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise AgentError(f"will not replace {path}: it exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # nobody listens: left behind by a process that died
+        return
+    finally:
+        probe.close()
+    raise AgentError(f"another agent already serves {path}; set {ENV_SOCKET} to another path")
+
+
+def _same_user(conn: socket.socket) -> bool:
+    try:
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except (OSError, AttributeError):
+        return True  # no SO_PEERCRED here: the 0600 mode is the protection
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid in (os.getuid(), 0)
+
+
+_server: AgentServer | None = None
+_server_lock = threading.Lock()
+
+
+def serve(
+    path: str | None = None,
+    *,
+    agent: Agent | None = None,
+    frames: int = 8,
+    max_sites: int = 50,
+    max_types: int = 50,
+    trace: bool = False,
+) -> AgentServer:
+    """Serve this process's agent in a background thread; idempotent. Returns the server.
+
+    ``trace=True`` starts tracemalloc right away (otherwise the watcher asks for it).
+    """
+    global _server
+    with _server_lock:
+        if _server is not None and not _server._closed.is_set():
+            return _server
+        if agent is None:
+            from soakd.agent import Agent
+
+            agent = Agent(frames=frames, max_sites=max_sites, max_types=max_types)
+        if trace:
+            agent.start_tracing()
+        server = AgentServer(agent, path or default_socket_path())
+        atexit.register(server.close)
+        _server = server
+        return server
+
+
+class AgentClient:
+    """Synchronous client with the Agent's method names; every call is bounded by a timeout."""
+
+    def __init__(self, path: str, timeout: float = 10.0, sites_timeout: float = 60.0) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.sites_timeout = sites_timeout
+        self._sock: socket.socket | None = None
+        self._stream: Any = None
+
+    def __enter__(self) -> AgentClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._stream is not None:
+            with contextlib.suppress(OSError):
+                self._stream.close()
+        if self._sock is not None:
+            self._sock.close()
+        self._sock = None
+        self._stream = None
+
+    def ping(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call({"op": "ping"})
+        return result
+
+    @property
+    def tracing(self) -> bool:
+        return bool(self.ping()["tracing"])
+
+    def heap(self) -> dict[str, float]:
+        return _floats(self._call({"op": "heap"}))
+
+    def tasks(self) -> int:
+        return int(self._call({"op": "tasks"}))
+
+    def types(self) -> dict[str, int]:
+        result = self._call({"op": "types"})
+        if not isinstance(result, dict):
+            raise AgentError(f"agent at {self.path} sent a malformed types answer")
+        return {str(k): int(v) for k, v in result.items()}
+
+    def start_tracing(self) -> None:
+        self._call({"op": "start_tracing"})
+
+    def stop_tracing(self) -> None:
+        self._call({"op": "stop_tracing"})
+
+    def sites(
+        self, snapshot_path: str | None = None, role: str = "latest", *, t: float | None = None
+    ) -> dict[str, Any]:
+        request = {"op": "sites", "snapshot_path": snapshot_path, "role": role, "t": t}
+        result = self._call(request, self.sites_timeout)
+        if not isinstance(result, dict):
+            raise AgentError(f"agent at {self.path} sent a malformed sites answer")
+        return result
+
+    def _call(self, request: dict[str, Any], timeout: float | None = None) -> Any:
+        try:
+            if self._sock is None:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(self.timeout)
+                try:
+                    sock.connect(self.path)
+                except OSError:
+                    sock.close()
+                    raise
+                self._sock = sock
+                self._stream = sock.makefile("rwb")
+            self._sock.settimeout(timeout or self.timeout)
+            self._stream.write(json.dumps(request).encode() + b"\n")
+            self._stream.flush()
+            line = self._stream.readline(_MAX_RESPONSE + 1)
+        except OSError as exc:
+            self.close()  # a timed-out stream may still deliver the late answer: start afresh
+            raise AgentError(
+                f"agent at {self.path} did not answer {request['op']}: {exc}"
+            ) from None
+        if not line or len(line) > _MAX_RESPONSE:
+            self.close()
+            raise AgentError(f"agent at {self.path} closed the connection during {request['op']}")
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            self.close()
+            raise AgentError(f"agent at {self.path} sent a malformed answer") from None
+        if not isinstance(reply, dict):
+            raise AgentError(f"agent at {self.path} sent a malformed answer")
+        if not reply.get("ok"):
+            raise AgentError(f"agent at {self.path}: {reply.get('error', 'unknown error')}")
+        return reply.get("result")
+
+
+def _floats(value: Any) -> dict[str, float]:
+    if not isinstance(value, dict):
+        raise AgentError("malformed heap answer")
+    return {str(k): float(v) for k, v in value.items()}
