@@ -97,7 +97,7 @@ class WorkerLink:
             self._pending.clear()
 
     async def request(self, op: str, timeout: float, **params: Any) -> Any:
-        """Send ``op`` and wait for its result; raises ChannelClosed, TimeoutError or RuntimeError."""
+        """Send ``op``, wait for its result; raises ChannelClosed, TimeoutError or RuntimeError."""
         if self.closed.is_set():
             raise ChannelClosed("worker channel closed")
         rid = next(self._ids)

@@ -118,6 +118,10 @@ class Query(_Model):
 
 
 Matcher = dict[str, JSONScalar]
+DEFAULT_MILESTONES: dict[str, Matcher] = {
+    "first_status": {"type": "status"},
+    "analysis_complete": {"type": "status", "stage": "analysis_complete"},
+}
 
 
 class WorkloadConfig(_Model):
@@ -130,12 +134,7 @@ class WorkloadConfig(_Model):
     queries: tuple[Query, ...] = ()
     queries_file: str | None = None
     error_events: tuple[Matcher, ...] = ({"type": "error"},)
-    milestones: dict[str, Matcher] = Field(
-        default_factory=lambda: {
-            "first_status": {"type": "status"},
-            "analysis_complete": {"type": "status", "stage": "analysis_complete"},
-        }
-    )
+    milestones: dict[str, Matcher] = Field(default_factory=lambda: dict(DEFAULT_MILESTONES))
     interval: Duration = 10.0  # workload stats are reported per interval
     seed: int | None = None
 
@@ -203,9 +202,7 @@ class DetectionConfig(_Model):
     @model_validator(mode="after")
     def _order(self) -> DetectionConfig:
         if self.warmup_max < self.warmup:
-            raise ValueError(
-                f"warmup_max ({self.warmup_max}s) must be ≥ warmup ({self.warmup}s)"
-            )
+            raise ValueError(f"warmup_max ({self.warmup_max}s) must be ≥ warmup ({self.warmup}s)")
         return self
 
 
@@ -459,7 +456,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         try:
             text = p.read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise ConfigError(f"{p}: config file not found; pass an existing --config FILE") from None
+            raise ConfigError(
+                f"{p}: config file not found; pass an existing --config FILE"
+            ) from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{p}: cannot read config file: {exc}") from None
         try:

@@ -149,7 +149,9 @@ def build_summary(
         last_t = reader.last_t() or 0.0
         latest_wl_t = max((t for t, _ in reader.workload()), default=0.0)
     except sqlite3.DatabaseError as exc:
-        raise CommandError(f"samples.db in {run_dir} is not a readable soakd store: {exc}") from None
+        raise CommandError(
+            f"samples.db in {run_dir} is not a readable soakd store: {exc}"
+        ) from None
     finally:
         reader.close()
     try:
@@ -160,7 +162,8 @@ def build_summary(
         raise CommandError(f"samples.db in {run_dir} has no valid run metadata") from None
     if not isinstance(config, dict) or not isinstance(totals, dict):
         raise CommandError(f"samples.db in {run_dir} has malformed run metadata")
-    detection = config.get("detection") if isinstance(config.get("detection"), dict) else {}
+    raw_detection = config.get("detection")
+    detection: dict[str, Any] = raw_detection if isinstance(raw_detection, dict) else {}
     on_leak = on_leak or str(detection.get("on_leak", "fail"))
 
     leaks: dict[tuple[str, str], dict[str, Any]] = {}
@@ -211,7 +214,7 @@ def build_summary(
         failed=failed is not None,
         aborted=any(b["action"] == "abort" for b in breaches),
         leaks=bool(leak_list) and on_leak == "fail",
-        iterations=workload["iterations"],
+        iterations=workload["iterations"] if meta.get("driven", "1") == "1" else -1,
     )
     since = warmup_end if warmup_end is not None else _num(detection.get("warmup"), 0.0)
     summary: dict[str, Any] = {
@@ -263,11 +266,11 @@ def write_summary(run_dir: Path, summary: Mapping[str, Any]) -> Path:
 
 
 def rebuild_summary(run_dir: Path) -> dict[str, Any]:
-    """Recompute from disk (``soakd report``); keeps the supervisor's final verdict if it wrote one."""
+    """Recompute from disk (``soakd report``); keeps the final verdict if the run wrote one."""
     return build_summary(run_dir)
 
 
-_TOP = {
+_TOP: dict[str, type | tuple[type, ...]] = {
     "schema": str,
     "run_id": str,
     "started_at": str,

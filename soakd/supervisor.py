@@ -30,11 +30,11 @@ from soakd.channel import Channel, ChannelClosed, Message, WorkerLink
 from soakd.config import Config
 from soakd.detection import DetectionParams, Detector, Finding, SiteInfo
 from soakd.errors import EXIT_INTERNAL
-from soakd.rules import RuleEngine, guard_rules
+from soakd.rules import RuleEngine, rules_from_config
 from soakd.sinks.alerts import AlertSender
 from soakd.sinks.base import RunObserver
 from soakd.sinks.events import EventLog
-from soakd.sinks.notify import Notifier
+from soakd.sinks.notify import Notifier, child_environment
 from soakd.sinks.store import SampleStore
 
 Job = Callable[[], Awaitable[None]]
@@ -91,8 +91,7 @@ class Supervisor:
         self.events = EventLog(run.events, run.run_id, self.t0, console=config.output.console)
         self.store = SampleStore(run.samples)
         self.detector = Detector(detection_params(config))
-        guards = [r.model_copy(update={"grace": 0.0}) for r in guard_rules(config.guard)]
-        self.rules = RuleEngine([*config.rules, *guards], grace_s=config.detection.warmup)
+        self.rules = RuleEngine(rules_from_config(config), grace_s=config.detection.warmup)
         self.stop_requested = anyio.Event()
         self.stop_reason = "duration"
         self.aborted = False
@@ -100,6 +99,11 @@ class Supervisor:
         self.proc: asyncio.subprocess.Process | None = None
         self.psproc: psutil.Process | None = None
         self.link: WorkerLink | None = None
+        self.external_cmd: list[str] | None = None
+        self.external_pid: int | None = None
+        self.ext_proc: asyncio.subprocess.Process | None = None
+        self.agent_socket: str | None = None
+        self._agent: Any = None
         self.ready = anyio.Event()
         self.finished = anyio.Event()
         self.tracing = False
@@ -114,6 +118,7 @@ class Supervisor:
         self.worker_log = WorkerLog(run.worker_log, config.run.worker_log_limit)
         self._stall_after = float(os.environ.get(STALL_ENV, "inf"))
         self._sample_count = 0
+        self._pending: list[tuple[Any, ...]] = []
 
     # -- helpers ---------------------------------------------------------------------------
     def now(self) -> float:
@@ -162,6 +167,89 @@ class Supervisor:
         run.__name__ = name
         return run
 
+    # -- external mode ---------------------------------------------------------------------
+    def set_external(self, command: list[str] | None, pid: int | None) -> None:
+        """Watch CMD (started here) or a running PID instead of a Python target."""
+        self.external_cmd = command
+        self.external_pid = pid
+
+    @property
+    def external(self) -> bool:
+        return self.external_cmd is not None or self.external_pid is not None
+
+    @property
+    def driven(self) -> bool:
+        """Whether soakd drives a workload (then no completed iteration means failure)."""
+        return not self.external or self.config.target.http is not None
+
+    async def _start_external(self) -> None:
+        cfg = self.config
+        if self.external_cmd is not None:
+            self.agent_socket = f"/tmp/soakd-agent-{self.run_dir.run_id}.sock"
+            env = child_environment(os.environ)
+            env.pop("SOAKD_AGENT_DISABLED", None)
+            env["SOAKD_AGENT_SOCKET"] = self.agent_socket
+            try:
+                self.ext_proc = await asyncio.create_subprocess_exec(
+                    *self.external_cmd, env=env, stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,
+                )  # fmt: skip
+            except OSError as exc:
+                self.failure = {
+                    "reason": "start",
+                    "message": f"cannot start {self.external_cmd[0]!r}: {exc}",
+                }
+                self.emit("target.failed", "error", **self.failure)
+                self.request_stop("target_failed")
+                return
+            self.psproc = psutil.Process(self.ext_proc.pid)
+            self.emit("target.started", pid=self.ext_proc.pid, command=self.external_cmd)
+        else:
+            assert self.external_pid is not None
+            self.psproc = psutil.Process(self.external_pid)
+            self.agent_socket = os.environ.get(
+                "SOAKD_AGENT_SOCKET", f"/tmp/soakd-agent-{self.external_pid}.sock"
+            )
+            self.emit("target.attached", pid=self.external_pid, name=self.psproc.name())
+        if cfg.target.http is not None:
+            await self._spawn_worker(watch=False)  # the worker only drives HTTP load
+        else:
+            self.ready.set()
+
+    def _stats_source(self) -> Any:
+        """Where heap/type/site stats come from: our worker, or an agent in the watched app."""
+        if not self.external:
+            return self.link
+        if self._agent is None and self.agent_socket and os.path.exists(self.agent_socket):
+            from soakd.agent.server import AgentClient
+
+            self._agent = AgentClient(self.agent_socket)
+            self.emit("agent.connected", socket=self.agent_socket)
+        return self._agent
+
+    async def _ask(self, op: str, timeout: float, **params: Any) -> Any:
+        source = self._stats_source()
+        if source is None:
+            return None
+        if isinstance(source, WorkerLink):
+            return await source.request(op, timeout, **params)
+        return await anyio.to_thread.run_sync(lambda: getattr(source, op)(**params))
+
+    async def _watch_external(self) -> None:
+        if self.ext_proc is not None:
+            code = await self.ext_proc.wait()
+        else:
+            assert self.psproc is not None
+            while self.psproc.is_running() and self.psproc.status() != psutil.STATUS_ZOMBIE:
+                await anyio.sleep(self.config.sampling.process_interval)
+            code = None
+        if not self.stop_requested.is_set():
+            what = "exited" if code is None else f"exited with code {code}"
+            self.failure = {"reason": "target_exited", "message": f"watched process {what}"}
+            self.emit("target.failed", "error", **self.failure)
+            self.request_stop("target_exited")
+
     # -- setup -----------------------------------------------------------------------------
     def _write_meta(self) -> None:
         cfg = self.config
@@ -172,6 +260,7 @@ class Supervisor:
         self.store.set_meta("config", cfg.model_dump(mode="json", by_alias=True))
         self.store.set_meta("duration_s", repr(self.duration))
         self.store.set_meta("workload_totals", {})
+        self.store.set_meta("driven", "1" if self.driven else "0")
         rundir.write_json_atomic(
             self.run_dir.path / rundir.CONFIG,
             {"config": cfg.model_dump(mode="json", by_alias=True), "base_dir": cfg.base_dir},
@@ -204,10 +293,10 @@ class Supervisor:
         self.emit(event, **dict(fields))
 
     # -- worker ----------------------------------------------------------------------------
-    async def _spawn_worker(self) -> None:
+    async def _spawn_worker(self, watch: bool = True) -> None:
         cfg = self.config
         parent, child = socket.socketpair()
-        env = dict(os.environ)
+        env = child_environment(os.environ)
         env.update(
             SOAKD_CHANNEL_FD=str(child.fileno()),
             SOAKD_CONFIG=str(self.run_dir.path / rundir.CONFIG),
@@ -230,7 +319,8 @@ class Supervisor:
             start_new_session=True, preexec_fn=preexec if limit else None,
         )  # fmt: skip
         child.close()
-        self.psproc = psutil.Process(self.proc.pid)
+        if watch:
+            self.psproc = psutil.Process(self.proc.pid)
         self.link = WorkerLink(await Channel.open(parent), self._on_message)
         self.emit("worker.started", pid=self.proc.pid)
 
@@ -293,21 +383,20 @@ class Supervisor:
                 obs.on_workload(t, interval, totals)
         self._evaluate_rules()
 
-    async def _pump_output(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        while data := await self.proc.stdout.read(65536):
+    async def _pump_output(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        while data := await proc.stdout.read(65536):
             self.worker_log.write(data)
 
     async def _watch_worker(self) -> None:
         assert self.proc is not None
         code = await self.proc.wait()
-        if not self.stop_requested.is_set() or not self.finished.is_set():
-            if self.failure is None and not self.finished.is_set() and not self._stopping_worker:
-                sig = -code if code < 0 else None
-                what = f"signal {signal.Signals(sig).name}" if sig else f"exit code {code}"
-                self.failure = {"reason": "worker_died", "message": f"worker died: {what}"}
-                self.emit("target.failed", "error", returncode=code, **self.failure)
-                self.request_stop("worker_died")
+        if self.failure is None and not self.finished.is_set() and not self._stopping_worker:
+            sig = -code if code < 0 else None
+            what = f"signal {signal.Signals(sig).name}" if sig else f"exit code {code}"
+            self.failure = {"reason": "worker_died", "message": f"worker died: {what}"}
+            self.emit("target.failed", "error", returncode=code, **self.failure)
+            self.request_stop("worker_died")
         self.emit("worker.exited", returncode=code)
 
     _stopping_worker = False
@@ -343,9 +432,9 @@ class Supervisor:
         t = self.now()
         self._record(t, values)
         rss = values["rss_bytes"] - self.overhead_bytes  # tracemalloc's own tables are not a leak
-        self.detector.add("rss", "rss", t, rss)
+        self._feed("rss", "rss", t, rss)
         for key in ("fds", "threads"):
-            self.detector.add(key, key, t, values[key])  # type: ignore[arg-type]
+            self._feed(key, key, t, values[key])
         self.rules.observe(t, values)
         self._evaluate_rules()
 
@@ -365,36 +454,40 @@ class Supervisor:
         self._evaluate_rules()
 
     async def sample_heap(self) -> None:
-        assert self.link is not None
-        result = await self.link.request("heap", self.config.sampling.job_timeout)
+        result = await self._ask("heap", self.config.sampling.job_timeout)
+        if not result:
+            return
         values = {k: float(v) for k, v in result.items() if isinstance(v, int | float)}
         t = self.now()
         self.overhead_bytes = values.get("tracemalloc_overhead_bytes", 0.0)
         self._record(t, values)
         if "heap_bytes" in values:
-            self.detector.add("heap", "heap", t, values["heap_bytes"])
+            self._feed("heap", "heap", t, values["heap_bytes"])
         if "tasks" in values:
-            self.detector.add("tasks", "tasks", t, values["tasks"])
+            self._feed("tasks", "tasks", t, values["tasks"])
         self.rules.observe(t, values)
 
     async def sample_types(self) -> None:
-        assert self.link is not None
-        result = await self.link.request("types", self.config.sampling.job_timeout)
+        result = await self._ask("types", self.config.sampling.job_timeout)
+        if not result:
+            return
         t = self.now()
         counts = {f"type:{k}": float(v) for k, v in result.items()}
         self._record(t, counts)
         for name, count in result.items():
-            self.detector.add("type", name, t, float(count))
+            self._feed("type", name, t, float(count))
 
     async def sample_sites(self, role: str = "latest") -> None:
-        if not self.tracing or self.link is None:
+        if not self.tracing:
             return
         if self.snapshots_taken == 0:
             role = "baseline"
         path = self.run_dir.snapshots / f"{role}.json.gz"
-        result = await self.link.request(
+        result = await self._ask(
             "sites", self.config.sampling.job_timeout, snapshot_path=str(path), role=role
         )
+        if result is None:
+            return
         t = self.now()
         self.snapshots_taken += 1
         values: dict[str, float] = {}
@@ -404,7 +497,7 @@ class Supervisor:
             values[f"site_count:{key}"] = float(site["count"])
             tb = tuple(site.get("traceback") or ())
             self.store.add_site(key, tb, site.get("line"))
-            self.detector.add("site", key, t, float(site["size"]),
+            self._feed("site", key, t, float(site["size"]),
                               SiteInfo(site=key, traceback=tb, line=site.get("line")))  # fmt: skip
         values["traced_bytes"] = float(result.get("traced_bytes", 0.0))
         values["heap_pause_s"] = float(result.get("pause_s", 0.0))
@@ -413,29 +506,43 @@ class Supervisor:
                   traced_bytes=values["traced_bytes"], pause_s=values["heap_pause_s"])  # fmt: skip
 
     async def set_tracing(self, on: bool, reason: str) -> None:
-        if on == self.tracing or self.link is None:
+        if on == self.tracing or self._stats_source() is None:
             return
-        await self.link.request("start_tracing" if on else "stop_tracing", 10.0)
+        await self._ask("start_tracing" if on else "stop_tracing", 10.0)
         self.tracing = on
         self.tracing_since = self.now()
         self.emit("tracing.started" if on else "tracing.stopped", reason=reason)
 
+    def _feed(self, *sample: Any) -> None:
+        """Queue a sample for the detector; only the analysis thread touches the detector."""
+        if len(self._pending) >= 200_000:  # analysis stalled: keep the newest half
+            del self._pending[:100_000]
+        self._pending.append(sample)
+
     async def analyze(self) -> None:
         now = self.now()
-        changes = await anyio.to_thread.run_sync(lambda: self.detector.analyze(now))
-        if not self.warmup_reported and (w := self.detector.warmup_end()) is not None:
+        batch, self._pending = self._pending, []
+        detector = self.detector
+
+        def work() -> tuple[list[Finding], float | None, bool, list[Finding]]:
+            for sample in batch:
+                detector.add(*sample)
+            changes = detector.analyze(now)
+            return changes, detector.warmup_end(), detector.suspicious(now), detector.findings()
+
+        changes, warmup, suspicious, findings = await anyio.to_thread.run_sync(work)
+        if not self.warmup_reported and warmup is not None:
             self.warmup_reported = True
-            self.emit("detection.warmup_end", warmup_end_s=round(w, 3))
+            self.emit("detection.warmup_end", warmup_end_s=round(warmup, 3))
         for finding in changes:
             self._emit_finding(finding)
-            if finding.state == "confirmed":
-                self.rules.observe_leak(now, finding.kind)
+            if finding.state != "suspected":
+                self.rules.observe_leak(now, finding.kind, confirmed=finding.state == "confirmed")
         self._evaluate_rules()
         mode = self.config.sampling.tracemalloc
-        if mode == "on-suspicion" and self.config.sampling.enabled:
-            open_heap = any(f.kind in ("heap", "objects") for f in self.detector.findings()
-                            if f.state == "suspected" or f.site is None)  # fmt: skip
-            if not self.tracing and (self.detector.suspicious(now) or open_heap):
+        if mode == "on-suspicion" and self.config.sampling.enabled and not self.tracing:
+            unattributed = any(f.kind in ("heap", "objects") and f.site is None for f in findings)
+            if suspicious or unattributed:
                 await self.set_tracing(True, "suspicion")
                 await self.sample_sites()
 
@@ -452,8 +559,7 @@ class Supervisor:
 
     def _evaluate_rules(self) -> None:
         for breach in self.rules.evaluate(self.now()):
-            data = breach.as_dict()
-            self.emit("threshold.breached", "warning", metric=breach.metric, **data)
+            self.emit("threshold.breached", "warning", **breach.event_fields())
             if breach.action == "abort":
                 self.aborted = True
                 self.request_stop(f"aborted: {breach.rule}")
@@ -505,13 +611,21 @@ class Supervisor:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._signals)
-                await self._spawn_worker()
-                assert self.link is not None
-                tg.start_soon(self.link.pump)
-                tg.start_soon(self._pump_output)
-                tg.start_soon(self._watch_worker)
+                if self.external:
+                    await self._start_external()
+                    if self.ext_proc is not None:
+                        tg.start_soon(self._pump_output, self.ext_proc)
+                    if self.psproc is not None:
+                        tg.start_soon(self._watch_external)
+                else:
+                    await self._spawn_worker()
+                if self.proc is not None and self.link is not None:
+                    tg.start_soon(self.link.pump)
+                    tg.start_soon(self._pump_output, self.proc)
+                    tg.start_soon(self._watch_worker)
                 with anyio.move_on_after(self.config.run.start_timeout) as scope:
                     async with anyio.create_task_group() as wait:
+
                         async def until(ev: anyio.Event) -> None:
                             await ev.wait()
                             wait.cancel_scope.cancel()
@@ -519,12 +633,17 @@ class Supervisor:
                         wait.start_soon(until, self.ready)
                         wait.start_soon(until, self.stop_requested)
                 if scope.cancelled_caught and not self.ready.is_set():
-                    self.failure = {"reason": "start_timeout", "message":
-                                    f"target not ready within {self.config.run.start_timeout}s"}
+                    self.failure = {
+                        "reason": "start_timeout",
+                        "message": f"target not ready within {self.config.run.start_timeout}s",
+                    }
                     self.emit("target.failed", "error", **self.failure)
                     self.request_stop("target_failed")
                 if self.ready.is_set() and not self.stop_requested.is_set():
-                    if self.config.sampling.enabled and self.config.sampling.tracemalloc == "always":
+                    if (
+                        self.config.sampling.enabled
+                        and self.config.sampling.tracemalloc == "always"
+                    ):
                         self.tracing = True
                         self.tracing_since = self.now()
                         self.emit("tracing.started", reason="always")
@@ -542,7 +661,8 @@ class Supervisor:
         self.emit("run.stopping", reason=self.stop_reason)
         if scheduler.running:
             scheduler.shutdown(wait=False)
-        if self.ready.is_set() and self.proc is not None and self.proc.returncode is None:
+        alive = self.psproc is not None and self.psproc.is_running()
+        if self.ready.is_set() and alive:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.sample_process(), 5.0)
             if self.tracing:
@@ -554,7 +674,21 @@ class Supervisor:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.analyze(), 30.0)
         await self._stop_worker()
+        await self._stop_external()
         self.ended = time.time()
+
+    async def _stop_external(self) -> None:
+        """Stop a command we started (its whole session); never a process we only attached to."""
+        proc = self.ext_proc
+        if proc is None or proc.returncode is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, self.config.run.stop_timeout), (signal.SIGKILL, 3.0)):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, sig)
+            with anyio.move_on_after(wait):
+                await proc.wait()
+            if proc.returncode is not None:
+                return
 
     async def _stop_worker(self) -> None:
         proc = self.proc
@@ -586,7 +720,7 @@ class Supervisor:
             failed=self.failure is not None,
             aborted=self.aborted,
             leaks=leaks and self.config.detection.on_leak == "fail",
-            iterations=self.iterations,
+            iterations=self.iterations if self.driven else -1,
         )
 
     exit_code = EXIT_INTERNAL
@@ -594,7 +728,7 @@ class Supervisor:
 
     async def _close(self) -> None:
         verdict = self.verdict
-        if self.failure is None and self.iterations == 0:
+        if self.failure is None and self.iterations == 0 and self.driven:
             self.emit("target.failed", "error", reason="no_iterations",
                       message="no iteration completed during the run")  # fmt: skip
         duration = self.now()
@@ -607,8 +741,9 @@ class Supervisor:
         s: dict[str, Any] = {}
         try:
             s = await anyio.to_thread.run_sync(
-                lambda: summary.build_summary(self.run_dir.path, final,
-                                              on_leak=self.config.detection.on_leak)  # fmt: skip
+                lambda: summary.build_summary(
+                    self.run_dir.path, final, on_leak=self.config.detection.on_leak
+                )
             )
             s["worker_log_dropped_bytes"] = self.worker_log.dropped
             if self.job_failures:

@@ -22,11 +22,21 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "run", help="run a soak", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    p.add_argument("--config", "-c", metavar="FILE", help="TOML config (default: built-in defaults)")
+    p.add_argument(
+        "--config", "-c", metavar="FILE", help="TOML config (default: built-in defaults)"
+    )
     p.add_argument("--duration", "-d", metavar="DUR", help="how long to soak: 90s, 10m, 6h")
-    p.add_argument("--run-dir", metavar="DIR", help="write the run here (must not exist or be empty)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key with a TOML value, e.g. workload.users=16")
+    p.add_argument(
+        "--run-dir", metavar="DIR", help="write the run here (must not exist or be empty)"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key with a TOML value, e.g. workload.users=16",
+    )
     p.add_argument("--pid", type=int, metavar="PID", help="watch a running process instead")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ...",
                    help="watch this command instead of a Python target")  # fmt: skip

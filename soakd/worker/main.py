@@ -64,7 +64,8 @@ class Worker:
 
         cfg = self.config
         try:
-            corpus = Corpus.from_config(cfg.workload, cfg.base_dir)
+            qfile = cfg.workload.queries_file
+            corpus = Corpus.from_config(cfg.workload, cfg.resolve(qfile) if qfile else None)
             if cfg.target.http is not None:
                 from soakd.worker.http_target import open_http_target
 
@@ -114,7 +115,9 @@ class Worker:
             result = await self._dispatch(str(op), message)
         except Exception as exc:
             if rid is not None:
-                await self.channel.send({"id": rid, "ok": False, "error": f"{type(exc).__name__}: {exc}"})
+                await self.channel.send(
+                    {"id": rid, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+                )
             return
         if rid is not None:
             await self.channel.send({"id": rid, "ok": True, "result": result})
