@@ -2,9 +2,9 @@
 
 Protocol: one JSON object per line each way. Request ``{"op": OP, ...}`` with OP one of
 ``ping``, ``heap``, ``sites`` (optional ``snapshot_path``, ``role``, ``t``), ``types``, ``tasks``,
-``start_tracing``, ``stop_tracing``; response ``{"ok": true, "result": ...}`` or
-``{"ok": false, "error": "message"}``. Requests of one connection are answered in order; the
-agent runs one request at a time across connections.
+``start_tracing``, ``stop_tracing`` (``heap`` also carries ``tasks``); response
+``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "message"}``. Requests of one
+connection are answered in order; the agent runs one request at a time across connections.
 
 The socket is ``$SOAKD_AGENT_SOCKET`` or ``/tmp/soakd-agent-<pid>.sock``, mode 0600: it is bound
 inside a fresh 0700 directory, chmod'ed, then renamed into place, so no other user ever gets a
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = ["AgentClient", "AgentError", "AgentServer", "default_socket_path", "serve"]
 
 ENV_SOCKET = "SOAKD_AGENT_SOCKET"
+ENV_DISABLED = "SOAKD_AGENT_DISABLED"
 _MAX_REQUEST = 64 * 1024
 _MAX_RESPONSE = 64 * 1024 * 1024
 _OPS = ("ping", "heap", "sites", "types", "tasks", "start_tracing", "stop_tracing")
@@ -155,7 +156,8 @@ class AgentServer:
         if op == "ping":
             return {"pid": os.getpid(), "tracing": agent.tracing, "argv": sys.argv[:8]}
         if op == "heap":
-            return agent.heap()
+            # Same shape as the worker's answer: the supervisor reads tasks from the heap sample.
+            return {**agent.heap(), "tasks": float(count_tasks_any_thread())}
         if op == "types":
             return agent.types()
         if op == "tasks":
@@ -243,12 +245,15 @@ def serve(
     max_sites: int = 50,
     max_types: int = 50,
     trace: bool = False,
-) -> AgentServer:
+) -> AgentServer | None:
     """Serve this process's agent in a background thread; idempotent. Returns the server.
 
-    ``trace=True`` starts tracemalloc right away (otherwise the watcher asks for it).
+    ``trace=True`` starts tracemalloc right away (otherwise the watcher asks for it). Returns
+    None without serving when ``$SOAKD_AGENT_DISABLED`` is ``1`` (soakd's own processes set it).
     """
     global _server
+    if os.environ.get(ENV_DISABLED) == "1":
+        return None
     with _server_lock:
         if _server is not None and not _server._closed.is_set():
             return _server
