@@ -138,6 +138,8 @@ def classify(ts: Sequence[float], ys: Sequence[float], params: VerdictParams) ->
     if share >= params.step_fraction:
         return verdict("step", f"one jump carries {share:.0%} of the rise")
 
+    if fit.slope <= params.min_slope:
+        return verdict("flat", f"slope {fit.slope:.3g}/s ≤ minimum {params.min_slope:.3g}/s")
     third = [i for i, t in enumerate(bt) if t >= bt[-1] - duration / 3.0]
     if len(third) >= 4:
         tail = theil_sen([bt[i] for i in third], [by[i] for i in third], 1.0 - params.alpha)
@@ -243,9 +245,9 @@ def warmup_end(
 ) -> float:
     """Earliest time ≥ ``floor_s`` after which growth has settled; ``max_s`` if never (yet).
 
-    From each candidate start, the slope of the first half of the remaining data is compared
-    with the second half's: warm-up decelerates, so it is over once the first half no longer
-    grows faster than the second by more than noise (or ``min_slope``). A candidate needs
+    From each candidate start c, the slope over the first half of [c, c + 2·min_span_s] is
+    compared with the second half's: warm-up decelerates, so it is over once the first half
+    no longer grows faster than the second by more than noise (or ``min_slope``). A candidate needs
     ``min_span_s`` of data after it, so a caller that gets ``max_s`` before ``max_s`` should
     ask again later.
     """
@@ -258,10 +260,14 @@ def warmup_end(
     step = max((max_s - floor_s) / 40.0, 1.0)
     c = floor_s
     while c <= max_s:
-        idx = [i for i, t in enumerate(ts) if t >= c]
-        if len(idx) < 8 or ts[-1] - c < min_span_s:
+        if ts[-1] - c < min_span_s:
             return max_s
-        mid = (c + ts[-1]) / 2.0
+        # A bounded span after c: over all remaining data a fast early rise would be diluted.
+        end = min(ts[-1], c + 2.0 * min_span_s)
+        idx = [i for i, t in enumerate(ts) if c <= t <= end]
+        if len(idx) < 8:
+            return max_s
+        mid = (c + end) / 2.0
         first = [i for i in idx if ts[i] < mid]
         second = [i for i in idx if ts[i] >= mid]
         if len(first) >= 4 and len(second) >= 4:
