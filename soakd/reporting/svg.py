@@ -1,0 +1,255 @@
+"""Server-side SVG line charts: no JavaScript, no network, every string escaped."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from html import escape
+from typing import Literal
+
+from soakd.units import format_duration, format_size
+
+Point = tuple[float, float]
+Unit = Literal["bytes", "count", "ratio", "ms", "per_s", "number"]
+
+PALETTE = (
+    "#1f77b4",
+    "#d62728",
+    "#2ca02c",
+    "#9467bd",
+    "#ff7f0e",
+    "#17becf",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+)
+MARKER_COLORS = {"warmup": "#888888", "suspected": "#e69500", "confirmed": "#c0392b"}
+
+
+@dataclass(frozen=True)
+class Marker:
+    """A vertical line at ``t`` (seconds since run start)."""
+
+    t: float
+    label: str
+    kind: str  # warmup | suspected | confirmed | breach
+
+
+@dataclass(frozen=True)
+class Bucket:
+    t_lo: float
+    t_hi: float
+    v_min: float
+    v_max: float
+    v_avg: float
+
+
+def buckets_to_points(buckets: Sequence[Bucket]) -> list[Point]:
+    """Two points per bucket (min and max), ordered by the local direction of the series.
+
+    Emitting min then max on a rising stretch (max then min on a falling one) keeps monotone
+    series monotone on screen while spikes inside a bucket stay visible.
+    """
+    out: list[Point] = []
+    for i, b in enumerate(buckets):
+        if b.v_min == b.v_max or b.t_lo == b.t_hi:
+            out.append(((b.t_lo + b.t_hi) / 2, b.v_avg if b.v_min != b.v_max else b.v_min))
+            continue
+        prev_avg = buckets[i - 1].v_avg if i > 0 else b.v_avg
+        next_avg = buckets[i + 1].v_avg if i + 1 < len(buckets) else b.v_avg
+        if next_avg - prev_avg >= 0:
+            out += [(b.t_lo, b.v_min), (b.t_hi, b.v_max)]
+        else:
+            out += [(b.t_lo, b.v_max), (b.t_hi, b.v_min)]
+    return out
+
+
+def downsample(points: Sequence[Point], max_points: int = 1500) -> list[Point]:
+    """At most ``max_points`` points via min/max buckets over time; finite points only."""
+    clean = [(t, v) for t, v in points if math.isfinite(t) and math.isfinite(v)]
+    if len(clean) <= max_points:
+        return clean
+    n_buckets = max(1, max_points // 2)
+    t0, t1 = clean[0][0], clean[-1][0]
+    width = (t1 - t0) / n_buckets or 1.0
+    buckets: list[Bucket] = []
+    cur: list[Point] = []
+    cur_idx = 0
+    for t, v in clean:
+        idx = min(n_buckets - 1, int((t - t0) / width))
+        if cur and idx != cur_idx:
+            buckets.append(_bucket(cur))
+            cur = []
+        cur_idx = idx
+        cur.append((t, v))
+    if cur:
+        buckets.append(_bucket(cur))
+    return buckets_to_points(buckets)
+
+
+def _bucket(points: Sequence[Point]) -> Bucket:
+    values = [v for _, v in points]
+    return Bucket(points[0][0], points[-1][0], min(values), max(values), sum(values) / len(values))
+
+
+def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    """Round tick values covering [lo, hi] (the classic 1-2-5 "nice numbers" scheme)."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return []
+    if hi <= lo:
+        return [lo]
+    raw = (hi - lo) / max(1, count)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    start = math.ceil(lo / step) * step
+    ticks: list[float] = []
+    value = start
+    while value <= hi + step * 1e-9 and len(ticks) < 50:
+        ticks.append(0.0 if abs(value) < step * 1e-9 else value)
+        value += step
+    return ticks
+
+
+def format_value(value: float | None, unit: Unit) -> str:
+    """A value in the unit a person reads: ``1.5 MiB``, ``12``, ``3.2%``, ``45 ms``."""
+    if value is None or not math.isfinite(value):
+        return "n/a" if value is None or math.isnan(value) else ("∞" if value > 0 else "-∞")
+    if unit == "bytes":
+        if abs(value) >= 1024**4:  # beyond GiB a size is absurd; stay short and exact
+            return f"{value:.3g} B"
+        sign = "-" if value < 0 else ""
+        return sign + format_size(abs(value))
+    if unit == "ratio":
+        return f"{value * 100:.2f}%"
+    if unit == "ms":
+        return f"{value:.0f} ms" if abs(value) >= 10 else f"{value:.2f} ms"
+    if unit == "per_s":
+        return f"{value:.2f}/s"
+    if unit == "count":
+        return f"{value:.0f}" if abs(value) >= 10 or value == int(value) else f"{value:.1f}"
+    return f"{value:.4g}"
+
+
+def _tick_label(value: float, unit: Unit) -> str:
+    if unit == "bytes":
+        return format_value(value, unit).replace(".0 ", " ")
+    return format_value(value, unit)
+
+
+@dataclass(frozen=True)
+class Chart:
+    """One line chart; ``render`` returns an ``<svg>`` element."""
+
+    title: str
+    series: Mapping[str, Sequence[Point]]
+    unit: Unit = "number"
+    markers: Sequence[Marker] = ()
+    labels: Mapping[str, str] | None = None  # legend text per series (full name stays in title)
+    width: int = 760
+    height: int = 230
+    zero_based: bool = True
+
+    def render(self) -> str:
+        left, right, top, bottom = 78, 12, 26, 30
+        names = [n for n, pts in self.series.items() if pts]
+        legend_rows = math.ceil(len(names) / 2) if names else 1
+        total_h = self.height + legend_rows * 18 + 6
+        plot_w = self.width - left - right
+        plot_h = self.height - top - bottom
+        all_pts = [p for n in names for p in self.series[n]]
+        title_text = f"{self.title} — {', '.join(self.series) or 'no series'}"
+        parts = [
+            f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" '
+            f'width="{self.width}" height="{total_h}" viewBox="0 0 {self.width} {total_h}">',
+            f"<title>{escape(title_text)}</title>",
+            f'<text x="{left}" y="16" class="ct">{escape(self.title)}</text>',
+            f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" class="frame"/>',
+        ]
+        if not all_pts:
+            parts.append(
+                f'<text x="{left + plot_w / 2}" y="{top + plot_h / 2}" class="empty" '
+                'text-anchor="middle">no samples</text></svg>'
+            )
+            return "".join(parts)
+        t_lo = min(p[0] for p in all_pts)
+        t_hi = max(p[0] for p in all_pts)
+        for m in self.markers:
+            if math.isfinite(m.t):
+                t_lo, t_hi = min(t_lo, m.t), max(t_hi, m.t)
+        v_lo = min(p[1] for p in all_pts)
+        v_hi = max(p[1] for p in all_pts)
+        if self.zero_based and v_lo >= 0:
+            v_lo = 0.0
+        if v_hi == v_lo:
+            pad = abs(v_hi) * 0.1 or 1.0
+            v_lo, v_hi = v_lo - (pad if v_lo != 0 else 0), v_hi + pad
+        t_span = (t_hi - t_lo) or 1.0
+        # halves first: the span of two huge values of opposite sign would overflow to inf
+        v_span = (v_hi / 2 - v_lo / 2) * 2 or 1.0
+        if not math.isfinite(v_span):
+            v_span = 1.0
+
+        def x(t: float) -> float:
+            return left + (t - t_lo) / t_span * plot_w
+
+        def y(v: float) -> float:
+            return top + plot_h - (v - v_lo) / v_span * plot_h
+
+        for tick in nice_ticks(v_lo, v_hi, 4):
+            yy = y(tick)
+            parts.append(
+                f'<line x1="{left}" x2="{left + plot_w}" y1="{yy:.1f}" y2="{yy:.1f}" class="grid"/>'
+                f'<text x="{left - 4}" y="{yy + 4:.1f}" text-anchor="end" class="tick">'
+                f"{escape(_tick_label(tick, self.unit))}</text>"
+            )
+        for tick in nice_ticks(t_lo, t_hi, 6):
+            xx = x(tick)
+            parts.append(
+                f'<line x1="{xx:.1f}" x2="{xx:.1f}" y1="{top + plot_h}" y2="{top + plot_h + 4}" '
+                f'class="axis"/><text x="{xx:.1f}" y="{top + plot_h + 16}" text-anchor="middle" '
+                f'class="tick">{escape(format_duration(max(0.0, tick)))}</text>'
+            )
+        for m in self.markers:
+            if not math.isfinite(m.t):
+                continue
+            xx = x(m.t)
+            color = MARKER_COLORS.get(m.kind, "#555555")
+            dash = ' stroke-dasharray="4 3"' if m.kind == "warmup" else ""
+            parts.append(
+                f'<line x1="{xx:.1f}" x2="{xx:.1f}" y1="{top}" y2="{top + plot_h}" '
+                f'stroke="{color}" stroke-width="1.2"{dash} class="marker marker-{escape(m.kind)}">'
+                f"<title>{escape(m.label)} at {escape(format_duration(max(0.0, m.t)))}</title>"
+                f'</line><text x="{xx + 3:.1f}" y="{top + 10}" class="mlabel" fill="{color}">'
+                f"{escape(m.label[:40])}</text>"
+            )
+        for i, name in enumerate(names):
+            color = PALETTE[i % len(PALETTE)]
+            d = _path(self.series[name], x, y)
+            parts.append(
+                f'<path d="{d}" fill="none" stroke="{color}" stroke-width="1.5" '
+                f'data-series="{escape(name)}"><title>{escape(name)}</title></path>'
+            )
+        for i, name in enumerate(names):
+            color = PALETTE[i % len(PALETTE)]
+            lx = left + (i % 2) * (plot_w / 2)
+            ly = self.height + (i // 2) * 18
+            label = (self.labels or {}).get(name, name)
+            last = self.series[name][-1][1]
+            parts.append(
+                f'<g class="legend"><rect x="{lx:.1f}" y="{ly - 9}" width="12" height="4" '
+                f'fill="{color}"/><text x="{lx + 16:.1f}" y="{ly - 4}" class="lg">'
+                f"<title>{escape(name)}</title>{escape(_clip(label, 60))} "
+                f"(last {escape(format_value(last, self.unit))})</text></g>"
+            )
+        parts.append("</svg>")
+        return "".join(parts)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else "…" + text[-(limit - 1) :]
+
+
+def _path(points: Sequence[Point], x: Callable[[float], float], y: Callable[[float], float]) -> str:
+    return "M" + " L".join(f"{x(t):.1f} {y(v):.1f}" for t, v in points)
