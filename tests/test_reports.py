@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 from soakd.errors import CommandError
-from soakd.reporting import load_run, render_html, render_markdown, write_reports
+from soakd.reporting import load_run, write_reports
 from soakd.reporting.common import leak_entries, source_context
 from soakd.reporting.svg import Chart, downsample, nice_ticks
 from soakd.sinks.store import SampleStore
@@ -127,7 +128,7 @@ def build_run(
             first_detected_s=600.0,
             analyses=3,
             signals={"mann_kendall": True},
-        ),  # fmt: skip
+        ),
         _event(
             "leak.confirmed",
             900.0,
@@ -144,7 +145,7 @@ def build_run(
             first_detected_s=600.0,
             analyses=6,
             signals={"mann_kendall": True, "theil_sen_low": 65e6},
-        ),  # fmt: skip
+        ),
         _event(
             "leak.suspected",
             1200.0,
@@ -160,7 +161,7 @@ def build_run(
             first_detected_s=1200.0,
             analyses=2,
             signals={"note": hostile},
-        ),  # fmt: skip
+        ),
         _event(
             "threshold.breached",
             1500.0,
@@ -170,11 +171,12 @@ def build_run(
             limit=150e6,
             action="alert",
             at_s=1500.0,
-        ),  # fmt: skip
+        ),
     ]
     if finished:
-        events.append(_event("run.finished", duration, verdict="leak", exit_code=3,
-                             duration_s=duration))  # fmt: skip
+        events.append(
+            _event("run.finished", duration, verdict="leak", exit_code=3, duration_s=duration)
+        )
     with (run / "events.jsonl").open("w", encoding="utf-8") as fh:
         fh.write("\n".join(events) + "\n")
         fh.write('{"event": "workload.interval", "t": 17')  # cut by a SIGKILL
@@ -222,7 +224,7 @@ def build_run(
                 "limit": 150e6,
                 "action": "alert",
                 "at_s": 1500.0,
-            }  # fmt: skip
+            }
         ],
         "detection": {"warmup_end_s": 420.0},
     }
@@ -388,7 +390,7 @@ def test_store_downsampling_keeps_24h_plots_small(tmp_path: Path) -> None:
     rss = run.series["rss_bytes"]
     assert 700 <= len(rss) <= 1500
     assert rss[0] == (0.0, 1e8) and rss[-1] == (86_399.0, 1e8 + 863_990.0)
-    assert all(b[1] >= a[1] for a, b in zip(rss, rss[1:], strict=False))  # monotone stays so
+    assert all(b[1] >= a[1] for a, b in itertools.pairwise(rss))  # monotone stays so
 
 
 def test_chart_handles_extreme_values() -> None:
@@ -544,6 +546,9 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     drawn = [s for svg in parsed.svgs for s in svg["series"]]
     for name in ("rss_bytes", "heap_bytes", "fds", "throughput_per_s", "latency_p99_ms"):
         assert name in drawn
-    assert all(re.match(r"M[\d.]+ [\d.]+( L[\d.]+ [\d.]+)+$", d) for svg in parsed.svgs
-               for d in svg["paths"])  # fmt: skip
+    assert all(
+        re.match(r"M[\d.]+ [\d.]+( L[\d.]+ [\d.]+)+$", d)
+        for svg in parsed.svgs
+        for d in svg["paths"]
+    )
     assert not [u for u in parsed.urls if re.match(r"(?i)\s*(https?:)?//", u)]
