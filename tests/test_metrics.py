@@ -316,3 +316,89 @@ async def test_real_prometheus_scrapes_soakd(server: MetricsServer, tmp_path: Pa
             proc.kill()
             proc.wait()
         log.close()
+
+
+CONFIG = Path(__file__).resolve().parent.parent / "config"
+
+_RULE_TESTS = """
+rule_files: [{rules}]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'soakd_leaks_confirmed{{job="soakd",instance="box:9464",kind="heap"}}'
+        values: '0 0 1 1 1'
+      - series: 'soakd_breaches_total{{job="soakd",instance="box:9464",rule="rss"}}'
+        values: '0 0 0 1 1'
+      - series: 'up{{job="soakd",instance="box:9464"}}'
+        values: '1 0 0 0 0 0 0 0'
+      - series: 'soakd_iterations_total{{job="soakd",instance="box:9464",outcome="ok"}}'
+        values: '0+90x30'
+      - series: 'soakd_iterations_total{{job="soakd",instance="box:9464",outcome="error"}}'
+        values: '0+10x30'
+    alert_rule_test:
+      - eval_time: 1m
+        alertname: SoakdLeakConfirmed
+        exp_alerts: []
+      - eval_time: 3m
+        alertname: SoakdLeakConfirmed
+        exp_alerts:
+          - exp_labels: {{severity: ticket, instance: "box:9464", kind: heap}}
+            exp_annotations:
+              summary: "soakd confirmed a heap leak on box:9464"
+              description: >-
+                1 confirmed heap leak(s). The run directory's report.html names the leaking
+                line; summary.json has the slope. Run: see soakd_run_info.
+      - eval_time: 4m
+        alertname: SoakdThresholdBreached
+        exp_alerts:
+          - exp_labels: {{severity: ticket, job: soakd, instance: "box:9464", rule: rss}}
+            exp_annotations:
+              summary: "soakd rule rss breached on box:9464"
+              description: "Threshold rule rss fired (an abort rule ends the soak)."
+      - eval_time: 3m
+        alertname: SoakdDown
+        exp_alerts: []
+      - eval_time: 7m
+        alertname: SoakdDown
+        exp_alerts:
+          - exp_labels: {{severity: page, job: soakd, instance: "box:9464"}}
+            exp_annotations:
+              summary: "soakd on box:9464 is not answering"
+              description: >-
+                No /metrics from box:9464 for 5 minutes: soakd crashed, was killed by the
+                watchdog or the OOM killer, or the box is down. See journalctl -u 'soakd*'.
+      - eval_time: 25m
+        alertname: SoakdErrorRateHigh
+        exp_alerts:
+          - exp_labels: {{severity: ticket, instance: "box:9464"}}
+            exp_annotations:
+              summary: "10% of iterations fail on box:9464"
+              description: >-
+                The target fails more than 5 % of iterations; a leak verdict from this soak
+                may reflect error paths. soakd_errors_total shows the error classes.
+"""
+
+
+def test_alert_rules_fire_as_intended(tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (apt-get install prometheus)")
+    rules = CONFIG / "soakd-alerts.yml"
+    check = subprocess.run(
+        [promtool, "check", "rules", str(rules)], capture_output=True, text=True, timeout=30
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    config = subprocess.run(
+        [promtool, "check", "config", "--syntax-only", str(CONFIG / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert config.returncode == 0, config.stdout + config.stderr
+    tests = tmp_path / "alerts_test.yml"
+    tests.write_text(_RULE_TESTS.format(rules=f'"{rules}"'), encoding="utf-8")
+    proc = subprocess.run(
+        [promtool, "test", "rules", str(tests)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -37,7 +37,7 @@ class Manager:
 
     def messages(self) -> list[dict[str, str]]:
         """Every datagram queued so far, each parsed into its KEY=VALUE lines."""
-        out = []
+        out: list[dict[str, str]] = []
         while True:
             try:
                 data = self.sock.recv(65536)
