@@ -108,8 +108,8 @@ def parse_queries(text: str, source: str) -> list[CorpusEntry]:
     """Parse a queries file's text; ConfigError naming ``source`` and the line on a bad line."""
     out: list[CorpusEntry] = []
     for lineno, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
+        line = raw.strip(" \r\n\f\v")  # tabs kept: an empty first field is an error
+        if not line.strip() or line.startswith("#"):
             continue
         where = f"{source}:{lineno}"
         if line.startswith("{"):

@@ -50,8 +50,8 @@ __all__ = [
 
 IterationFn = Callable[[str], Any]
 
-MAX_ERROR_CLASSES = 32  # distinct error classes kept; more are folded into "other"
-MAX_KINDS = 64  # distinct query kinds kept; more are folded into "other"
+MAX_ERROR_CLASSES = 32  # distinct error classes kept, "other" included
+MAX_KINDS = 64  # distinct query kinds kept, "other" included
 OTHER = "other"
 _MAX_LABEL = 64
 _STAGE_POLL_S = 0.1  # stage boundaries are re-checked at least this often
@@ -180,15 +180,15 @@ class _Window:
     def kind(self, name: str) -> _KindStats:
         stats = self.kinds.get(name)
         if stats is None:
-            if len(self.kinds) >= MAX_KINDS and name != OTHER:
+            if len(self.kinds) >= MAX_KINDS - 1 and name != OTHER:
                 return self.kind(OTHER)
             stats = self.kinds[name] = _KindStats()
         return stats
 
     def add_error(self, cls: str, n: int = 1) -> None:
         by = self.errors_by_class
-        if cls not in by and len(by) >= MAX_ERROR_CLASSES:
-            cls = OTHER
+        if cls not in by and len(by) >= MAX_ERROR_CLASSES - 1:
+            cls = OTHER  # the last slot is kept for "other"
         by[cls] = by.get(cls, 0) + n
 
     def merge(self, other: _Window) -> None:
@@ -487,15 +487,18 @@ class Engine:
                 await changed.wait()
 
     async def _arrivals(self, tg: TaskGroup) -> None:
+        # Paced on the event loop's clock, the one its sleeps use; the injected clock is for
+        # measurements and stage timing only.
+        now = anyio.current_time
         try:
             gen, rate, origin, k, burst = -1, 0.0, 0.0, 0, 0
             while not self._stopping and self._rate is not None:
                 if gen != self._rate_gen:
-                    gen, rate, origin, k = self._rate_gen, self._rate, self._clock(), 0
+                    gen, rate, origin, k = self._rate_gen, self._rate, now(), 0
                 if rate <= 0:
                     await self._changed.wait()
                     continue
-                delay = origin + k / rate - self._clock()
+                delay = origin + k / rate - now()
                 if delay > 0:
                     burst = 0
                     changed = self._changed
