@@ -7,11 +7,16 @@ receive right after an observer call shows exactly what was (or was not) sent.
 from __future__ import annotations
 
 import os
+import re
+import select
 import shutil
 import socket
+import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import anyio
 import pytest
@@ -24,6 +29,7 @@ from soakd.sinks.notify import (
     format_status,
     watchdog_period,
 )
+from tests.conftest import soak_env, start_soakd, write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -240,3 +246,81 @@ async def test_observer_never_raises(manager: Manager) -> None:
     notifier.on_workload(1.0, {}, {"iterations": object()})
     notifier.on_event("leak.confirmed", {"kind": object(), "site": None})
     await notifier.stop()
+
+
+# -- end to end: the real CLI reporting to a socket the test owns -----------------------------
+
+ECHO = '[target]\nfactory = "simple_targets:Echo"\n'
+
+
+def collect_until_exit(
+    proc: subprocess.Popen[str], manager: Manager, timeout: float
+) -> list[tuple[float, dict[str, str]]]:
+    """Every datagram with its arrival time (monotonic) until ``proc`` exits."""
+    received: list[tuple[float, dict[str, str]]] = []
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        assert time.monotonic() < deadline, f"soakd still running after {timeout}s"
+        ready, _, _ = select.select([manager.sock], [], [], 0.1)
+        if ready:
+            now = time.monotonic()
+            received.extend((now, m) for m in manager.messages())
+    received.extend((time.monotonic(), m) for m in manager.messages())
+    return received
+
+
+def first(received: list[tuple[float, dict[str, str]]], key: str) -> int:
+    return next(i for i, (_, m) in enumerate(received) if key in m)
+
+
+@pytest.mark.slow
+def test_cli_reports_ready_status_watchdog_stopping(tmp_path: Path, manager: Manager) -> None:
+    cfg = write_config(tmp_path, ECHO)
+    env = soak_env(NOTIFY_SOCKET=manager.name, WATCHDOG_USEC="1000000")
+    proc = start_soakd(
+        "run", "-c", str(cfg), "-d", "4s", "--run-dir", str(tmp_path / "run"), env=env
+    )
+    try:
+        received = collect_until_exit(proc, manager, 60)
+    finally:
+        proc.kill()
+        _, stderr = proc.communicate()
+    assert proc.returncode == 0, stderr
+    ready, stopping = first(received, "READY"), first(received, "STOPPING")
+    assert received[0][1] == {"STATUS": "starting"}
+    assert 0 < ready < stopping
+    pings = [i for i, (_, m) in enumerate(received) if "WATCHDOG" in m]
+    assert len(pings) >= 3  # a ping every 0.5 s over a 4 s soak
+    statuses = [m["STATUS"] for _, m in received if "STATUS" in m]
+    assert any(re.search(r"\d+ iterations.*worker rss [0-9.]+ MiB", s) for s in statuses)
+    assert statuses[-1].endswith("verdict so far: pass (finished)")
+    # The worker must not report to the service manager as if it were the service.
+    assert all(m.get("READY") != "1" for _, m in received[ready + 1 :])
+
+
+@pytest.mark.slow
+def test_cli_watchdog_stops_when_sampling_stalls(tmp_path: Path, manager: Manager) -> None:
+    stall_after = 3.0
+    cfg = write_config(tmp_path, ECHO)
+    env = soak_env(
+        NOTIFY_SOCKET=manager.name,
+        WATCHDOG_USEC="1000000",  # a ping chance every 0.5 s
+        SOAKD_FAULT_STALL_SAMPLING_AFTER=str(stall_after),
+    )
+    proc = start_soakd(
+        "run", "-c", str(cfg), "-d", "8s", "--run-dir", str(tmp_path / "run"), env=env
+    )
+    try:
+        received = collect_until_exit(proc, manager, 60)
+    finally:
+        proc.kill()
+        proc.communicate()
+    ready_at = received[first(received, "READY")][0]
+    stopping_at = received[first(received, "STOPPING")][0]
+    pings = [at for at, m in received if "WATCHDOG" in m]
+    # The run started before READY, so sampling stalled at the latest stall_after after READY;
+    # the sample taken just before can still earn one ping, one period later.
+    stalled_by = ready_at + stall_after + 0.5 + 0.5
+    assert [at for at in pings if at < stalled_by], "no ping while sampling worked"
+    assert [at for at in pings if at > stalled_by] == []
+    assert stopping_at - stalled_by > 2.0  # the soak went on without pings: systemd would act
