@@ -509,6 +509,8 @@ class Supervisor:
         if on == self.tracing or self._stats_source() is None:
             return
         await self._ask("start_tracing" if on else "stop_tracing", 10.0)
+        # heap_bytes switches between the estimate and traced memory: judge each segment alone
+        self._feed("discontinuity", "heap", self.now())
         self.tracing = on
         self.tracing_since = self.now()
         self.emit("tracing.started" if on else "tracing.stopped", reason=reason)
@@ -526,7 +528,10 @@ class Supervisor:
 
         def work() -> tuple[list[Finding], float | None, bool, list[Finding]]:
             for sample in batch:
-                detector.add(*sample)
+                if sample[0] == "discontinuity":
+                    detector.mark_discontinuity(sample[1], sample[2])
+                else:
+                    detector.add(*sample)
             changes = detector.analyze(now)
             return changes, detector.warmup_end(), detector.suspicious(now), detector.findings()
 
