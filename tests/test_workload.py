@@ -221,6 +221,7 @@ async def test_stages_switch_users_and_model() -> None:
             while not cond():
                 step()
                 await anyio.sleep(0.002)
+        step()
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(engine.run, stop, 1.0)

@@ -532,8 +532,9 @@ class Engine:
         first: float | None = None
         error: str | None = None
         events = 0
-        hits: list[tuple[str, float]] = []
-        pending = list(self._milestones)
+        hits: dict[str, float] = {}  # milestone → seconds from start to its first event
+        milestones = self._milestones
+        n_milestones = len(milestones)
         errors = self._error_matchers
         scope = anyio.CancelScope(deadline=anyio.current_time() + self._cfg.timeout)
         try:
@@ -552,11 +553,10 @@ class Engine:
                                 first = clock() - t0
                             if error is None and errors and errors.first(event) is not None:
                                 error = error_event_class(event)
-                            if pending:
-                                for j in range(len(pending) - 1, -1, -1):
-                                    if pending[j][1](event):
-                                        hits.append((pending[j][0], clock() - t0))
-                                        del pending[j]
+                            if len(hits) < n_milestones:
+                                for name, matcher in milestones:
+                                    if name not in hits and matcher(event):
+                                        hits[name] = clock() - t0
                             if scope.cancel_called:
                                 # The target swallowed the timeout and keeps yielding.
                                 abandoned = True
@@ -584,7 +584,7 @@ class Engine:
         error: str | None,
         elapsed: float,
         first: float | None,
-        hits: list[tuple[str, float]],
+        hits: dict[str, float],
         events: int,
     ) -> None:
         w = self._window
@@ -604,5 +604,5 @@ class Engine:
             ms = first * 1000.0
             w.first_event.record(ms)
             k.first_event.record(ms)
-        for name, seconds in hits:
+        for name, seconds in hits.items():
             w.milestones[name].record(seconds * 1000.0)

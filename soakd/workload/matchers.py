@@ -17,15 +17,19 @@ class EventMatcher:
 
     def __init__(self, spec: Mapping[str, JSONScalar]) -> None:
         self.spec = dict(spec)
-        # bools are kept apart from ints: in JSON ``true`` is not ``1``.
-        self._items = tuple((k, v, isinstance(v, bool)) for k, v in spec.items())
+        # Numbers and bools compare equal in Python (True == 1) but not in JSON: only for
+        # those is the bool-ness checked too; a str compares exactly by itself.
+        self._items = tuple(
+            (k, v, isinstance(v, bool) if isinstance(v, int | float) else None)
+            for k, v in spec.items()
+        )
 
     def __call__(self, event: object) -> bool:
         if not isinstance(event, dict):
             return False
         for key, want, want_bool in self._items:
             got = event.get(key, _MISSING)
-            if got is _MISSING or got != want or isinstance(got, bool) is not want_bool:
+            if got != want or (want_bool is not None and isinstance(got, bool) is not want_bool):
                 return False
         return True
 
