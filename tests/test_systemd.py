@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -272,3 +273,35 @@ def test_worker_code_runs_with_memory_deny_write_execute() -> None:
         pytest.skip("kernel without PR_SET_MDWE (Linux < 6.3)")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "worker-like code ran under W^X" in proc.stdout
+
+
+@pytest.mark.slow
+def test_a_soak_runs_with_memory_deny_write_execute(tmp_path: Path) -> None:
+    """The real supervisor and worker (tracemalloc on, reports written) under W^X."""
+    from tests.conftest import soak_env, soakd_cmd, write_config
+
+    cfg = write_config(tmp_path, '[target]\nfactory = "simple_targets:Echo"\n')
+    run = tmp_path / "run"
+    launcher = _MDWE_PROGRAM.replace(
+        'os.execv(sys.executable, [sys.executable, "-c", sys.argv[1]])',
+        "os.execv(sys.argv[1], sys.argv[1:])",
+    )
+    argv = soakd_cmd(
+        "run", "-c", str(cfg), "-d", "3s", "--run-dir", str(run),
+        "--set", "sampling.tracemalloc=always",
+    )  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", launcher, *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=soak_env(),
+        cwd=tmp_path,
+    )
+    if proc.returncode == 77:
+        pytest.skip("kernel without PR_SET_MDWE (Linux < 6.3)")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    assert summary["verdict"] == "pass"
+    assert summary["workload"]["iterations"] > 0
+    assert (run / "report.html").exists()
