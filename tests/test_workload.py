@@ -14,7 +14,15 @@ import pytest
 
 from soakd.config import Stage, ThinkTime, WorkloadConfig
 from soakd.errors import ConfigError
-from soakd.workload import Corpus, CorpusEntry, Engine, EventMatcher, MatcherSet, parse_queries
+from soakd.workload import (
+    Corpus,
+    CorpusEntry,
+    Engine,
+    EventMatcher,
+    LatencyHistogram,
+    MatcherSet,
+    parse_queries,
+)
 from soakd.workload.engine import MAX_ERROR_CLASSES, Level, level_at, think_delay
 
 Event = dict[str, Any]
@@ -142,6 +150,11 @@ async def test_interval_and_totals_have_the_contract_keys() -> None:
         "by_kind",
     } <= totals.keys()
     assert set(totals["latency_ci_ms"]) == {"p50", "p99"}
+    # Interval histograms merge back into the run's exact totals (for rebuilt reports).
+    assert LatencyHistogram.from_dict(interval["latency_hist"]).count == interval["iterations"]
+    merged = LatencyHistogram.from_dict(interval["first_event_hist"])
+    whole = LatencyHistogram.from_dict(engine.totals(histograms=True)["first_event_hist"])
+    assert merged.to_dict() == whole.to_dict()
     # A second interval right away is empty and says so with zeros.
     empty = engine.take_interval()
     assert empty["iterations"] == 0

@@ -326,8 +326,11 @@ class Engine:
             self._stopping = True
             self._run_end = self._clock()
 
-    def take_interval(self, *, histograms: bool = False) -> dict[str, Any]:
-        """Statistics since the previous call (or the run's start), then start a new interval."""
+    def take_interval(self, *, histograms: bool = True) -> dict[str, Any]:
+        """Statistics since the previous call (or the run's start), then start a new interval.
+
+        With ``histograms``, ``latency_hist`` and ``first_event_hist`` carry the interval's
+        histograms (``LatencyHistogram.to_dict()``, a few hundred bytes)."""
         now = self._clock()
         w = self._window
         span = max(now - self._interval_start, 0.0)
@@ -356,10 +359,10 @@ class Engine:
             },
         }
         if histograms:
-            out["histograms"] = {
-                "latency": w.latency.to_dict(),
-                "first_event": w.first_event.to_dict(),
-            }
+            # Sparse soakd.hist/1: lets sinks build exact cumulative histograms (Prometheus)
+            # and `soakd report` re-merge stored intervals into exact run percentiles.
+            out["latency_hist"] = w.latency.to_dict()
+            out["first_event_hist"] = w.first_event.to_dict()
         self._totals.merge(w)
         w.reset()
         self._interval_start = now
@@ -410,10 +413,8 @@ class Engine:
             },
         }
         if histograms:
-            out["histograms"] = {
-                "latency": t.latency.to_dict(),
-                "first_event": t.first_event.to_dict(),
-            }
+            out["latency_hist"] = t.latency.to_dict()
+            out["first_event_hist"] = t.first_event.to_dict()
         return out
 
     # -- load ------------------------------------------------------------------------------
