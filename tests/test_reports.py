@@ -437,9 +437,19 @@ def test_report_command_rebuilds_killed_run(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_report_command_replaces_hostile_summary_and_survives_bad_events(tmp_path: Path) -> None:
+def test_report_command_replaces_a_hostile_summary(tmp_path: Path) -> None:
     run = build_run(tmp_path)
     (run / "summary.json").write_text('{"duration_s": ' + "9" * 10_000 + "}")
+    proc = _soakd("report", str(run))
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["schema"] == "soakd.summary/1"
+    assert summary["verdict"] == "leak"
+
+
+@pytest.mark.slow
+def test_report_command_survives_hostile_event_lines(tmp_path: Path) -> None:
+    run = build_run(tmp_path)
     with (run / "events.jsonl").open("a") as fh:
         fh.write("\n" + '{"event": "leak.suspected", "t": ' + "9" * 10_000 + "}\n")
         fh.write('{"event": "threshold.breached", "value": 1e999, "rule": "x", "t": 3}\n')
@@ -447,9 +457,6 @@ def test_report_command_replaces_hostile_summary_and_survives_bad_events(tmp_pat
     proc = _soakd("report", str(run))
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["schema"] == "soakd.summary/1"
-    assert summary["verdict"] == "leak"
     assert "could not be read" in (run / "report.html").read_text(encoding="utf-8")
 
 
@@ -506,10 +513,16 @@ def test_huge_and_non_finite_values_render(tmp_path: Path) -> None:
 
 
 def test_write_reports_on_dir_without_store(tmp_path: Path) -> None:
-    (tmp_path / "events.jsonl").write_text(_event("run.started", 0.0, duration_s=60) + "\n")
+    events = [
+        _event("run.started", 0.0, duration_s=600),
+        _event("detection.warmup_end", 95.0, warmup_end_s=90.0),
+    ]
+    (tmp_path / "events.jsonl").write_text("\n".join(events) + "\n")
     write_reports(tmp_path, {})
     assert "samples.db is missing" in (tmp_path / "report.html").read_text()
-    assert "**Verdict: unknown**" in (tmp_path / "report.md").read_text()
+    md = (tmp_path / "report.md").read_text()
+    assert "**Verdict: unknown**" in md
+    assert "warm-up ended at 1m30s" in md  # from the event: the summary had none
     with pytest.raises(CommandError, match="run directory not found"):
         write_reports(tmp_path / "nope", {})
 

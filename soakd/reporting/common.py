@@ -30,23 +30,19 @@ MAX_JSON_BYTES = 64 << 20
 MAX_SOURCE_BYTES = 8 << 20
 _FINITE = "BETWEEN -1e300 AND 1e300"  # also drops NaN/inf and non-numeric text of a foreign db
 
+# The series the report plots (each costs one indexed scan of its rows).
 CORE_SERIES = (
     "rss_bytes",
-    "uss_bytes",
     "heap_bytes",
     "traced_bytes",
-    "tracemalloc_overhead_bytes",
     "fds",
     "threads",
     "tasks",
-    "children",
     "throughput_per_s",
     "error_rate",
     "latency_p50_ms",
     "latency_p99_ms",
-    "first_event_p50_ms",
     "first_event_p99_ms",
-    "system_memory_percent",
 )
 # Events worth keeping in memory; the rest (workload.interval, ...) live in samples.db too.
 KEPT_EVENTS = frozenset(
@@ -67,6 +63,7 @@ KEPT_EVENTS = frozenset(
         "threshold.breached",
         "alert.sent",
         "alert.failed",
+        "detection.warmup_end",
     }
 )
 
@@ -187,7 +184,11 @@ class RunData:
 
     @property
     def warmup_end_s(self) -> float | None:
-        return num(dig(self.summary, "detection", "warmup_end_s"))
+        """From the summary, else the latest ``detection.warmup_end`` event (a killed run)."""
+        value = num(dig(self.summary, "detection", "warmup_end_s"))
+        for e in reversed(self.events_named("detection.warmup_end")):
+            return value if value is not None else num(e.get("warmup_end_s"))
+        return value
 
     @property
     def duration_s(self) -> float | None:
@@ -245,17 +246,40 @@ class Store:
             for k, v in self._q("SELECT key, value FROM meta LIMIT 10000")
         }
 
-    def last_t(self) -> float | None:
-        rows = self._q(f"SELECT MAX(t) FROM samples WHERE t {_FINITE}")
-        return num(rows[0][0]) if rows else None
+    def last_t(self, names: Sequence[str] = CORE_SERIES) -> float | None:
+        """The newest sample time of ``names`` (index lookups, not a scan of the table)."""
+        times = [p[0] for p in (self.edge(n, last=True) for n in names) if p is not None]
+        return max(times) if times else None
 
-    def last_value(self, name: str) -> float | None:
+    def edge(self, name: str, *, last: bool) -> Point | None:
+        """The first (or last) finite point of one series."""
         rows = self._q(
-            f"SELECT value FROM samples WHERE series=? AND t {_FINITE} AND value {_FINITE} "
-            "ORDER BY t DESC LIMIT 1",
+            f"SELECT t, value FROM samples WHERE series=? AND t {_FINITE} AND value {_FINITE} "
+            f"ORDER BY t {'DESC' if last else 'ASC'} LIMIT 1",
             (name,),
         )
-        return num(rows[0][0]) if rows else None
+        return (float(rows[0][0]), float(rows[0][1])) if rows else None
+
+    def names(self, prefix: str, limit: int = 100_000) -> list[str]:
+        """Series names starting with ``prefix``: one index seek per name (skip scan)."""
+        out: list[str] = []
+        hi = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        cur = prefix
+        while len(out) < limit:
+            rows = self._q(
+                "SELECT series FROM samples WHERE series > ? AND series < ? "
+                "ORDER BY series LIMIT 1",
+                (cur, hi),
+            )
+            if not rows or not isinstance(rows[0][0], str):
+                return out
+            cur = rows[0][0]
+            out.append(cur)
+        return out
+
+    def last_value(self, name: str) -> float | None:
+        point = self.edge(name, last=True)
+        return None if point is None else point[1]
 
     def raw(self, name: str, since: float | None = None) -> list[Point]:
         """Every point of one series (optionally from ``since``), for statistics."""
@@ -287,25 +311,11 @@ class Store:
 
     def growth(self, prefix: str) -> list[Growth]:
         """First/last value of every series named ``prefix*``, most growth first."""
-        hi = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-        where = f"series >= ? AND series < ? AND t {_FINITE} AND value {_FINITE}"
-        # SQLite returns the bare column from the row holding the MIN()/MAX()
-        first = self._q(
-            f"SELECT series, MIN(t), value FROM samples WHERE {where} GROUP BY series",
-            (prefix, hi),
-        )
-        last = {
-            s: (t, v)
-            for s, t, v in self._q(
-                f"SELECT series, MAX(t), value FROM samples WHERE {where} GROUP BY series",
-                (prefix, hi),
-            )
-        }
         out = []
-        for name, t, v in first:
-            if name in last and isinstance(name, str):
-                lt, lv = last[name]
-                out.append(Growth(name, float(v), float(lv), float(t), float(lt)))
+        for name in self.names(prefix):
+            first, last = self.edge(name, last=False), self.edge(name, last=True)
+            if first is not None and last is not None:
+                out.append(Growth(name, first[1], last[1], first[0], last[0]))
         out.sort(key=lambda g: g.growth, reverse=True)
         return out
 

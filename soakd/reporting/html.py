@@ -179,7 +179,7 @@ def _plots(run: RunData, markers: Sequence[Marker]) -> str:
 
 
 def _growth_section(run: RunData, title: str, growth: Sequence[Growth], unit: Unit) -> str:
-    top = [g for g in growth[:8]]
+    top = list(growth[:8])
     if not top:
         return f"<h2>{escape(title)}</h2><p class='muted'>none recorded</p>"
     names = [g.name for g in top]
