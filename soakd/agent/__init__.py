@@ -119,7 +119,7 @@ class Agent:
                 t=t,
                 role=role,
                 traced_bytes=groups.traced_bytes,
-                frames=tracemalloc.get_traceback_limit(),
+                frames=min(tracemalloc.get_traceback_limit(), 1000),
                 sites=tuple(
                     SnapshotSite(g.site, g.traceback, g.line, g.size, g.count)
                     for g in groups.by_traceback[:SNAPSHOT_SITES]
