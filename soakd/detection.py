@@ -8,9 +8,10 @@ Decisions, in short:
 
 * Nothing is judged before the warm-up ends: at least ``warmup_floor_s``, then automatically
   when the growth rate of ``heap`` and ``rss`` has settled, never later than ``warmup_max_s``.
-* Each series is judged on the latest ``window_s`` after warm-up (and after its last gap); when
-  that window looks flat or noisy, also on its latest half and quarter, so that a leak that starts late
-  is found before the flat part leaves the window. The three tests share the significance
+* Each series is judged on the latest ``window_s`` after warm-up (and after its last gap);
+  when that window looks flat or noisy, also on its latest half and quarter, so that a leak
+  that starts late is found before the flat part leaves the window, provided the recent part
+  makes new highs (churn wanders within its range). The three tests share the significance
   level (Bonferroni).
 * A finding is ``suspected`` on the first leak verdict, ``confirmed`` after ``confirm_after``
   consecutive ones, and ``cleared`` after ``confirm_after`` consecutive decisive non-leak
@@ -32,8 +33,8 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
 
-from soakd.analysis.series import BoundedSeries
-from soakd.analysis.trend import ols_fit, theil_sen
+from soakd.analysis.series import BoundedSeries, downsample
+from soakd.analysis.trend import ols_fit, robust_scale, theil_sen
 from soakd.analysis.verdicts import SeriesVerdict, VerdictParams, classify, warmup_end
 
 __all__ = [
@@ -328,14 +329,18 @@ class Detector:
                 break
             cut = ts[-1] - span * fraction
             first = next(i for i, t in enumerate(ts) if t >= cut)
-            sub = self._screened(ts[first:], ys[first:], vp, min_window)
-            if sub.is_leak:
+            sub = self._screened(ts[first:], ys[first:], vp, min_window, full.noise)
+            if sub.is_leak and _new_high(ys[:first], ys[first:]):
                 return sub
         return full
 
     @staticmethod
     def _screened(
-        ts: list[float], ys: list[float], vp: VerdictParams, min_window: float
+        ts: list[float],
+        ys: list[float],
+        vp: VerdictParams,
+        min_window: float,
+        noise_floor: float = 0.0,
     ) -> SeriesVerdict:
         """:func:`classify`, after an O(n) screen that settles clearly flat series cheaply."""
         n = len(ts)
@@ -344,12 +349,22 @@ class Detector:
             return SeriesVerdict(
                 "insufficient", 0.0, 0.0, 1.0, 0.0, f"{n} points over {duration:.0f}s", n, duration
             )
-        slope, _ = ols_fit(ts, ys)
+        slope, icpt = ols_fit(ts, ys)
         if slope <= 0.5 * vp.min_slope or slope * duration <= 0.5 * vp.min_growth:
+            bt, by = downsample(ts, ys, vp.max_points)
+            noise = robust_scale([y - (icpt + slope * t) for t, y in zip(bt, by, strict=True)])
             return SeriesVerdict(
-                "flat", slope, slope, 1.0, slope * duration, "slope far below minimum", n, duration
+                "flat",
+                slope,
+                slope,
+                1.0,
+                slope * duration,
+                "slope far below minimum",
+                n,
+                duration,
+                noise,
             )
-        return classify(ts, ys, vp)
+        return classify(ts, ys, vp, noise_floor=noise_floor)
 
     def _heap_slope(self, start: float, now: float) -> float | None:
         """Python heap slope (per second) over the same span, for the native test."""
@@ -359,7 +374,7 @@ class Detector:
         ts, ys = track.series.window(start, now)
         if len(ts) < 2 or ts[-1] == ts[0]:
             return None
-        return theil_sen(ts, ys).slope
+        return theil_sen(*downsample(ts, ys, self._heap_vp.max_points)).slope
 
     def _native_verdict(self, track: _Track, v: SeriesVerdict, now: float) -> SeriesVerdict:
         if not v.is_leak:
@@ -546,6 +561,18 @@ class Detector:
             t.verdict is not None and t.verdict.is_leak
             for t in self._groups.get("type", {}).values()
         )
+
+
+def _new_high(before: list[float], recent: list[float]) -> bool:
+    """True when the recent part ends above everything before it.
+
+    A leak keeps making new highs; churn that wanders up inside a short stretch stays within
+    the range it has already visited.
+    """
+    if not before:
+        return True
+    tail = sorted(recent[-max(3, len(recent) // 10) :])
+    return tail[len(tail) // 2] > max(before)
 
 
 def _certainty(f: Finding) -> tuple[int, int, float, float]:

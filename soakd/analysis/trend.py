@@ -105,15 +105,11 @@ def _pairwise_slopes(ts: Sequence[float], ys: Sequence[float]) -> tuple[list[flo
     total = n * (n - 1) // 2
     stride = max(1, math.ceil(total / MAX_PAIRS))
     slopes: list[float] = []
-    append = slopes.append
     for i in range(n - 1):
         ti, yi = ts[i], ys[i]
         # A rotating offset spreads the thinned pairs over all lags instead of favouring short ones.
         start = i + 1 + (i % stride)
-        for j in range(start, n, stride):
-            dt = ts[j] - ti
-            if dt != 0.0:
-                append((ys[j] - yi) / dt)
+        slopes.extend([(ys[j] - yi) / (ts[j] - ti) for j in range(start, n, stride) if ts[j] != ti])
     return slopes, total
 
 

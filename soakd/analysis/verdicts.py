@@ -45,7 +45,8 @@ class VerdictParams:
     step_fraction: float = 0.6  # one jump carrying this share of the rise → step
     drop_fraction: float = 0.5  # a fall of this share of the range → a flush (sawtooth)
     noise_ratio: float = 2.0  # growth must be this many robust noise σ
-    max_points: int = 200  # longer windows are averaged into this many time bins
+    # Longer windows are averaged into this many time bins (bounds the O(n²) statistics).
+    max_points: int = 120
 
     def __post_init__(self) -> None:
         if self.min_points < 8:
@@ -72,6 +73,7 @@ class SeriesVerdict:
     reason: str
     n: int = 0
     duration_s: float = 0.0
+    noise: float = 0.0  # robust σ of the residuals around the fitted line
 
     @property
     def is_leak(self) -> bool:
@@ -87,8 +89,19 @@ def _insufficient(reason: str, n: int, duration: float) -> SeriesVerdict:
     return SeriesVerdict("insufficient", 0.0, 0.0, 1.0, 0.0, reason, n, duration)
 
 
-def classify(ts: Sequence[float], ys: Sequence[float], params: VerdictParams) -> SeriesVerdict:
-    """Classify one window of a series (timestamps in seconds, ascending)."""
+def classify(
+    ts: Sequence[float],
+    ys: Sequence[float],
+    params: VerdictParams,
+    *,
+    noise_floor: float = 0.0,
+) -> SeriesVerdict:
+    """Classify one window of a series (timestamps in seconds, ascending).
+
+    ``noise_floor`` is a noise σ known from a longer stretch of the same series: churn that
+    wanders slowly looks like a trend inside a short window, and its residuals there understate
+    how far it wanders.
+    """
     if len(ts) != len(ys):
         raise ValueError(f"ts and ys differ in length: {len(ts)} != {len(ys)}")
     n = len(ts)
@@ -107,10 +120,11 @@ def classify(ts: Sequence[float], ys: Sequence[float], params: VerdictParams) ->
     mk = mann_kendall(by, variance_factor=vif)
     growth = fit.slope * duration
     noise = robust_scale([y - (fit.intercept + fit.slope * t) for t, y in zip(bt, by, strict=True)])
+    noise = max(noise, noise_floor)
 
     def verdict(pattern: Pattern, reason: str, slope: float = fit.slope) -> SeriesVerdict:
         return SeriesVerdict(
-            pattern, slope, fit.slope_low, mk.p_value, slope * duration, reason, n, duration
+            pattern, slope, fit.slope_low, mk.p_value, slope * duration, reason, n, duration, noise
         )
 
     drops = _drops(by, params.drop_fraction)

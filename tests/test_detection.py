@@ -1,0 +1,400 @@
+"""Detector: state changes over simulated runs with explicit timestamps (no clocks, no sleep)."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import pytest
+
+from soakd.detection import DetectionParams, Detector, Finding, SignalKind, SiteInfo
+
+KB = 1024.0
+MIB = 1024.0 * 1024.0
+RSS0 = 80e6
+HEAP0 = 20e6
+SITE = "/app/handlers/cache.py:42"
+SITE_INFO = SiteInfo(
+    site=SITE,
+    traceback=(SITE, "/app/handlers/search.py:17", "/app/main.py:5"),
+    line="self._seen.append(result)",
+)
+
+Feed = Callable[[float, random.Random], float | None]
+
+
+@dataclass
+class Run:
+    detector: Detector
+    changes: list[tuple[float, Finding]] = field(default_factory=list)
+
+    def at(self, state: str, key: str | None = None) -> list[float]:
+        """Times at which a finding (of ``key``) entered ``state``."""
+        return [t for t, f in self.changes if f.state == state and key in (None, f.key)]
+
+    def confirmed_keys(self) -> set[str]:
+        return {f.key for f in self.detector.findings() if f.state == "confirmed"}
+
+
+def simulate(
+    feeds: Mapping[tuple[SignalKind, str], Feed],
+    duration: float,
+    *,
+    dt: float = 1.0,
+    every: float = 10.0,
+    seed: int = 0,
+    params: DetectionParams | None = None,
+    detector: Detector | None = None,
+    start: float = 0.0,
+) -> Run:
+    """Feed samples every ``dt`` and analyse every ``every`` seconds of simulated time."""
+    rng = random.Random(seed)
+    det = detector or Detector(params or DetectionParams())
+    run = Run(det)
+    steps = round((duration - start) / dt)
+    per_analysis = max(1, round(every / dt))
+    for i in range(steps + 1):
+        t = start + i * dt
+        for (signal, key), feed in feeds.items():
+            value = feed(t, rng)
+            if value is not None:
+                det.add(signal, key, t, value, SITE_INFO if signal == "site" else None)
+        if i % per_analysis == 0:
+            run.changes.extend((t, f) for f in det.analyze(t))
+    return run
+
+
+def noisy(level: float, sigma: float, rate: float = 0.0, onset: float = 0.0) -> Feed:
+    return lambda t, r: level + rate * max(0.0, t - onset) + r.gauss(0.0, sigma)
+
+
+def flat_process(**extra: Feed) -> dict[tuple[SignalKind, str], Feed]:
+    feeds: dict[tuple[SignalKind, str], Feed] = {
+        ("rss", "rss"): noisy(RSS0, 30e3),
+        ("heap", "heap"): noisy(HEAP0, 5e3),
+    }
+    for name, feed in extra.items():
+        signal, _, key = name.partition("__")
+        feeds[(signal, key or signal)] = feed  # type: ignore[index]
+    return feeds
+
+
+# -- leaks ---------------------------------------------------------------------------------
+
+
+def test_heap_site_leak_confirmed_within_90s_of_warmup_end() -> None:
+    feeds: dict[tuple[SignalKind, str], Feed] = {
+        ("rss", "rss"): noisy(RSS0, 30e3, rate=12 * KB),
+        ("heap", "heap"): noisy(HEAP0, 5e3, rate=10 * KB),
+        ("site", SITE): lambda t, r: 10 * KB * t,
+        ("site", "/app/other.py:9"): lambda t, r: 300e3 + r.gauss(0, 2e3),
+    }
+    run = simulate(feeds, 400.0)
+    det = run.detector
+    warmup = det.warmup_end()
+    assert warmup == 60.0
+    confirmed = run.at("confirmed", SITE)
+    assert confirmed and confirmed[0] - warmup <= 90.0
+    assert run.at("suspected", SITE)[0] < confirmed[0]
+    found = det.findings()
+    # The heap level says the same as the site, less precisely: only the site is listed.
+    assert [(f.kind, f.key) for f in found] == [("heap", SITE)]
+    leak = found[0]
+    assert leak.site == SITE and leak.line == "self._seen.append(result)"
+    assert leak.traceback == SITE_INFO.traceback
+    assert leak.unit == "bytes"
+    assert leak.slope_per_h == pytest.approx(10 * KB * 3600, rel=0.05)
+    assert leak.first_detected_s == run.at("suspected", SITE)[0]
+    assert leak.analyses >= 3
+    assert any(s.startswith("heap leak") for s in leak.signals)
+    assert leak.as_leak() == {
+        "kind": "heap",
+        "site": SITE,
+        "traceback": list(SITE_INFO.traceback),
+        "type": None,
+        "slope_per_h": leak.slope_per_h,
+        "unit": "bytes",
+        "growth": leak.growth,
+        "p_value": leak.p_value,
+        "first_detected_s": leak.first_detected_s,
+    }
+
+
+@pytest.mark.parametrize(("rate", "sigma"), [(1 * KB, 50e3), (10 * KB, 200e3), (100 * KB, 1e6)])
+def test_linear_heap_leaks_are_confirmed(rate: float, sigma: float) -> None:
+    run = simulate(
+        {("rss", "rss"): noisy(RSS0, 30e3, rate=rate), ("heap", "heap"): noisy(HEAP0, sigma, rate)},
+        1200.0,
+        dt=2.0,
+        every=30.0,
+    )
+    assert run.confirmed_keys() == {"heap"}
+    [leak] = run.detector.findings()
+    assert leak.kind == "heap" and leak.site is None
+    assert leak.slope_per_h == pytest.approx(rate * 3600, rel=0.15)
+    assert not run.at("cleared")
+
+
+def test_late_onset_leak_found_within_minutes() -> None:
+    # Flat for 20 minutes, then 10 KB/s: the 30-minute window is mostly flat at first.
+    feeds = flat_process(heap=noisy(HEAP0, 20e3, rate=10 * KB, onset=1200.0))
+    run = simulate(feeds, 1800.0, dt=2.0, every=30.0)
+    assert not [t for t in run.at("suspected") if t < 1200.0]
+    confirmed = run.at("confirmed", "heap")
+    assert confirmed and confirmed[0] - 1200.0 <= 300.0
+    assert "heap" in run.confirmed_keys()
+
+
+@pytest.mark.parametrize("signal", ["fds", "threads", "tasks"])
+def test_count_leaks_one_every_five_seconds(signal: SignalKind) -> None:
+    run = simulate({(signal, signal): lambda t, r: 12.0 + t // 5}, 300.0)
+    confirmed = run.at("confirmed", signal)
+    assert confirmed and confirmed[0] <= 60.0 + 90.0
+    [leak] = run.detector.findings()
+    assert (leak.kind, leak.unit) == (signal, "count")
+    assert leak.slope_per_h == pytest.approx(720.0, rel=0.1)
+
+
+def test_bounded_connection_pool_is_not_a_leak() -> None:
+    run = simulate({("fds", "fds"): lambda t, r: 12.0 + min(t, 100.0) // 10}, 900.0, every=30.0)
+    assert not run.at("confirmed")
+
+
+def test_native_leak_rss_grows_heap_flat() -> None:
+    params = DetectionParams(native_min_window_s=300.0)
+    feeds = flat_process(rss=noisy(RSS0, 30e3, rate=40 * KB))
+    run = simulate(feeds, 900.0, dt=2.0, every=30.0, params=params)
+    [leak] = run.detector.findings()
+    assert (leak.kind, leak.key, leak.state) == ("native", "rss", "confirmed")
+    # RSS-only growth must persist for native_min_window_s after warm-up before suspicion.
+    assert run.at("suspected")[0] >= 60.0 + 300.0
+    assert any(s.startswith("heap flat") for s in leak.signals)
+    assert leak.as_leak()["site"] is None
+
+
+def test_rss_growth_explained_by_heap_is_not_native() -> None:
+    params = DetectionParams(native_min_window_s=300.0)
+    feeds: dict[tuple[SignalKind, str], Feed] = {
+        ("rss", "rss"): noisy(RSS0, 30e3, rate=40 * KB),
+        ("heap", "heap"): noisy(HEAP0, 5e3, rate=38 * KB),
+    }
+    run = simulate(feeds, 900.0, dt=2.0, every=30.0, params=params)
+    assert [(f.kind, f.key) for f in run.detector.findings()] == [("heap", "heap")]
+    verdict = run.detector.last_verdict("rss")
+    assert verdict is not None and "explained by Python heap" in verdict.reason
+
+
+def test_objects_reported_alone_but_not_next_to_a_heap_leak() -> None:
+    alone = simulate(flat_process(type__Session=lambda t, r: 100.0 + t), 300.0)
+    assert [(f.kind, f.type) for f in alone.detector.findings()] == [("objects", "Session")]
+
+    feeds = flat_process(
+        heap=noisy(HEAP0, 5e3, rate=10 * KB),
+        type__Session=lambda t, r: 100.0 + t,
+    )
+    feeds[("site", SITE)] = lambda t, r: 10 * KB * t
+    both = simulate(feeds, 300.0)
+    kinds = [(f.kind, f.key) for f in both.detector.findings()]
+    assert kinds == [("heap", SITE)]
+    assert any(s.startswith("type:Session leak") for s in both.detector.findings()[0].signals)
+
+
+# -- leak-free shapes ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_steady_process_never_suspected(seed: int) -> None:
+    run = simulate(flat_process(), 1800.0, dt=5.0, every=30.0, seed=seed)
+    assert run.changes == []
+    assert run.detector.warmup_end() == 60.0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_allocator_creep_is_not_a_native_leak(seed: int) -> None:
+    # RSS +3 KB/s for 10 minutes with a flat Python heap, then flat.
+    feeds = flat_process(rss=lambda t, r: RSS0 + 3 * KB * min(t, 600.0) + r.gauss(0, 30e3))
+    run = simulate(feeds, 1800.0, dt=5.0, every=30.0, seed=seed)
+    assert not run.at("suspected")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_interpreter_warmup_is_absorbed(seed: int) -> None:
+    feeds = flat_process(
+        heap=lambda t, r: HEAP0 + 5e6 * (1 - math.exp(-t / 30.0)) + r.gauss(0, 5e3),
+        rss=lambda t, r: RSS0 + 8e6 * (1 - math.exp(-t / 40.0)) + r.gauss(0, 30e3),
+    )
+    run = simulate(feeds, 900.0, seed=seed, every=15.0)
+    warmup = run.detector.warmup_end()
+    assert warmup is not None and 120.0 <= warmup <= 300.0
+    assert not run.at("confirmed")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_cache_filled_during_warmup_never_confirmed(seed: int) -> None:
+    feeds = flat_process(heap=lambda t, r: HEAP0 + 40 * KB * min(t, 110.0) + r.gauss(0, 5e3))
+    run = simulate(feeds, 1200.0, seed=seed, every=10.0)
+    assert not run.at("confirmed")
+
+
+def test_long_cache_fill_is_cleared_once_it_plateaus() -> None:
+    # Filling for 7 minutes is indistinguishable from a leak until it stops; then it must clear.
+    feeds = flat_process(heap=lambda t, r: HEAP0 + 20 * KB * min(t, 420.0) + r.gauss(0, 5e3))
+    run = simulate(feeds, 1500.0, dt=2.0, every=30.0)
+    cleared = run.at("cleared", "heap")
+    assert cleared and cleared[0] <= 420.0 + 400.0
+    assert run.detector.findings() == []
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_periodic_flush_sawtooth_never_confirmed(seed: int) -> None:
+    feeds = flat_process(heap=lambda t, r: HEAP0 + 40e3 * (t % 60.0) + r.gauss(0, 5e3))
+    run = simulate(feeds, 1800.0, dt=5.0, every=30.0, seed=seed)
+    assert not run.at("confirmed")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_one_off_load_step_never_confirmed(seed: int) -> None:
+    feeds = flat_process(heap=lambda t, r: HEAP0 + (10e6 if t > 500 else 0.0) + r.gauss(0, 5e3))
+    run = simulate(feeds, 1800.0, dt=5.0, every=30.0, seed=seed)
+    assert not run.at("confirmed")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_heavy_churn_never_confirmed(seed: int) -> None:
+    state = {"x": 0.0}
+
+    def churn(t: float, r: random.Random) -> float:
+        state["x"] = 0.97 * state["x"] + r.gauss(0.0, 400e3)
+        return HEAP0 + state["x"]
+
+    feeds = flat_process(heap=churn, rss=lambda t, r: RSS0 + r.uniform(-5e6, 5e6))
+    run = simulate(feeds, 1800.0, dt=2.0, every=30.0, seed=seed)
+    assert not run.at("confirmed")
+
+
+# -- state, bounds, gaps -------------------------------------------------------------------
+
+
+def test_confirmed_leak_that_stops_is_cleared() -> None:
+    feeds = flat_process(heap=lambda t, r: HEAP0 + 10 * KB * min(t, 400.0) + r.gauss(0, 5e3))
+    run = simulate(feeds, 1000.0, dt=2.0, every=20.0)
+    confirmed, cleared = run.at("confirmed", "heap"), run.at("cleared", "heap")
+    assert confirmed and cleared and confirmed[0] < 400.0 < cleared[0]
+    last = [f for _, f in run.changes][-1]
+    assert last.state == "cleared" and last.kind == "heap"
+
+
+def test_nothing_judged_before_warmup() -> None:
+    det = Detector()
+    run = simulate(flat_process(heap=noisy(HEAP0, 5e3, rate=100 * KB)), 59.0, detector=det)
+    assert run.changes == []
+    assert det.warmup_end() is None
+    assert not det.suspicious(59.0)
+    assert det.suspicious(59.0 + 60.0) is False  # no new data: still nothing to judge at 119
+    simulate(flat_process(heap=noisy(HEAP0, 5e3, rate=100 * KB)), 130.0, detector=det, start=60)
+    assert det.warmup_end() == 60.0
+    assert det.suspicious(130.0)
+
+
+def test_suspicious_until_a_site_explains_the_growth() -> None:
+    det = Detector()
+    feeds = flat_process(heap=noisy(HEAP0, 5e3, rate=10 * KB))
+    simulate(feeds, 150.0, detector=det)
+    assert det.suspicious(150.0)
+    feeds[("site", SITE)] = lambda t, r: 10 * KB * (t - 150.0)
+    simulate(feeds, 300.0, detector=det, start=151.0)
+    assert any(f.key == SITE for f in det.findings())
+    assert not det.suspicious(300.0)
+
+
+def test_steady_process_is_not_suspicious() -> None:
+    det = Detector()
+    simulate(flat_process(), 300.0, detector=det)
+    assert not det.suspicious(300.0)
+
+
+def test_site_tracking_is_bounded() -> None:
+    det = Detector(DetectionParams(max_sites=200, max_types=50))
+    for i in range(100_000):
+        det.add("site", f"/app/gen{i}.py:1", i * 0.01, float(i % 1000))
+    for i in range(10_000):
+        det.add("type", f"T{i}", i * 0.01, 1.0)
+    assert det.tracked("site") <= 200
+    assert det.tracked("type") <= 50
+
+
+def test_active_finding_survives_eviction() -> None:
+    det = Detector(DetectionParams(max_sites=20))
+    simulate({("site", SITE): lambda t, r: 10 * KB * t}, 200.0, detector=det)
+    assert [f.key for f in det.findings()] == [SITE]
+    for i in range(1000):
+        det.add("site", f"/app/big{i}.py:1", 200.0 + i * 0.001, 1e9)
+    assert det.tracked("site") <= 20
+    assert [f.key for f in det.findings()] == [SITE]
+
+
+def test_site_that_disappears_keeps_its_state_and_gap_restarts_its_series() -> None:
+    det = Detector()
+    run = simulate({("site", SITE): lambda t, r: 10 * KB * t}, 200.0, detector=det)
+    assert run.at("confirmed", SITE)
+    # No samples for 10 minutes (site left the top N): no verdict, no state change.
+    assert det.analyze(500.0) == []
+    assert det.analyze(800.0) == []
+    # Tracing restarted: bytes count from zero again. Judged from the gap on, still a leak.
+    later = simulate(
+        {("site", SITE): lambda t, r: 10 * KB * (t - 800.0)}, 1000.0, detector=det, start=800.0
+    )
+    assert later.changes == []
+    assert [(f.key, f.state) for f in det.findings()] == [(SITE, "confirmed")]
+
+
+def test_mark_discontinuity_restarts_judgement() -> None:
+    det = Detector()
+    simulate({("site", SITE): lambda t, r: 10 * KB * t}, 200.0, detector=det)
+    det.mark_discontinuity("site", 201.0)
+    # Fresh segment of 20 s: too short to judge, so nothing changes.
+    simulate({("site", SITE): lambda t, r: 100.0}, 220.0, detector=det, start=201.0)
+    assert det.last_verdict("site", SITE) is not None
+    assert det.last_verdict("site", SITE).pattern == "insufficient"  # type: ignore[union-attr]
+
+
+def test_bad_samples_are_dropped_and_counted() -> None:
+    det = Detector()
+    det.add("heap", "heap", 10.0, 1.0)
+    det.add("heap", "heap", 5.0, 1.0)
+    det.add("heap", "heap", 11.0, float("nan"))
+    assert det.dropped == 2
+    with pytest.raises(ValueError, match="unknown signal 'disk'"):
+        det.add("disk", "disk", 1.0, 1.0)  # type: ignore[arg-type]
+
+
+def test_findings_most_certain_first() -> None:
+    feeds = flat_process(
+        fds=lambda t, r: 12.0 + t // 5,
+        type__Widget=lambda t, r: 100.0 + t,
+    )
+    feeds[("site", "/app/small.py:1")] = lambda t, r: 2 * KB * t
+    feeds[("site", SITE)] = lambda t, r: 20 * KB * t
+    # Threads are sampled from 130 s on: only two analyses have seen them grow by 200 s.
+    feeds[("threads", "threads")] = lambda t, r: None if t < 130 else 4.0 + t // 5
+    run = simulate(feeds, 200.0)
+    found = run.detector.findings()
+    order = [(f.state, f.kind, f.key) for f in found]
+    assert order[:3] == [
+        ("confirmed", "heap", SITE),
+        ("confirmed", "heap", "/app/small.py:1"),
+        ("confirmed", "fds", "fds"),
+    ]
+    assert ("suspected", "threads", "threads") in order[3:]
+    assert all(f.kind != "objects" for f in found)  # explained by the heap sites
+
+
+def test_params_validated() -> None:
+    with pytest.raises(ValueError, match='"warmup_max_s" must be >= warmup_floor_s'):
+        DetectionParams(warmup_floor_s=100.0, warmup_max_s=50.0)
+    with pytest.raises(ValueError, match='"confidence"'):
+        DetectionParams(confidence=1.0)
+    with pytest.raises(ValueError, match='"confirm_after" must be >= 1: 0'):
+        DetectionParams(confirm_after=0)
