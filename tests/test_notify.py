@@ -308,8 +308,9 @@ def test_cli_watchdog_stops_when_sampling_stalls(tmp_path: Path, manager: Manage
         SOAKD_FAULT_STALL_SAMPLING_AFTER=str(stall_after),
     )
     proc = start_soakd(
-        "run", "-c", str(cfg), "-d", "8s", "--run-dir", str(tmp_path / "run"), env=env
-    )
+        "run", "-c", str(cfg), "-d", "8s", "--run-dir", str(tmp_path / "run"),
+        "--set", "sampling.job_timeout=2s", env=env,
+    )  # fmt: skip
     try:
         received = collect_until_exit(proc, manager, 60)
     finally:
