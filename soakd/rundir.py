@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -75,6 +76,8 @@ def create_run_dir(runs_dir: Path, explicit: Path | None, retention: int) -> Run
         probe.write_bytes(b"x")
         probe.unlink()
     except OSError as exc:
+        with contextlib.suppress(OSError):
+            (path / ".write-test").unlink(missing_ok=True)  # created, then a full disk
         raise CommandError(
             f"cannot create the run directory {path}: {exc.strerror or exc}; "
             "choose a writable --run-dir or output.runs_dir"
@@ -100,9 +103,14 @@ def prune_runs(runs_dir: Path, retention: int, keep: Path) -> list[Path]:
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON via a temp file and rename, so readers never see half a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, default=str)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, default=str)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):  # a full disk must not leave a temp file per write
+            tmp.unlink(missing_ok=True)
+        raise

@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -29,7 +30,7 @@ from soakd import rundir, summary
 from soakd.channel import Channel, ChannelClosed, Message, WorkerLink
 from soakd.config import Config
 from soakd.detection import DetectionParams, Detector, Finding, SiteInfo
-from soakd.errors import EXIT_INTERNAL
+from soakd.errors import EXIT_INTERNAL, CommandError
 from soakd.rules import RuleEngine, rules_from_config
 from soakd.sinks.alerts import AlertSender
 from soakd.sinks.base import RunObserver
@@ -163,6 +164,10 @@ class Supervisor:
                 self._job_failed(name, exc)
             except Exception as exc:  # a sampler's bug must not end the soak
                 self._job_failed(name, exc)
+            except asyncio.CancelledError:
+                # scheduler.shutdown() cancels a job in flight: the end of the run, not a failure
+                # (APScheduler would print it to stderr as a traceback)
+                return
 
         run.__name__ = name
         return run
@@ -390,7 +395,7 @@ class Supervisor:
 
     async def _watch_worker(self) -> None:
         assert self.proc is not None
-        code = await self.proc.wait()
+        code = await _exited(self.proc)
         if self.failure is None and not self.finished.is_set() and not self._stopping_worker:
             sig = -code if code < 0 else None
             what = f"signal {signal.Signals(sig).name}" if sig else f"exit code {code}"
@@ -606,7 +611,15 @@ class Supervisor:
                 self.request_stop(f"signal {signal.Signals(signum).name}")
 
     async def run(self) -> int:
-        self._write_meta()
+        try:
+            self._write_meta()
+        except (OSError, sqlite3.Error) as exc:  # e.g. a full disk: nothing has started yet
+            self.store.close()
+            self.events.close()
+            raise CommandError(
+                f"cannot write the run directory {self.run_dir.path}: {exc}; "
+                "free some space or choose another --run-dir"
+            ) from None
         self._build_observers()
         for obs in self.observers:
             await obs.start()
@@ -703,10 +716,10 @@ class Supervisor:
         if self.link is not None and proc.returncode is None:
             await self.link.notify("stop")
         with anyio.move_on_after(self.config.run.stop_timeout + 5.0):
-            await proc.wait()
+            await _exited(proc)
         self._kill_group(signal.SIGTERM)
         with anyio.move_on_after(3.0):
-            await proc.wait()
+            await proc.wait()  # also until the children holding its output pipe are gone
         self._kill_group(signal.SIGKILL)
         with anyio.move_on_after(3.0):
             await proc.wait()
@@ -772,6 +785,17 @@ class Supervisor:
         self.worker_log.close()
         self.store.close()
         self.events.close()
+
+
+async def _exited(proc: asyncio.subprocess.Process, poll: float = 0.05) -> int:
+    """The exit code as soon as ``proc`` exits.
+
+    ``proc.wait()`` also waits until every holder of its stdout pipe closes it, so children the
+    target forked would hide the worker's death (and delay every stop by the stop timeout).
+    """
+    while (code := proc.returncode) is None:
+        await anyio.sleep(poll)
+    return code
 
 
 def dump_config(config: Config) -> str:

@@ -7,6 +7,7 @@ config error, 3 leak found, 4 aborted by a threshold rule, 5 target failed.
 from __future__ import annotations
 
 import argparse
+import sqlite3
 from pathlib import Path
 
 import anyio
@@ -66,7 +67,13 @@ def run(args: argparse.Namespace) -> int:
     print(run_dir.path, flush=True)
     from soakd.supervisor import Supervisor
 
-    supervisor = Supervisor(config, run_dir, duration)
+    try:
+        supervisor = Supervisor(config, run_dir, duration)
+    except (OSError, sqlite3.Error) as exc:  # e.g. a full disk: the store cannot be created
+        raise CommandError(
+            f"cannot write the run directory {run_dir.path}: {exc}; "
+            "free some space or choose another --run-dir"
+        ) from None
     if command or args.pid is not None:
         supervisor.set_external(command or None, args.pid)
     return anyio.run(supervisor.run)
