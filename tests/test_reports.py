@@ -332,7 +332,8 @@ def test_report_markdown_states_the_facts(tmp_path: Path) -> None:
     assert "### CONFIRMED: heap leak at `" in md
     assert ">     9      CACHE.append(data)  # grows forever" in md
     assert "### SUSPECTED: objects leak (type dict)" in md
-    assert "| rss over 150MB | 150100000.0 | 150000000.0 | alert | 25m00s |" in md
+    assert "| rss over 150MB | 143.1 MiB | 143.1 MiB | alert | 25m00s |" in md
+    assert '- signals: `{"mann_kendall": true, "theil_sen_low": 65000000.0}`' in md
     assert "warm-up ended at 7m00s" in md
 
 

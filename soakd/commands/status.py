@@ -22,6 +22,7 @@ from soakd.reporting.common import (
     SUMMARY,
     LeakEntry,
     Store,
+    breach_entries,
     check_run_dir,
     iter_events,
     leak_entries,
@@ -149,7 +150,6 @@ def collect_status(run_dir: Path, now: float | None = None) -> dict[str, Any]:
     if not totals and isinstance(summary.get("workload"), dict):
         totals = summary["workload"]
     leaks = leak_entries(summary, events)
-    breaches = [e for e in events if e["event"] == "threshold.breached"]
     return {
         "run_dir": str(run_dir),
         "run_id": text(summary.get("run_id") or meta.get("run_id") or run_dir.name, 200),
@@ -168,16 +168,7 @@ def collect_status(run_dir: Path, now: float | None = None) -> dict[str, Any]:
         "rss_slope_window_s": SLOPE_WINDOW_S,
         "suspects": [_leak_json(leak) for leak in leaks if leak.status == "suspected"],
         "confirmed": [_leak_json(leak) for leak in leaks if leak.status == "confirmed"],
-        "breaches": [
-            {
-                "rule": text(b.get("rule"), 200),
-                "value": num(b.get("value")),
-                "limit": num(b.get("limit")),
-                "action": text(b.get("action"), 20),
-                "at_s": num(b.get("at_s")) if b.get("at_s") is not None else num(b.get("t")),
-            }
-            for b in breaches[:100]
-        ],
+        "breaches": breach_entries({}, events)[:100],
         "unreadable_event_lines": bad,
     }
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from soakd.errors import EXIT_USAGE, CommandError
-from soakd.reporting.svg import Bucket, Point, buckets_to_points
+from soakd.reporting.svg import Bucket, Point, buckets_to_points, format_value
 
 SUMMARY = "summary.json"
 EVENTS = "events.jsonl"
@@ -543,25 +543,48 @@ def breach_entries(
     summary: Mapping[str, Any], events: Sequence[Mapping[str, Any]]
 ) -> list[dict[str, Any]]:
     """Breaches from the summary, else from threshold.breached events (a killed run)."""
+    breach_events = [e for e in events if e.get("event") == "threshold.breached"]
+    metric_of = {str(e.get("rule")): e.get("metric") for e in breach_events}
     raw = summary.get("breaches")
-    source = raw if isinstance(raw, list) and raw else events
+    source = raw if isinstance(raw, list) and raw else breach_events
     out = []
     for b in source:
         if not isinstance(b, Mapping):
             continue
-        if "event" in b and b.get("event") != "threshold.breached":
-            continue
+        at = b.get("at_s") if b.get("at_s") is not None else b.get("t")
+        metric = b.get("metric") or metric_of.get(str(b.get("rule")))  # the contract lacks it
         out.append(
             {
                 "rule": text(b.get("rule"), 200),
-                "metric": text(b.get("metric"), 100),
+                "metric": text(metric, 100),
                 "value": num(b.get("value")),
                 "limit": num(b.get("limit")),
                 "action": text(b.get("action"), 20),
-                "at_s": num(b.get("at_s") if b.get("at_s") is not None else b.get("t")),
+                "at_s": num(at),
             }
         )
     return out
+
+
+def format_metric(metric: object, value: float | None) -> str:
+    """A rule's value or limit in the metric's unit (sizes as MiB, rates as %)."""
+    name = str(metric)
+    if name.endswith("_bytes"):
+        return format_value(value, "bytes")
+    if name == "error_rate":
+        return format_value(value, "ratio")
+    if name.endswith("_ms"):
+        return format_value(value, "ms")
+    return "n/a" if value is None else f"{value:g}"
+
+
+def compact_json(value: object, limit: int = 1000) -> str:
+    """One-line JSON for display (falls back to str for what JSON cannot hold)."""
+    try:
+        dumped = json.dumps(value, sort_keys=True, default=str)
+    except (TypeError, ValueError, RecursionError):
+        dumped = str(value)
+    return text(dumped, limit)
 
 
 def source_context(site: str | None, radius: int = 3) -> list[tuple[int, str]] | None:

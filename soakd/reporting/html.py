@@ -12,6 +12,7 @@ from soakd.reporting.common import (
     RunData,
     breach_entries,
     dig,
+    format_metric,
     leak_entries,
     num,
     source_context,
@@ -19,6 +20,8 @@ from soakd.reporting.common import (
 )
 from soakd.reporting.svg import Chart, Marker, Point, Unit, format_value
 from soakd.units import format_duration
+
+HALF = 526  # two charts side by side in the 1100 px page
 
 CSS = """
 body{font:14px/1.45 "DejaVu Sans",system-ui,sans-serif;margin:24px auto;max-width:1100px;
@@ -73,9 +76,10 @@ def _chart(
     unit: Unit,
     markers: Sequence[Marker] = (),
     labels: Mapping[str, str] | None = None,
+    width: int = 1060,
 ) -> str:
     series: dict[str, Sequence[Point]] = {n: run.series.get(n, ()) for n in names}
-    return Chart(title, series, unit, markers, labels).render()
+    return Chart(title, series, unit, markers, labels, width=width).render()
 
 
 def _site_label(name: str) -> str:
@@ -158,18 +162,19 @@ def _plots(run: RunData, markers: Sequence[Marker]) -> str:
         "<h2>Memory</h2>",
         _chart(run, "Memory", ["rss_bytes", "heap_bytes", "traced_bytes"], "bytes", markers),
         "<h2>Resources</h2><div class='charts'>",
-        _chart(run, "File descriptors", ["fds"], "count", markers),
-        _chart(run, "Threads", ["threads"], "count", markers),
-        _chart(run, "asyncio tasks", ["tasks"], "count", markers),
+        _chart(run, "File descriptors", ["fds"], "count", markers, width=HALF),
+        _chart(run, "Threads", ["threads"], "count", markers, width=HALF),
+        _chart(run, "asyncio tasks", ["tasks"], "count", markers, width=HALF),
         "</div><h2>Workload</h2><div class='charts'>",
-        _chart(run, "Throughput", ["throughput_per_s"], "per_s", markers),
-        _chart(run, "Error rate", ["error_rate"], "ratio", markers),
+        _chart(run, "Throughput", ["throughput_per_s"], "per_s", markers, width=HALF),
+        _chart(run, "Error rate", ["error_rate"], "ratio", markers, width=HALF),
         _chart(
             run,
             "Latency",
             ["latency_p50_ms", "latency_p99_ms", "first_event_p99_ms"],
             "ms",
             markers,
+            width=HALF,
         ),
         "</div>",
     ]
@@ -263,7 +268,8 @@ def _breaches(run: RunData) -> str:
         return "<h2>Threshold breaches</h2><p>None.</p>"
     rows = "".join(
         f"<tr><td>{_e(b['rule'])}</td><td>{_e(b['metric'])}</td>"
-        f"<td>{_e(b['value'])}</td><td>{_e(b['limit'])}</td><td>{_e(b['action'])}</td>"
+        f"<td>{_e(format_metric(b['metric'], b['value']))}</td>"
+        f"<td>{_e(format_metric(b['metric'], b['limit']))}</td><td>{_e(b['action'])}</td>"
         f"<td>{escape(format_duration(b['at_s']) if b['at_s'] is not None else '—')}</td></tr>"
         for b in breaches[:500]
     )

@@ -9,7 +9,9 @@ from soakd.reporting.common import (
     LeakEntry,
     RunData,
     breach_entries,
+    compact_json,
     dig,
+    format_metric,
     leak_entries,
     num,
     source_context,
@@ -64,7 +66,7 @@ def _leak(leak: LeakEntry) -> list[str]:
     if leak.analyses is not None:
         out.append(f"- analyses: {md(leak.analyses)}")
     if leak.signals is not None:
-        out.append(f"- signals: {md(leak.signals, 1000)}")
+        out.append(f"- signals: {code(compact_json(leak.signals), 1000)}")
     if leak.traceback:
         out += ["", "Traceback (innermost first):", "", _code_block(list(leak.traceback))]
     context = source_context(leak.site)
@@ -144,7 +146,8 @@ def render_markdown(run: RunData) -> str:
         for b in breaches[:200]:
             at = "—" if b["at_s"] is None else format_duration(b["at_s"])
             lines.append(
-                f"| {md(b['rule'])} | {md(b['value'])} | {md(b['limit'])} | "
+                f"| {md(b['rule'])} | {format_metric(b['metric'], b['value'])} | "
+                f"{format_metric(b['metric'], b['limit'])} | "
                 f"{md(b['action'])} | {at} |"
             )
     lines += ["", f"Run directory: {code(run.path, 1000)}", ""]

@@ -112,6 +112,31 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     return ticks
 
 
+_TIME_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200)
+
+
+def time_ticks(lo: float, hi: float, count: int = 6) -> list[float]:
+    """Ticks on round durations (1 min, 5 min, 1 h, ...) rather than decimal numbers."""
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+        return nice_ticks(lo, hi, count)
+    raw = (hi - lo) / max(1, count)
+    step = next((float(s) for s in _TIME_STEPS if s >= raw), None)
+    if step is None:
+        step = math.ceil(raw / 86400) * 86400.0
+    first = math.ceil(lo / step) * step
+    return [first + i * step for i in range(int((hi - first) // step) + 1)][:50]
+
+
+def value_ticks(lo: float, hi: float, unit: Unit, count: int = 4) -> list[float]:
+    """Nice ticks; sizes tick on round KiB/MiB/GiB rather than round decimal bytes."""
+    if unit != "bytes" or not (math.isfinite(lo) and math.isfinite(hi)):
+        return nice_ticks(lo, hi, count)
+    scale = 1.0
+    while max(abs(lo), abs(hi)) / scale >= 1024 and scale < 1024.0**3:
+        scale *= 1024
+    return [t * scale for t in nice_ticks(lo / scale, hi / scale, count)]
+
+
 def format_value(value: float | None, unit: Unit) -> str:
     """A value in the unit a person reads: ``1.5 MiB``, ``12``, ``3.2%``, ``45 ms``."""
     if value is None or not math.isfinite(value):
@@ -197,31 +222,32 @@ class Chart:
         def y(v: float) -> float:
             return top + plot_h - (v - v_lo) / v_span * plot_h
 
-        for tick in nice_ticks(v_lo, v_hi, 4):
+        for tick in value_ticks(v_lo, v_hi, self.unit):
             yy = y(tick)
             parts.append(
                 f'<line x1="{left}" x2="{left + plot_w}" y1="{yy:.1f}" y2="{yy:.1f}" class="grid"/>'
                 f'<text x="{left - 4}" y="{yy + 4:.1f}" text-anchor="end" class="tick">'
                 f"{escape(_tick_label(tick, self.unit))}</text>"
             )
-        for tick in nice_ticks(t_lo, t_hi, 6):
+        for tick in time_ticks(t_lo, t_hi, 6 if self.width > 600 else 4):
             xx = x(tick)
             parts.append(
                 f'<line x1="{xx:.1f}" x2="{xx:.1f}" y1="{top + plot_h}" y2="{top + plot_h + 4}" '
                 f'class="axis"/><text x="{xx:.1f}" y="{top + plot_h + 16}" text-anchor="middle" '
                 f'class="tick">{escape(format_duration(max(0.0, tick)))}</text>'
             )
-        for m in self.markers:
+        for i, m in enumerate(self.markers):
             if not math.isfinite(m.t):
                 continue
             xx = x(m.t)
+            ly = top + 10 + (i % 3) * 11  # staggered so labels of close markers stay legible
             color = MARKER_COLORS.get(m.kind, "#555555")
             dash = ' stroke-dasharray="4 3"' if m.kind == "warmup" else ""
             parts.append(
                 f'<line x1="{xx:.1f}" x2="{xx:.1f}" y1="{top}" y2="{top + plot_h}" '
                 f'stroke="{color}" stroke-width="1.2"{dash} class="marker marker-{escape(m.kind)}">'
                 f"<title>{escape(m.label)} at {escape(format_duration(max(0.0, m.t)))}</title>"
-                f'</line><text x="{xx + 3:.1f}" y="{top + 10}" class="mlabel" fill="{color}">'
+                f'</line><text x="{xx + 3:.1f}" y="{ly}" class="mlabel" fill="{color}">'
                 f"{escape(m.label[:40])}</text>"
             )
         for i, name in enumerate(names):
