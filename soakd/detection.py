@@ -318,53 +318,28 @@ class Detector:
         if now - ts[-1] > stale:
             # The series stopped (site left the top N, tracing off): no news is no verdict.
             return SeriesVerdict("insufficient", 0.0, 0.0, 1.0, 0.0, "no recent samples")
-        full = self._screened(ts, ys, vp, min_window)
+        full = _prescreen(ts, ys, vp, min_window) or classify(ts, ys, vp)
         if full.pattern not in ("flat", "noise"):
             # Only a window flat or noisy overall may hide a late leak; a sawtooth or a step
             # seen whole must not be re-judged on a part that shows only one rising tooth.
             return full
         span = ts[-1] - ts[0]
+        floor = full.noise
         for fraction in _SUB_WINDOWS:
             if span * fraction < min_window:
                 break
             cut = ts[-1] - span * fraction
             first = next(i for i, t in enumerate(ts) if t >= cut)
-            sub = self._screened(ts[first:], ys[first:], vp, min_window, full.noise)
-            if sub.is_leak and _new_high(ys[:first], ys[first:]):
+            sub_ts, sub_ys = ts[first:], ys[first:]
+            if _prescreen(sub_ts, sub_ys, vp, min_window) is not None:
+                continue
+            if floor == 0.0:
+                # Computed only now: most series are screened out above and never need it.
+                floor = _residual_noise(ts, ys, vp.max_points)
+            sub = classify(sub_ts, sub_ys, vp, noise_floor=floor)
+            if sub.is_leak and _new_high(ys[:first], sub_ys):
                 return sub
         return full
-
-    @staticmethod
-    def _screened(
-        ts: list[float],
-        ys: list[float],
-        vp: VerdictParams,
-        min_window: float,
-        noise_floor: float = 0.0,
-    ) -> SeriesVerdict:
-        """:func:`classify`, after an O(n) screen that settles clearly flat series cheaply."""
-        n = len(ts)
-        duration = ts[-1] - ts[0] if ts else 0.0
-        if n < vp.min_points or duration < min_window:
-            return SeriesVerdict(
-                "insufficient", 0.0, 0.0, 1.0, 0.0, f"{n} points over {duration:.0f}s", n, duration
-            )
-        slope, icpt = ols_fit(ts, ys)
-        if slope <= 0.5 * vp.min_slope or slope * duration <= 0.5 * vp.min_growth:
-            bt, by = downsample(ts, ys, vp.max_points)
-            noise = robust_scale([y - (icpt + slope * t) for t, y in zip(bt, by, strict=True)])
-            return SeriesVerdict(
-                "flat",
-                slope,
-                slope,
-                1.0,
-                slope * duration,
-                "slope far below minimum",
-                n,
-                duration,
-                noise,
-            )
-        return classify(ts, ys, vp, noise_floor=noise_floor)
 
     def _heap_slope(self, start: float, now: float) -> float | None:
         """Python heap slope (per second) over the same span, for the native test."""
@@ -561,6 +536,31 @@ class Detector:
             t.verdict is not None and t.verdict.is_leak
             for t in self._groups.get("type", {}).values()
         )
+
+
+def _prescreen(
+    ts: list[float], ys: list[float], vp: VerdictParams, min_window: float
+) -> SeriesVerdict | None:
+    """An O(n) verdict for windows too short or clearly flat; None when classify() must run."""
+    n = len(ts)
+    duration = ts[-1] - ts[0] if ts else 0.0
+    if n < vp.min_points or duration < min_window:
+        return SeriesVerdict(
+            "insufficient", 0.0, 0.0, 1.0, 0.0, f"{n} points over {duration:.0f}s", n, duration
+        )
+    slope, _ = ols_fit(ts, ys)
+    if slope <= 0.5 * vp.min_slope or slope * duration <= 0.5 * vp.min_growth:
+        return SeriesVerdict(
+            "flat", slope, slope, 1.0, slope * duration, "slope far below minimum", n, duration
+        )
+    return None
+
+
+def _residual_noise(ts: list[float], ys: list[float], max_points: int) -> float:
+    """Robust σ around the least-squares line, on the binned window (as classify sees it)."""
+    bt, by = downsample(ts, ys, max_points)
+    slope, icpt = ols_fit(bt, by)
+    return robust_scale([y - (icpt + slope * t) for t, y in zip(bt, by, strict=True)])
 
 
 def _new_high(before: list[float], recent: list[float]) -> bool:
