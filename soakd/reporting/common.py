@@ -186,16 +186,10 @@ class RunData:
     def warmup_end_s(self) -> float | None:
         """From the summary, else the latest ``detection.warmup_end`` event (a killed run)."""
         value = num(dig(self.summary, "detection", "warmup_end_s"))
-        for e in reversed(self.events_named("detection.warmup_end")):
-            return value if value is not None else num(e.get("warmup_end_s"))
-        return value
-
-    @property
-    def duration_s(self) -> float | None:
-        """Planned duration from ``run.started``."""
-        for e in self.events_named("run.started"):
-            return num(e.get("duration_s"))
-        return None
+        if value is not None:
+            return value
+        events = self.events_named("detection.warmup_end")
+        return num(events[-1].get("warmup_end_s")) if events else None
 
 
 def check_run_dir(run_dir: Path) -> None:
@@ -439,7 +433,6 @@ def load_run(
         site_names = [g.name.removeprefix("site:") for g in site_growth[:8]]
         site_names += [leak.site for leak in leaks if leak.site]
         sites = store.sites(list(dict.fromkeys(site_names)))
-        last_t = store.last_t()
     finally:
         store.close()
     return RunData(
@@ -453,7 +446,7 @@ def load_run(
         site_growth=site_growth,
         type_growth=type_growth,
         sites=sites,
-        last_t=last_t,
+        last_t=max((pts[-1][0] for pts in series.values() if pts), default=None),
         has_store=True,
     )
 

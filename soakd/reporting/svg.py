@@ -25,6 +25,7 @@ PALETTE = (
     "#7f7f7f",
     "#bcbd22",
 )
+MAX_CHART_POINTS = 1500
 MARKER_COLORS = {"warmup": "#888888", "suspected": "#e69500", "confirmed": "#c0392b"}
 
 
@@ -178,12 +179,14 @@ class Chart:
 
     def render(self) -> str:
         left, right, top, bottom = 78, 12, 26, 30
-        names = [n for n, pts in self.series.items() if pts]
+        # bounded and finite whatever the caller passed (the store already downsamples)
+        series = {n: downsample(pts, MAX_CHART_POINTS) for n, pts in self.series.items()}
+        names = [n for n, pts in series.items() if pts]
         legend_rows = math.ceil(len(names) / 2) if names else 1
         total_h = self.height + legend_rows * 18 + 6
         plot_w = self.width - left - right
         plot_h = self.height - top - bottom
-        all_pts = [p for n in names for p in self.series[n]]
+        all_pts = [p for n in names for p in series[n]]
         title_text = f"{self.title} — {', '.join(self.series) or 'no series'}"
         parts = [
             f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" '
@@ -252,7 +255,7 @@ class Chart:
             )
         for i, name in enumerate(names):
             color = PALETTE[i % len(PALETTE)]
-            d = _path(self.series[name], x, y)
+            d = _path(series[name], x, y)
             parts.append(
                 f'<path d="{d}" fill="none" stroke="{color}" stroke-width="1.5" '
                 f'data-series="{escape(name)}"><title>{escape(name)}</title></path>'
@@ -262,7 +265,7 @@ class Chart:
             lx = left + (i % 2) * (plot_w / 2)
             ly = self.height + (i // 2) * 18
             label = (self.labels or {}).get(name, name)
-            last = self.series[name][-1][1]
+            last = series[name][-1][1]
             parts.append(
                 f'<g class="legend"><rect x="{lx:.1f}" y="{ly - 9}" width="12" height="4" '
                 f'fill="{color}"/><text x="{lx + 16:.1f}" y="{ly - 4}" class="lg">'
