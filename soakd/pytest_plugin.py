@@ -135,6 +135,7 @@ class SoakSpec:
     max_rss_growth: int | None = None
     max_error_rate: float | None = None
     max_first_event_ms: float | None = None
+    max_rss_growth_text: str = ""  # as the user wrote it, for the message
 
 
 def soak_spec(
@@ -184,6 +185,7 @@ def soak_spec(
         max_rss_growth=growth,
         max_error_rate=_limit("max_error_rate", max_error_rate),
         max_first_event_ms=_limit("max_first_event_ms", max_first_event_ms),
+        max_rss_growth_text=str(max_rss_growth) if max_rss_growth is not None else "",
     )
 
 
@@ -532,10 +534,11 @@ def top_site_growth(run_dir: Path, top: int = 3) -> tuple[SiteGrowth, ...]:
         rows = diff_snapshots(read_snapshot(baseline), read_snapshot(after), top=top)
     except CommandError:
         return ()  # a damaged snapshot: the summary still speaks; the message just says less
+    largest = max((r.size_diff for r in rows), default=0)
     return tuple(
         SiteGrowth(r.site, r.line, r.size_diff, r.count_diff, r.traceback)
         for r in rows
-        if r.size_diff > 0
+        if r.size_diff > 0 and r.size_diff >= largest / 20  # the rest is churn, not the story
     )
 
 
@@ -568,7 +571,7 @@ def evaluate(summary: Mapping[str, Any], growth: Growth, spec: SoakSpec) -> list
             )
             failures.append(
                 f"RSS grew {format_size(growth.growth_bytes)} {where} to the end of the "
-                f"workload: more than max_rss_growth {format_size(spec.max_rss_growth)}"
+                f"workload: more than max_rss_growth {_limit_text(spec)}"
             )
     workload = summary.get("workload")
     workload = workload if isinstance(workload, Mapping) else {}
@@ -591,6 +594,12 @@ def evaluate(summary: Mapping[str, Any], growth: Growth, spec: SoakSpec) -> list
                 f"{spec.max_first_event_ms:g} ms"
             )
     return failures
+
+
+def _limit_text(spec: SoakSpec) -> str:
+    shown = format_size(spec.max_rss_growth or 0)
+    text = spec.max_rss_growth_text
+    return shown if not text or text == str(spec.max_rss_growth) else f"{text} ({shown})"
 
 
 def format_failure(result: SoakResult) -> str:
@@ -850,19 +859,28 @@ class SoakRunner:
         max_first_event_ms: float | None = None,
         check: bool = True,
     ) -> SoakResult:
-        try:
-            spec = soak_spec(
-                target, duration=duration, users=users, rounds=rounds, method=method,
+        spec = _spec_or_fail(
+            "",
+            dict(
+                target=target, duration=duration, users=users, rounds=rounds, method=method,
                 options=options, config=config, set=set, max_rss_growth=max_rss_growth,
                 max_error_rate=max_error_rate, max_first_event_ms=max_first_event_ms,
-            )  # fmt: skip
-        except SoakUsageError as exc:
-            pytest.fail(str(exc), pytrace=False)
+            ),
+        )  # fmt: skip
         result = _soak_for(self._node, spec, self._base)
         self.results.append(result)
         if check and not result.passed:
             pytest.fail(result.message(), pytrace=False)
         return result
+
+
+def _spec_or_fail(prefix: str, kwargs: dict[str, Any]) -> SoakSpec:
+    error = None
+    try:
+        return soak_spec(**kwargs)
+    except SoakUsageError as exc:
+        error = f"{prefix}{exc}"
+    pytest.fail(error, pytrace=False)  # outside the except: no chained traceback
 
 
 def _soak_for(item: pytest.Item, spec: SoakSpec, base: Path) -> SoakResult:
@@ -877,10 +895,13 @@ def _soak_for(item: pytest.Item, spec: SoakSpec, base: Path) -> SoakResult:
     dirs.append(soak_dir)
     raw = config.getoption("--soakd-duration", None)
     override = parse_duration(raw) if raw is not None else None
+    error: str | None = None
     try:
         result = run_soak(spec, soak_dir, duration_override=override)
     except SoakUsageError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        error = str(exc)
+    if error is not None:
+        pytest.fail(error, pytrace=False)  # outside the except: no chained traceback
     item.stash[SOAK_RESULT] = result
     item.user_properties.append(
         ("soakd", {"verdict": result.verdict, "passed": result.passed,
@@ -921,10 +942,7 @@ def pytest_runtest_call(item: pytest.Item) -> None:
     kwargs = dict(marker.kwargs)
     if marker.args:
         kwargs["target"] = marker.args[0]
-    try:
-        spec = soak_spec(**kwargs)
-    except SoakUsageError as exc:
-        pytest.fail(f"@pytest.mark.soak: {exc}", pytrace=False)
+    spec = _spec_or_fail("@pytest.mark.soak: ", kwargs)
     base = item.stash.get(_MARKER_BASE, None)
     if base is None:  # the autouse fixture was not set up (a non-function item)
         base = item.config._tmp_path_factory.mktemp("soak")  # type: ignore[attr-defined]
