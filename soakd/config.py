@@ -246,7 +246,7 @@ class Rule(_Model):
             raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
         out = dict(data)
         for key in ("above", "below"):
-            if key in out:
+            if out.get(key) is not None:  # None: unset (as config.json dumps it)
                 out[key] = _rule_limit(str(metric), key, out[key])
         if metric == "leak" and "above" not in out and "below" not in out:
             out["above"] = 0.0
