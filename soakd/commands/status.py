@@ -156,11 +156,11 @@ def collect_status(run_dir: Path, now: float | None = None) -> dict[str, Any]:
         "target": text(summary.get("target") or meta.get("target") or "", 300) or None,
         "state": run_state(finished is not None, _last_write_age(run_dir, now)),
         "verdict": text(finished.get("verdict"), 40) if finished else None,
-        "exit_code": num(finished.get("exit_code")) if finished else None,
+        "exit_code": _int(finished.get("exit_code")) if finished else None,
         "elapsed_s": elapsed,
         "duration_s": num(started.get("duration_s")) if started else None,
-        "iterations": num(totals.get("iterations")),
-        "errors": num(totals.get("errors")),
+        "iterations": _int(totals.get("iterations")),
+        "errors": _int(totals.get("errors")),
         "rss_bytes": rss,
         "heap_bytes": heap,
         "rss_slope_bytes_per_h": slope,
@@ -171,6 +171,11 @@ def collect_status(run_dir: Path, now: float | None = None) -> dict[str, Any]:
         "breaches": breach_entries({}, events)[:100],
         "unreadable_event_lines": bad,
     }
+
+
+def _int(value: object) -> int | None:
+    f = num(value)
+    return None if f is None else int(f)
 
 
 def _leak_json(leak: LeakEntry) -> dict[str, Any]:
