@@ -220,8 +220,8 @@ def run(args: argparse.Namespace) -> int:
     baselines = collect_baselines(args.baseline, summary.get("target"), args.last, run_dir)
     if not baselines:
         raise CommandError(
-            "no baseline runs found (runs directories only count runs of target "
-            f"{text(summary.get('target'), 200)!r})"
+            "no baseline runs found (a run is never its own baseline; runs directories "
+            f"only count runs of target {text(summary.get('target'), 200)!r})"
         )
     rows = compare(summary, [b for _, b in baselines], args.threshold)
     regression = any(c.regression for c in rows)
