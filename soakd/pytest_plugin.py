@@ -75,6 +75,7 @@ from soakd.units import format_size, parse_duration, parse_size
 
 __all__ = [
     "SOAK_RESULT",
+    "Growth",
     "RoundStats",
     "SiteGrowth",
     "SoakResult",
@@ -83,7 +84,10 @@ __all__ = [
     "SoakUsageError",
     "build_config",
     "evaluate",
+    "format_failure",
+    "growth_from_series",
     "measure_growth",
+    "read_user_config",
     "run_soak",
     "short_soak_profile",
     "soak_spec",
@@ -547,7 +551,8 @@ def first_event_p50_ms(summary: Mapping[str, Any]) -> float | None:
     workload = summary.get("workload")
     if not isinstance(workload, Mapping):
         return None
-    milestone = workload.get("milestones_ms", {}).get("first_status")
+    milestones = workload.get("milestones_ms")
+    milestone = milestones.get("first_status") if isinstance(milestones, Mapping) else None
     if isinstance(milestone, Mapping) and _float(milestone.get("count")):
         return _float(milestone.get("p50"))
     first = workload.get("first_event_ms")
@@ -633,7 +638,7 @@ def format_failure(result: SoakResult) -> str:
             f"{format_size(_float(memory.get('rss_end_bytes')) or 0)}, slope after warm-up "
             f"{_signed(_float(memory.get('rss_slope_bytes_per_h')) or 0)}/h"
         )
-    if result.top_sites and (result.verdict == "leak" or result.rss_growth_bytes is not None):
+    if result.top_sites:
         lines.append("  allocation sites that grew (heap snapshots, baseline → final):")
         for site in result.top_sites:
             source = f": {site.line}" if site.line else ""
@@ -642,6 +647,13 @@ def format_failure(result: SoakResult) -> str:
                 f"{site.site}{source}"
             )
             lines += [f"        {frame}" for frame in site.traceback[1:4]]
+    elif result.rss_growth_bytes is not None and any(
+        f.startswith("RSS grew") for f in result.failures
+    ):
+        lines.append(
+            "  no heap snapshots to point at a line (tracing was off): soak again with "
+            "set=['sampling.tracemalloc=always'] to see the allocation sites that grew"
+        )
     if result.log_tail:
         lines.append("  soakd output (tail):")
         lines += [f"    {line}" for line in result.log_tail.splitlines()]
