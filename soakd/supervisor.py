@@ -107,6 +107,7 @@ class Supervisor:
         self._agent: Any = None
         self.ready = anyio.Event()
         self.finished = anyio.Event()
+        self.worker_gone = anyio.Event()  # set once worker.exited is emitted
         self.tracing = False
         self.tracing_since = 0.0
         self.snapshots_taken = 0
@@ -403,6 +404,7 @@ class Supervisor:
             self.emit("target.failed", "error", returncode=code, **self.failure)
             self.request_stop("worker_died")
         self.emit("worker.exited", returncode=code)
+        self.worker_gone.set()
 
     _stopping_worker = False
 
@@ -716,13 +718,15 @@ class Supervisor:
         if self.link is not None and proc.returncode is None:
             await self.link.notify("stop")
         with anyio.move_on_after(self.config.run.stop_timeout + 5.0):
-            await _exited(proc)
+            await self.worker_gone.wait()
         self._kill_group(signal.SIGTERM)
         with anyio.move_on_after(3.0):
             await proc.wait()  # also until the children holding its output pipe are gone
         self._kill_group(signal.SIGKILL)
         with anyio.move_on_after(3.0):
             await proc.wait()
+        with anyio.move_on_after(1.0):  # let _watch_worker record worker.exited before the end
+            await self.worker_gone.wait()
 
     def _kill_group(self, sig: int) -> None:
         """The worker and anything the target forked: they share the worker's session."""
