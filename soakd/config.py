@@ -194,7 +194,9 @@ class DetectionConfig(_Model):
     window: Duration = 1800.0
     min_heap_slope: Size = 1024 * 1024  # bytes per hour worth reporting
     min_native_slope: Size = 64 * 1024 * 1024  # per hour: allocator creep stays below this
-    min_count_slope: float = Field(default=20.0, gt=0)  # fds/threads/tasks/objects per hour
+    native_window: Duration = 600.0  # RSS-only growth must persist this long to be a leak
+    min_count_slope: float = Field(default=20.0, gt=0)  # fds/threads/tasks per hour
+    min_object_slope: float = Field(default=600.0, gt=0)  # live objects of one type per hour
     confidence: float = Field(default=0.99, gt=0.5, lt=1.0)
     confirm_after: int = Field(default=3, ge=1, le=100)
     on_leak: Literal["fail", "alert"] = "fail"  # alert: report leaks but exit by other verdicts

@@ -34,7 +34,7 @@ VERDICT_EXIT = {
     "target_failed": EXIT_TARGET_FAILED,
     "error": EXIT_INTERNAL,
 }
-KIND_PRIORITY = {"heap": 0, "native": 1, "objects": 2, "tasks": 3, "threads": 4, "fds": 5}
+KIND_PRIORITY = {"heap": 0, "native": 2, "fds": 3, "tasks": 4, "threads": 5, "objects": 6}
 MAX_EVENT_LINE = 1024 * 1024
 _PCT = ("p50", "p90", "p99", "max")
 
@@ -53,7 +53,7 @@ def read_events(path: Path) -> Iterator[dict[str, Any]]:
                 continue
             try:
                 event = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
+            except (ValueError, RecursionError):  # torn line, huge int, absurd nesting
                 continue
             if isinstance(event, dict) and isinstance(event.get("event"), str):
                 yield event
@@ -101,13 +101,21 @@ def slope_per_h(points: list[tuple[float, float]], since: float = 0.0) -> float:
     return float(fit.slope * 3600.0)
 
 
-def leak_sort_key(leak: Mapping[str, Any]) -> tuple[float, float, float]:
-    """Most certain first: kind priority, then p-value, then relative growth (descending)."""
-    return (
-        KIND_PRIORITY.get(str(leak.get("kind")), 9),
-        _num(leak.get("p_value"), 1.0),
-        -_num(leak.get("slope_per_h")),
-    )
+def leak_sort_key(leak: Mapping[str, Any]) -> tuple[float, float]:
+    """Most certain first, as the detector orders findings: kind (an attributed heap site before
+    the bare heap level), then most grown for bytes or lowest p-value for counts."""
+    kind = str(leak.get("kind"))
+    rank = KIND_PRIORITY.get(kind, 9) + (0.5 if kind == "heap" and not leak.get("site") else 0)
+    if leak.get("unit") == "count":
+        return (rank, _num(leak.get("p_value"), 1.0))
+    return (rank, -_num(leak.get("growth")))
+
+
+def _attributed(leaks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Drop the bare heap-level leak once a site explains it (the detector hides it too)."""
+    if any(leak["kind"] == "heap" and leak.get("site") for leak in leaks):
+        leaks = [leak for leak in leaks if leak["kind"] != "heap" or leak.get("site")]
+    return sorted(leaks, key=leak_sort_key)
 
 
 def _leak_entry(event: Mapping[str, Any]) -> dict[str, Any]:
@@ -206,9 +214,10 @@ def build_summary(
     final = dict(final or {})
     if not final and finished is not None:
         final = {k: finished[k] for k in ("verdict", "duration_s", "ended_at") if k in finished}
+        final["finished"] = True
     interrupted = not final
     duration = _num(final.get("duration_s"), max(last_t, last_event_t, latest_wl_t))
-    leak_list = sorted(leaks.values(), key=leak_sort_key)
+    leak_list = _attributed(list(leaks.values()))
     workload = _workload(totals, duration)
     verdict = final.get("verdict") or decide_verdict(
         failed=failed is not None,
@@ -237,7 +246,7 @@ def build_summary(
         "leaks": leak_list,
         "breaches": breaches,
         # extras (the contract allows additions): what a person triaging needs next
-        "suspects": sorted(suspects.values(), key=leak_sort_key),
+        "suspects": _attributed(list(suspects.values())),
         "detection": {"warmup_end_s": warmup_end, "on_leak": on_leak},
         "failure": failed,
         "interrupted": interrupted,

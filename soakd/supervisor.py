@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import logging
 import os
 import signal
 import socket
@@ -47,10 +48,14 @@ def detection_params(config: Config) -> DetectionParams:
     return DetectionParams(
         warmup_floor_s=d.warmup,
         warmup_max_s=d.warmup_max,
+        warmup_settle_s=d.warmup,  # a warm-up end is accepted after as much data as the floor
         window_s=d.window,
+        min_window_s=min(60.0, d.window / 2),
         min_heap_slope_bytes_per_h=float(d.min_heap_slope),
         min_native_slope_bytes_per_h=float(d.min_native_slope),
+        native_min_window_s=d.native_window,
         min_count_slope_per_h=d.min_count_slope,
+        min_object_slope_per_h=d.min_object_slope,
         confidence=d.confidence,
         confirm_after=d.confirm_after,
     )
@@ -184,6 +189,14 @@ class Supervisor:
         return self.external_cmd is not None or self.external_pid is not None
 
     @property
+    def target_name(self) -> str:
+        if self.external_cmd is not None:
+            return " ".join(self.external_cmd)
+        if self.external_pid is not None:
+            return f"pid:{self.external_pid}"
+        return self.config.target.name
+
+    @property
     def driven(self) -> bool:
         """Whether soakd drives a workload (then no completed iteration means failure)."""
         return not self.external or self.config.target.http is not None
@@ -262,7 +275,7 @@ class Supervisor:
         self.store.set_meta("run_id", self.run_dir.run_id)
         self.store.set_meta("started_epoch", repr(self.started_epoch))
         self.store.set_meta("started_at", summary._iso(self.started_epoch))
-        self.store.set_meta("target", cfg.target.name)
+        self.store.set_meta("target", self.target_name)
         self.store.set_meta("config", cfg.model_dump(mode="json", by_alias=True))
         self.store.set_meta("duration_s", repr(self.duration))
         self.store.set_meta("workload_totals", {})
@@ -275,7 +288,7 @@ class Supervisor:
     def _build_observers(self) -> None:
         cfg = self.config
         self.observers.append(AlertSender(cfg.alerts, self._log_from_sink, self.run_dir.run_id,
-                                          cfg.target.name))  # fmt: skip
+                                          self.target_name))  # fmt: skip
         self.observers.append(Notifier())
         if cfg.metrics.enabled:
             from soakd.sinks.metrics import MetricsServer
@@ -369,7 +382,8 @@ class Supervisor:
         clean = {k: float(v) for k, v in values.items() if isinstance(v, int | float)}
         self._record(t, clean)
         try:
-            self.store.add_workload(t, interval)
+            # the interval's histograms feed /metrics; the store keeps the percentiles (bounded)
+            self.store.add_workload(t, {k: v for k, v in interval.items() if "hist" not in k})
             self.store.set_meta("workload_totals", totals)
         except Exception as exc:
             self._job_failed("store", exc)
@@ -420,6 +434,7 @@ class Supervisor:
                 "fds": p.num_fds(),
                 "threads": p.num_threads(),
                 "cpu_percent": p.cpu_percent(),
+                "cpu_seconds": sum(p.cpu_times()[:2]),
             }
             try:
                 children = p.children(recursive=True)
@@ -625,8 +640,9 @@ class Supervisor:
         self._build_observers()
         for obs in self.observers:
             await obs.start()
-        self.emit("run.started", target=self.config.target.name, run_dir=str(self.run_dir.path),
+        self.emit("run.started", target=self.target_name, run_dir=str(self.run_dir.path),
                   duration_s=self.duration, pid=os.getpid())  # fmt: skip
+        logging.getLogger("apscheduler").setLevel(logging.ERROR)  # overruns are job.failed events
         scheduler = AsyncIOScheduler()
         try:
             async with anyio.create_task_group() as tg:
@@ -671,6 +687,7 @@ class Supervisor:
                     scheduler.start()
                     with anyio.move_on_after(max(0.0, self.duration - self.now())):
                         await self.stop_requested.wait()
+                    self.request_stop("duration")
                 await self._shutdown(scheduler)
                 tg.cancel_scope.cancel()
         finally:
@@ -754,8 +771,8 @@ class Supervisor:
             self.emit("target.failed", "error", reason="no_iterations",
                       message="no iteration completed during the run")  # fmt: skip
         duration = self.now()
+        # the verdict comes from what is on disk (events), as `soakd report` would decide it
         final = {
-            "verdict": verdict,
             "duration_s": duration,
             "ended_at": summary._iso(self.ended or time.time()),
             "reason": self.stop_reason,
@@ -771,6 +788,7 @@ class Supervisor:
             if self.job_failures:
                 s["job_failures"] = dict(self.job_failures)
             summary.write_summary(self.run_dir.path, s)
+            verdict = str(s["verdict"])
         except Exception as exc:
             self.emit("summary.failed", "error", error=f"{type(exc).__name__}: {exc}")
         try:

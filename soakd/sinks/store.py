@@ -20,7 +20,7 @@ from typing import Any
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS samples(t REAL NOT NULL, series TEXT NOT NULL, value REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS samples_series_t ON samples(series, t);
+CREATE INDEX IF NOT EXISTS samples_series_t ON samples(series, t, value);
 CREATE TABLE IF NOT EXISTS sites(site TEXT PRIMARY KEY, traceback TEXT NOT NULL, line TEXT);
 CREATE TABLE IF NOT EXISTS workload(t REAL NOT NULL, stats TEXT NOT NULL);
 """
@@ -73,7 +73,7 @@ class StoreReader:
     def __init__(self, path: Path) -> None:
         if not path.is_file():
             raise FileNotFoundError(path)
-        self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        self._db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
 
     def meta(self) -> dict[str, str]:
         return dict(self._db.execute("SELECT key, value FROM meta").fetchall())
