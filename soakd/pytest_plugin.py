@@ -14,9 +14,10 @@ runs in its own worker process exactly as in a long soak::
                       max_rss_growth="10MB")
 
 Other arguments: ``method``, ``options`` (the factory's keyword arguments), ``config`` (a soakd
-TOML file), ``set`` (``KEY=VALUE`` overrides, applied last, as ``soakd run --set``); the fixture
-also takes ``check=False`` to get the result back instead of a failure. The marker's soak runs
-before the test body (in the call phase), so a failed soak is a failed test, not an error.
+TOML file; a relative path is relative to the test module's directory), ``set`` (``KEY=VALUE``
+overrides, applied last, as ``soakd run --set``); the fixture also takes ``check=False`` to get
+the result back instead of a failure. The marker's soak runs before the test body (in the call
+phase), so a failed soak is a failed test, not an error.
 
 A soak fails the test (with soakd's verdict, leaks with site and traceback, the top growing
 allocation sites when snapshots exist, and the kept run directory) when:
@@ -53,6 +54,7 @@ their paths printed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -897,6 +899,9 @@ def _spec_or_fail(prefix: str, kwargs: dict[str, Any]) -> SoakSpec:
 
 def _soak_for(item: pytest.Item, spec: SoakSpec, base: Path) -> SoakResult:
     config = item.config
+    if spec.config is not None and not spec.config.is_absolute():
+        # Relative to the test module, so the test passes from any working directory.
+        spec = dataclasses.replace(spec, config=item.path.parent / spec.config)
     dirs = item.stash.setdefault(_SOAK_DIRS, [])
     runs_dir = config.getoption("--soakd-runs-dir", None)
     if runs_dir:

@@ -419,8 +419,10 @@ def test_marker_and_fixture_soak_pass_fail_and_k_selects(
 
 KEEP_TESTS = """
 def test_echo_kept(soak, tmp_path):
-    result = soak("simple_targets:Echo", duration="3s", max_error_rate=0.0, check=False)
+    result = soak(config="soak.toml", duration="3s", max_error_rate=0.0, check=False)
     assert result.passed, result.message()
+    assert result.target == "simple_targets:Echo"  # from the config file beside this module
+    assert result.summary["workload"]["errors"] == 0
     (tmp_path.parent / "ran_a").write_text(str(result.run_dir))
 
 def test_errors_fail(soak):
@@ -436,10 +438,12 @@ def test_keep_and_exitfirst_and_error_rate(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     _inner_env(monkeypatch)
-    pytester.makepyfile(test_keep=KEEP_TESTS)
+    sub = pytester.mkdir("sub")
+    (sub / "test_keep.py").write_text(KEEP_TESTS, encoding="utf-8")
+    (sub / "soak.toml").write_text('[target]\nfactory = "simple_targets:Echo"\n', encoding="utf-8")
     base = tmp_path / "inner-tmp"
     result = pytester.runpytest_subprocess(
-        "--soakd-keep", "-x", f"--basetemp={base}", "-p", "no:cacheprovider", timeout=120
+        "--soakd-keep", "-x", f"--basetemp={base}", "-p", "no:cacheprovider", "sub", timeout=120
     )
     out = result.stdout.str()
     result.assert_outcomes(passed=1, failed=1)
