@@ -8,6 +8,7 @@ supervisor was killed: the summary is always a function of ``samples.db`` and ``
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import math
 import sqlite3
@@ -270,7 +271,15 @@ def decide_verdict(*, failed: bool, aborted: bool, leaks: bool, iterations: int)
 
 def write_summary(run_dir: Path, summary: Mapping[str, Any]) -> Path:
     path = run_dir / rundir.SUMMARY
-    rundir.write_json_atomic(path, summary)
+    try:
+        rundir.write_json_atomic(path, summary)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # A full disk: an older checkpoint must not outlive the run it no longer describes
+        # (it would contradict the exit code), and removing it frees the room the new one needs.
+        path.unlink(missing_ok=True)
+        rundir.write_json_atomic(path, summary)
     return path
 
 
