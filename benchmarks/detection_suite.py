@@ -1,0 +1,414 @@
+"""Does soakd find every leak, and only leaks? The detection scenario suite, through the real CLI.
+
+    python benchmarks/detection_suite.py [--jobs 2] [--only NAME,...] [--fast] [--keep DIR]
+                                         [--overhead] [--pause]
+
+Runs each scenario of ``benchmarks/scenarios/targets.py`` (real async targets, driven at a fixed
+arrival rate, default sampling and detection settings) with ``python -m soakd run`` and scores the
+run directory against the scenario's ground truth:
+
+- recall: leaky scenarios whose verdict is ``leak`` (exit 3)
+- false positives: leak-free scenarios whose verdict is ``leak``; ``alarms`` also counts
+  leak-free runs with a transient ``leak.confirmed`` later cleared (an alert was sent)
+- kind: a confirmed leak of the expected kind is reported; top-1 site: ``leaks[0].site`` is the
+  line marked ``# LEAK[...]`` (heap leaks)
+- time to detection: first ``leak.confirmed`` of the expected kind minus the later of the warm-up
+  end (``detection.warmup_end``) and the leak's onset
+
+A leaky run is stopped (SIGTERM: soakd finishes its report) once the expected leak is confirmed
+with its site (heap) or kind (others); otherwise every run lasts its full duration. ``--overhead``
+and ``--pause`` also run ``benchmarks/overhead.py`` and ``benchmarks/pause.py`` and print them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS_DIR = Path(__file__).resolve().parent / "scenarios"
+TARGETS_FILE = SCENARIOS_DIR / "targets.py"
+RATE = 20  # must match scenarios/targets.py RATE
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One target with its ground truth."""
+
+    name: str
+    factory: str  # attribute of scenarios/targets.py
+    leaky: bool
+    what: str  # one line for the table
+    kind: str | None = None  # expected leak kind
+    marker: str | None = None  # ``# LEAK[marker]`` line: the expected site (heap leaks)
+    onset_s: float = 0.0  # when the leak starts (late onset)
+    duration_s: float = 300.0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+# Rates at 20 queries/s; "B/q" is bytes kept per query (object headers included).
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("heap-10k", "HeapLeak", True, "heap 10 KB/s (513 B/q bytes)", "heap", "heap",
+             duration_s=300, options={"size": 480}),
+    Scenario("heap-3k", "HeapLeak", True, "heap 3 KB/s (150 B/q)", "heap", "heap",
+             duration_s=360, options={"size": 110}),
+    Scenario("heap-1k", "HeapLeak", True, "heap 1 KB/s (50 B/q)", "heap", "heap",
+             duration_s=480, options={"size": 16}),
+    Scenario("heap-large", "LargeObjectLeak", True, "heap 10 KB/s as one 10 KiB object/s",
+             "heap", "large", duration_s=300),
+    Scenario("heap-late", "HeapLeak", True, "heap 10 KB/s starting at 200 s", "heap", "heap",
+             onset_s=200.0, duration_s=420, options={"size": 480, "after_s": 200.0}),
+    Scenario("heap-noisy", "NoisyHeapLeak", True,
+             "heap 5 KB/s under a 5 MB pool of random-size slots", "heap", "noisy",
+             duration_s=360),
+    Scenario("heap-dict", "DictLeak", True, "one dict that grows (~6 KB/s)", "heap", "dict",
+             duration_s=300),
+    Scenario("objects", "ObjectLeak", True, "Record instance per query (20/s)", "objects",
+             "objects", duration_s=300),
+    Scenario("native", "NativeLeak", True, "malloc 2 KiB/q (40 KB/s), heap flat", "native",
+             duration_s=600),
+    Scenario("fds", "FdLeak", True, "1 fd per 2.5 s", "fds", duration_s=300),
+    Scenario("threads", "ThreadLeak", True, "1 thread per 10 s", "threads", duration_s=300),
+    Scenario("tasks", "TaskLeak", True, "1 task per s", "tasks", duration_s=300),
+    Scenario("lru-cache", "LruCache", False, "LRU cache fills 2 MB in 100 s, then holds",
+             duration_s=360),
+    Scenario("slow-cache", "RandomKeyCache", False,
+             "cache over 2500 keys, fills ever slower (τ≈125 s)", duration_s=480),
+    Scenario("ring-buffer", "RingBuffer", False, "deque(maxlen=1200) of 512 B", duration_s=300),
+    Scenario("flush", "PeriodicFlush", False, "10 KB/s buffer flushed every 30 s",
+             duration_s=360),
+    Scenario("one-off", "OneOffLoad", False, "5 MB table loaded once at 150 s", duration_s=360),
+    Scenario("lazy-init", "LazyInit", False, "components built at 0, 40, 110 s",
+             duration_s=300),
+    Scenario("churn", "HeavyChurn", False, "200 KB temp/q + 8 MB random-slot pool",
+             duration_s=360),
+    Scenario("interp-caches", "InterpreterCaches", False, "re, lru_cache, intern, import",
+             duration_s=300),
+    Scenario("pools", "BoundedPools", False, "fd/thread/task pools growing to a bound",
+             duration_s=360),
+)  # fmt: skip
+
+# Faster cadences for --fast (smoke) and the CI subset: short warm-up, short native window.
+FAST_SETTINGS = """
+[sampling]
+process_interval = "500ms"
+heap_interval = "500ms"
+types_interval = "5s"
+sites_interval = "2s"
+analysis_interval = "2s"
+checkpoint_interval = "5s"
+[detection]
+warmup = "20s"
+native_window = "60s"
+"""
+FAST_SCALE = 0.4  # durations and onsets in --fast
+
+
+def expected_site(marker: str) -> str:
+    """``/abs/path/targets.py:LINE`` of the line tagged ``# LEAK[marker]``."""
+    tag = f"# LEAK[{marker}]"
+    for number, line in enumerate(TARGETS_FILE.read_text(encoding="utf-8").splitlines(), 1):
+        if tag in line:
+            return f"{TARGETS_FILE}:{number}"
+    raise ValueError(f"no line tagged {tag} in {TARGETS_FILE}")
+
+
+def _toml_value(value: Any) -> str:
+    return json.dumps(value)  # ints, floats, strings and bools are valid TOML this way
+
+
+def config_text(scenario: Scenario, fast: bool = False) -> str:
+    """The soakd config for one scenario: the same settings for every scenario."""
+    options = dict(scenario.options)
+    if fast and "after_s" in options:
+        options["after_s"] = options["after_s"] * FAST_SCALE
+    lines = [
+        "[target]",
+        f'factory = "targets:{scenario.factory}"',
+        'method = "process_query"',
+        f"python_path = [{_toml_value(str(SCENARIOS_DIR))}]",
+        "[target.options]",
+        *(f"{k} = {_toml_value(v)}" for k, v in options.items()),
+        "[workload]",
+        f"rate = {RATE}",
+        "max_concurrency = 64",
+        "seed = 1",
+        '[run]\nstop_timeout = "10s"',
+    ]
+    text = "\n".join(lines) + "\n"
+    if fast:
+        text += FAST_SETTINGS
+    return text
+
+
+def scenario_duration(scenario: Scenario, fast: bool) -> float:
+    return scenario.duration_s * (FAST_SCALE if fast else 1.0)
+
+
+def read_events(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "events.jsonl"
+    out: list[dict[str, Any]] = []
+    if not path.exists():
+        return out
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass  # the line being written
+    return out
+
+
+def expected_confirmed(scenario: Scenario, event: dict[str, Any], site: str | None) -> bool:
+    """True for a ``leak.confirmed`` event that names the expected leak (and site for heap)."""
+    if event.get("event") != "leak.confirmed":
+        return False
+    kinds = {scenario.kind, "heap"} if scenario.kind == "objects" else {scenario.kind}
+    if event.get("kind") not in kinds:
+        return False
+    return site is None or event.get("site") == site
+
+
+@dataclass
+class Outcome:
+    scenario: Scenario
+    exit_code: int
+    verdict: str
+    leaks: list[dict[str, Any]]
+    warmup_end_s: float | None
+    tracing_s: float | None
+    confirmed_s: float | None  # first confirmation of the expected leak
+    alarms: int  # leak.confirmed events of any kind
+    cleared: int
+    wall_s: float
+    run_dir: Path
+
+    @property
+    def found(self) -> bool:
+        return self.verdict == "leak"
+
+    @property
+    def kind_ok(self) -> bool:
+        want = self.scenario.kind
+        return any(leak.get("kind") == want for leak in self.leaks)
+
+    @property
+    def top_kind(self) -> str | None:
+        return self.leaks[0].get("kind") if self.leaks else None
+
+    @property
+    def top_site(self) -> str | None:
+        return self.leaks[0].get("site") if self.leaks else None
+
+    @property
+    def site_ok(self) -> bool | None:
+        if self.scenario.marker is None:
+            return None
+        return self.top_site == expected_site(self.scenario.marker)
+
+    @property
+    def detection_s(self) -> float | None:
+        if self.confirmed_s is None or self.warmup_end_s is None:
+            return None
+        return self.confirmed_s - max(self.warmup_end_s, self.onset)
+
+    onset: float = 0.0
+
+
+def run_scenario(scenario: Scenario, args: argparse.Namespace, base: Path) -> Outcome:
+    """Run one scenario through the CLI; stop early once its leak is confirmed."""
+    workdir = base / scenario.name
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "soakd.toml"
+    config.write_text(config_text(scenario, args.fast), encoding="utf-8")
+    run_dir = workdir / "run"
+    duration = scenario_duration(scenario, args.fast)
+    env = dict(os.environ)
+    env.pop("NOTIFY_SOCKET", None)
+    env.pop("WATCHDOG_USEC", None)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, "-m", "soakd", "run", "--config", str(config),
+           "--duration", f"{duration:g}s", "--run-dir", str(run_dir)]  # fmt: skip
+    site = expected_site(scenario.marker) if scenario.marker and scenario.kind == "heap" else None
+    started = time.monotonic()
+    with (workdir / "soakd.out").open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT)
+        deadline = started + duration + 120.0
+        stopped = False
+        while proc.poll() is None:
+            if time.monotonic() > deadline:
+                proc.kill()
+                break
+            if (
+                scenario.leaky
+                and not stopped
+                and any(expected_confirmed(scenario, e, site) for e in read_events(run_dir))
+            ):
+                proc.send_signal(signal.SIGTERM)  # soakd finishes its report on SIGTERM
+                stopped = True
+            time.sleep(1.0)
+        proc.wait()
+    return score(scenario, run_dir, proc.returncode, time.monotonic() - started, args.fast)
+
+
+def score(scenario: Scenario, run_dir: Path, code: int, wall: float, fast: bool) -> Outcome:
+    summary_path = run_dir / "summary.json"
+    summary: dict[str, Any] = {}
+    if summary_path.exists():
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    evs = read_events(run_dir)
+    warmup = next((e["warmup_end_s"] for e in evs if e["event"] == "detection.warmup_end"), None)
+    tracing = next((e["t"] for e in evs if e["event"] == "tracing.started"), None)
+    site = expected_site(scenario.marker) if scenario.marker and scenario.kind == "heap" else None
+    confirmed = next((e["t"] for e in evs if expected_confirmed(scenario, e, site)), None)
+    if confirmed is None and scenario.leaky:  # the kind without its site, for the timing
+        confirmed = next((e["t"] for e in evs if expected_confirmed(scenario, e, None)), None)
+    outcome = Outcome(
+        scenario=scenario,
+        exit_code=code,
+        verdict=str(summary.get("verdict", "none")),
+        leaks=list(summary.get("leaks", [])),
+        warmup_end_s=warmup,
+        tracing_s=tracing,
+        confirmed_s=confirmed,
+        alarms=sum(1 for e in evs if e["event"] == "leak.confirmed"),
+        cleared=sum(1 for e in evs if e["event"] == "leak.cleared"),
+        wall_s=wall,
+        run_dir=run_dir,
+    )
+    outcome.onset = scenario.onset_s * (FAST_SCALE if fast else 1.0)
+    return outcome
+
+
+def _fmt(value: float | None, spec: str = ".0f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _mark(ok: bool | None) -> str:
+    return "-" if ok is None else ("yes" if ok else "NO")
+
+
+def print_table(outcomes: list[Outcome]) -> None:
+    header = (f"{'scenario':<14}{'truth':<9}{'verdict':<9}{'exit':>4}  {'top kind':<9}"
+              f"{'kind':<5}{'site':<5}{'warmup':>7}{'trace':>7}{'confirm':>8}{'ttd':>6}"
+              f"{'alarms':>7}  what")  # fmt: skip
+    print(header)
+    print("-" * len(header))
+    for o in outcomes:
+        s = o.scenario
+        truth = s.kind if s.leaky and s.kind else "none"
+        kind = _mark(o.kind_ok) if s.leaky else "-"
+        print(f"{s.name:<14}{truth:<9}{o.verdict:<9}{o.exit_code:>4}  {o.top_kind or '-':<9}"
+              f"{kind:<5}{_mark(o.site_ok) if s.leaky else '-':<5}{_fmt(o.warmup_end_s):>7}"
+              f"{_fmt(o.tracing_s):>7}{_fmt(o.confirmed_s):>8}{_fmt(o.detection_s):>6}"
+              f"{o.alarms:>7}  {s.what}")  # fmt: skip
+
+
+def print_scores(outcomes: list[Outcome]) -> bool:
+    leaky = [o for o in outcomes if o.scenario.leaky]
+    clean = [o for o in outcomes if not o.scenario.leaky]
+    sited = [o for o in leaky if o.scenario.kind == "heap" and o.scenario.marker]
+    found = sum(o.found for o in leaky)
+    fps = sum(o.found for o in clean)
+    alarms = sum(o.alarms > 0 for o in clean)
+    kinds = sum(o.kind_ok for o in leaky)
+    sites = sum(bool(o.site_ok) for o in sited)
+    ttds = [o.detection_s for o in leaky if o.detection_s is not None]
+    print()
+    print(f"recall                 {found}/{len(leaky)}")
+    print(f"false positives        {fps}/{len(clean)}   (transient alarms: {alarms}/{len(clean)})")
+    if sited:
+        print(f"top-1 site (heap)      {sites}/{len(sited)} = {sites / len(sited):.0%}")
+    if leaky:
+        print(f"kind reported          {kinds}/{len(leaky)}")
+    if ttds:
+        print(f"median time to detect  {statistics.median(ttds):.0f} s after warm-up end/onset "
+              f"(max {max(ttds):.0f} s)")  # fmt: skip
+    ten = next((o for o in leaky if o.scenario.name == "heap-10k"), None)
+    goal_10k = True
+    if ten is not None:
+        ttd = ten.detection_s
+        goal_10k = ttd is not None and ttd <= 90.0 and bool(ten.site_ok)
+        print(f"10 KB/s heap leak      confirmed with site {_fmt(ttd)} s after warm-up end "
+              f"(goal ≤ 90 s): {'met' if goal_10k else 'NOT met'}")  # fmt: skip
+    ok = found == len(leaky) and fps == 0 and goal_10k
+    ok = ok and (not sited or sites / len(sited) >= 0.9)
+    print(f"goals                  {'met' if ok else 'NOT met'}")
+    return ok
+
+
+def run_helper(script: str, extra: list[str]) -> None:
+    print(f"\n$ python benchmarks/{script} {' '.join(extra)}", flush=True)
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *extra], check=False)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=(__doc__ or "").splitlines()[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--jobs", type=int, default=2, help="scenarios run at once (2; max 2)")
+    parser.add_argument("--only", help="comma-separated scenario names")
+    parser.add_argument("--fast", action="store_true", help="smoke: fast cadences, 0.4× durations")
+    parser.add_argument("--keep", type=Path, help="keep run directories here")
+    parser.add_argument("--list", action="store_true", help="list scenarios and exit")
+    parser.add_argument("--overhead", action="store_true", help="also run overhead.py")
+    parser.add_argument("--pause", action="store_true", help="also run pause.py at 1M blocks")
+    args = parser.parse_args()
+    if args.list:
+        for s in SCENARIOS:
+            truth = f"{s.kind} leak" if s.leaky else "leak-free"
+            print(f"{s.name:<14}{truth:<14}{s.duration_s:>5.0f}s  {s.what}")
+        return 0
+    chosen = list(SCENARIOS)
+    if args.only:
+        names = {n.strip() for n in args.only.split(",") if n.strip()}
+        unknown = names - {s.name for s in SCENARIOS}
+        if unknown:
+            parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}; see --list")
+        chosen = [s for s in SCENARIOS if s.name in names]
+    jobs = max(1, min(args.jobs, 2))  # the box has 2 shared cores
+    # Longest first, so that the suite's wall time is close to total / jobs.
+    chosen.sort(key=lambda s: -s.duration_s)
+    total = sum(scenario_duration(s, args.fast) for s in chosen)
+    print(f"detection suite: {len(chosen)} scenarios, {jobs} at a time, ≤ {total / jobs / 60:.0f} "
+          f"min; rate {RATE}/s{', fast' if args.fast else ''}", flush=True)  # fmt: skip
+    lock = threading.Lock()
+    with tempfile.TemporaryDirectory(prefix="soakd-detect-") as tmp:
+        base = args.keep or Path(tmp)
+
+        def one(s: Scenario) -> Outcome:
+            o = run_scenario(s, args, base)
+            with lock:
+                print(f"  {s.name:<14} verdict={o.verdict} exit={o.exit_code} top="
+                      f"{o.top_kind}@{o.top_site} ttd={_fmt(o.detection_s)} "
+                      f"alarms={o.alarms} wall={o.wall_s:.0f}s", flush=True)  # fmt: skip
+            return o
+
+        with ThreadPoolExecutor(jobs) as pool:
+            outcomes = list(pool.map(one, chosen))
+    order = {s.name: i for i, s in enumerate(SCENARIOS)}
+    outcomes.sort(key=lambda o: order[o.scenario.name])
+    print()
+    print_table(outcomes)
+    ok = print_scores(outcomes)
+    print(f"box load average now {os.getloadavg()[0]:.2f}")
+    if args.overhead:
+        run_helper("overhead.py", ["--rounds", "3", "--seconds", "40", "--no-extra"])
+    if args.pause:
+        run_helper("pause.py", ["--sizes", "1000000"])
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
