@@ -142,15 +142,15 @@ class BlocksLoop(_Counting):
 
 
 class SlowTail(_Counting):
-    """Every iteration sleeps ``seconds`` before completing: always in flight at stop."""
+    """After ``after_s`` seconds every iteration takes ``seconds``: in flight at stop."""
 
-    def __init__(self, seconds: float = 0.3) -> None:
-        super().__init__()
+    def __init__(self, seconds: float = 30.0, after_s: float = 1.0) -> None:
+        super().__init__(after_s)
         self.seconds = seconds
 
     async def process_query(self, query: str) -> AsyncIterator[dict[str, Any]]:
         yield {"type": "status", "stage": "analysis_complete"}
-        await asyncio.sleep(self.seconds)
+        await asyncio.sleep(self.seconds if self._misbehave() else 0.002)
         yield {"type": "complete"}
 
 
