@@ -506,8 +506,9 @@ class Supervisor:
             role = "baseline"
         path = self.run_dir.snapshots / f"{role}.json.gz"
         result = await self._ask(
-            "sites", self.config.sampling.job_timeout, snapshot_path=str(path), role=role
-        )
+            "sites", self.config.sampling.job_timeout, snapshot_path=str(path), role=role,
+            t=round(self.now(), 3),
+        )  # fmt: skip
         if result is None:
             return
         t = self.now()

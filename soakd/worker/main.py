@@ -138,7 +138,9 @@ class Worker:
         if op == "sites":
             path = message.get("snapshot_path")
             role = str(message.get("role", "latest"))
-            return await anyio.to_thread.run_sync(lambda: agent.sites(path, role))
+            t = message.get("t")
+            at = float(t) if isinstance(t, int | float) else None
+            return await anyio.to_thread.run_sync(lambda: agent.sites(path, role, t=at))
         if op == "start_tracing":
             agent.start_tracing()
             return None
