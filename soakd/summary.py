@@ -215,6 +215,11 @@ def build_summary(
     final = dict(final or {})
     if not final and finished is not None:
         final = {k: finished[k] for k in ("verdict", "duration_s", "ended_at") if k in finished}
+        # events.jsonl may be foreign or hand-edited: keep only what fits the summary's schema
+        if not isinstance(final.get("verdict"), str) or final["verdict"] not in VERDICT_EXIT:
+            final.pop("verdict", None)
+        if not isinstance(final.get("ended_at"), str):
+            final.pop("ended_at", None)
         final["finished"] = True
     interrupted = not final
     duration = _num(final.get("duration_s"), max(last_t, last_event_t, latest_wl_t))
