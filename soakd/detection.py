@@ -92,6 +92,19 @@ class DetectionParams:
     max_types: int = 200  # also the bound for keys of each other signal
     max_points: int = 512  # per series; older points are merged, recent ones kept exact
     gap_s: float = 60.0  # a pause in a series at least this long (and 5× its interval) restarts it
+    # Suspicion (it only turns tracing on) is judged from the warm-up floor on, on this short a
+    # window, before the warm-up end is decided: the site then has data by the time it is.
+    suspect_window_s: float = 30.0
+    # RSS growth that raises suspicion: far below the native bar, above most allocator creep.
+    suspect_rss_slope_bytes_per_h: float = 16.0 * _MIB
+    # Site series are exact (traced bytes at one line): a shorter window suffices.
+    site_min_window_s: float = 30.0
+    # Bytes per block for the heap level fed as blocks (``heap_blocks`` × this): a site's block
+    # rate is compared with the process's block rate in these units.
+    block_bytes: float = 80.0
+    # A site's growth must show in the process as a whole at this share of its rate (blocks or
+    # RSS), or it is turnover: blocks allocated since tracing started replacing older ones.
+    corroboration: float = 0.5
 
     def __post_init__(self) -> None:
         if self.warmup_max_s < self.warmup_floor_s:
@@ -172,6 +185,7 @@ class _Track:
     verdict: SeriesVerdict | None = None  # latest
     leak_verdict: SeriesVerdict | None = None  # latest that said leak
     signals: tuple[str, ...] = field(default_factory=tuple)
+    counts: BoundedSeries | None = None  # site tracks: live blocks at the site
 
     @property
     def active(self) -> bool:
@@ -202,13 +216,25 @@ class Detector:
             min_duration_s=0.0,
         )
         self._object_vp = replace(self._count_vp, min_slope=p.min_object_slope_per_h / _HOUR)
+        self._suspect_rss_vp = replace(
+            self._native_vp, min_slope=p.suspect_rss_slope_bytes_per_h / _HOUR
+        )
 
     # -- feeding ---------------------------------------------------------------------------
 
     def add(
-        self, signal: SignalKind, key: str, t: float, value: float, info: SiteInfo | None = None
+        self,
+        signal: SignalKind,
+        key: str,
+        t: float,
+        value: float,
+        info: SiteInfo | None = None,
+        count: float | None = None,
     ) -> None:
-        """Record one sample; out-of-order or non-finite samples are counted in ``dropped``."""
+        """Record one sample; out-of-order or non-finite samples are counted in ``dropped``.
+
+        ``count``: for a site, its live blocks (checks that its growth shows in the process).
+        """
         if signal not in _SIGNALS:
             raise ValueError(f"unknown signal {signal!r}: expected one of {sorted(_SIGNALS)}")
         if not (math.isfinite(t) and math.isfinite(value)):
@@ -241,6 +267,10 @@ class Detector:
         if info is not None:
             track.info = info
         track.series.append(t, value)
+        if count is not None and math.isfinite(count):
+            if track.counts is None:
+                track.counts = BoundedSeries(self.params.max_points)
+            track.counts.append(t, count)
         self._latest_t = max(self._latest_t, t)
 
     def mark_discontinuity(self, signal: SignalKind, t: float) -> None:
@@ -298,7 +328,9 @@ class Detector:
 
     def _params_for(self, signal: SignalKind) -> tuple[VerdictParams, float]:
         p = self.params
-        if signal in ("heap", "site"):
+        if signal == "site":
+            return self._heap_vp, min(p.site_min_window_s, p.min_window_s)
+        if signal == "heap":
             return self._heap_vp, p.min_window_s
         if signal == "rss":
             return self._native_vp, max(p.min_window_s, p.native_min_window_s)
@@ -357,6 +389,13 @@ class Detector:
         heap_slope = self._heap_slope(now - v.duration_s, now)
         if heap_slope is None:
             return v
+        # Leaking sites explain RSS growth too (few large blocks barely move the block count).
+        sites = math.fsum(
+            t.verdict.slope
+            for t in self._groups.get("site", {}).values()
+            if t.verdict is not None and t.verdict.is_leak
+        )
+        heap_slope = max(heap_slope, sites)
         excess = v.slope_low - max(0.0, heap_slope)
         if excess <= self._native_vp.min_slope:
             return replace(
@@ -365,6 +404,47 @@ class Detector:
                 reason=f"RSS growth explained by Python heap growth ({heap_slope * _HOUR:.3g}/h)",
             )
         return v
+
+    def _slope(self, signal: SignalKind, start: float, now: float) -> float | None:
+        """Theil–Sen slope (per second) of a level series (``signal`` is its own key)."""
+        track = self._groups.get(signal, {}).get(signal)
+        if track is None:
+            return None
+        ts, ys = track.series.window(start, now)
+        if len(ts) < 4 or ts[-1] == ts[0]:
+            return None
+        return theil_sen(*downsample(ts, ys, self._heap_vp.max_points)).slope
+
+    def _site_verdict(self, track: _Track, v: SeriesVerdict, now: float) -> SeriesVerdict:
+        """A site leak must show in the whole process: its blocks in the block count, or its
+        bytes in RSS. Tracing sees only blocks allocated since it started, so every structure
+        whose entries are replaced (a full LRU cache, a pool) seems to grow at its site until
+        all its entries are new ones, while the process stays flat.
+        """
+        if not v.is_leak or track.counts is None:
+            return v
+        start = now - v.duration_s
+        cts, cys = track.counts.window(start, now)
+        if len(cts) < 4 or cts[-1] == cts[0]:
+            return v
+        share = self.params.corroboration
+        site_blocks = theil_sen(*downsample(cts, cys, self._heap_vp.max_points)).slope
+        heap = self._slope("heap", start, now)
+        rss = self._slope("rss", start, now)
+        if heap is None and rss is None:
+            return v  # nothing to compare with (e.g. an agent without process numbers)
+        if heap is not None and heap >= share * site_blocks * self.params.block_bytes:
+            return v
+        if rss is not None and rss >= share * v.slope:
+            return v
+        return replace(
+            v,
+            pattern="flat",
+            reason=(
+                f"turnover: the process grows less than the site ({site_blocks * _HOUR:.3g} "
+                "blocks/h): entries allocated since tracing started replace older ones"
+            ),
+        )
 
     def analyze(self, now: float) -> list[Finding]:
         """Judge every series at ``now``; returns the findings whose state changed."""
@@ -380,6 +460,8 @@ class Detector:
                 verdict = self._judge(track, now, warmup, vp, min_window)
                 if signal == "rss":
                     verdict = self._native_verdict(track, verdict, now)
+                elif signal == "site":
+                    verdict = self._site_verdict(track, verdict, now)
                 track.verdict = verdict
                 change = self._step(track, verdict, now)
                 if change is not None:
@@ -524,13 +606,16 @@ class Detector:
         if any(t.active for t in self._groups.get("site", {}).values()):
             return False
         warmup = self._warmup if self._warmup is not None else p.warmup_floor_s
-        levels: tuple[SignalKind, ...] = ("heap", "rss")
-        for signal in levels:
+        window = min(p.suspect_window_s, p.min_window_s)
+        levels: tuple[tuple[SignalKind, VerdictParams], ...] = (
+            ("heap", self._heap_vp),
+            ("rss", self._suspect_rss_vp),
+        )
+        for signal, vp in levels:
             track = self._groups.get(signal, {}).get(signal)
             if track is None:
                 continue
-            vp, _ = self._params_for(signal)
-            if self._judge(track, now, warmup, vp, p.min_window_s).is_leak:
+            if self._judge(track, now, warmup, vp, window).is_leak:
                 return True
         return any(
             t.verdict is not None and t.verdict.is_leak

@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -40,6 +41,7 @@ from soakd.sinks.notify import Notifier, child_environment
 from soakd.sinks.store import SampleStore
 
 Job = Callable[[], Awaitable[None]]
+FAST_SITES_S = 60.0  # sites sampled at the heap cadence this long after tracing starts
 STALL_ENV = "SOAKD_FAULT_STALL_SAMPLING_AFTER"  # test hook: process sampling hangs after N s
 
 
@@ -115,6 +117,7 @@ class Supervisor:
         self.worker_gone = anyio.Event()  # set once worker.exited is emitted
         self.tracing = False
         self.tracing_since = 0.0
+        self._last_sites_t = -math.inf
         self.snapshots_taken = 0
         self.overhead_bytes = 0.0
         self.iterations = 0
@@ -483,7 +486,12 @@ class Supervisor:
         t = self.now()
         self.overhead_bytes = values.get("tracemalloc_overhead_bytes", 0.0)
         self._record(t, values)
-        if "heap_bytes" in values:
+        # The detector's heap level counts blocks: continuous whether tracing or not (traced
+        # bytes restart at zero, then rise as replaced entries get traced: not growth).
+        if "heap_blocks" in values:
+            block_bytes = self.detector.params.block_bytes
+            self._feed("heap", "heap", t, values["heap_blocks"] * block_bytes)
+        elif "heap_bytes" in values:
             self._feed("heap", "heap", t, values["heap_bytes"])
         if "tasks" in values:
             self._feed("tasks", "tasks", t, values["tasks"])
@@ -499,9 +507,24 @@ class Supervisor:
         for name, count in result.items():
             self._feed("type", name, t, float(count))
 
+    async def _sample_sites_due(self) -> None:
+        """The scheduled site sample: every ``heap_interval`` for a while after tracing starts.
+
+        Right after tracing starts the traces are few (only allocations made since), so a
+        sample is cheap, and a leaking line gets enough points for a verdict in well under a
+        minute instead of several; later the slower ``sites_interval`` bounds the pauses.
+        """
+        s = self.config.sampling
+        now = self.now()
+        fast = now - self.tracing_since < FAST_SITES_S
+        every = min(s.sites_interval, s.heap_interval) if fast else s.sites_interval
+        if now - self._last_sites_t >= 0.9 * every:  # 10 %: scheduler jitter
+            await self.sample_sites()
+
     async def sample_sites(self, role: str = "latest") -> None:
         if not self.tracing:
             return
+        self._last_sites_t = self.now()
         if self.snapshots_taken == 0:
             role = "baseline"
         path = self.run_dir.snapshots / f"{role}.json.gz"
@@ -521,7 +544,8 @@ class Supervisor:
             tb = tuple(site.get("traceback") or ())
             self.store.add_site(key, tb, site.get("line"))
             self._feed("site", key, t, float(site["size"]),
-                              SiteInfo(site=key, traceback=tb, line=site.get("line")))  # fmt: skip
+                       SiteInfo(site=key, traceback=tb, line=site.get("line")),
+                       float(site["count"]))  # fmt: skip
         values["traced_bytes"] = float(result.get("traced_bytes", 0.0))
         values["heap_pause_s"] = float(result.get("pause_s", 0.0))
         self._record(t, values)
@@ -532,8 +556,8 @@ class Supervisor:
         if on == self.tracing or self._stats_source() is None:
             return
         await self._ask("start_tracing" if on else "stop_tracing", 10.0)
-        # heap_bytes switches between the estimate and traced memory: judge each segment alone
-        self._feed("discontinuity", "heap", self.now())
+        # Site series start over when tracing does (the detector's heap level is blocks-based).
+        self._feed("discontinuity", "site", self.now())
         self.tracing = on
         self.tracing_since = self.now()
         self.emit("tracing.started" if on else "tracing.stopped", reason=reason)
@@ -612,7 +636,7 @@ class Supervisor:
             jobs += [
                 ("sample_heap", self.sample_heap, s.heap_interval),
                 ("sample_types", self.sample_types, s.types_interval),
-                ("sample_sites", self.sample_sites, s.sites_interval),
+                ("sample_sites", self._sample_sites_due, min(s.sites_interval, s.heap_interval)),
                 ("analyze", self.analyze, s.analysis_interval),
             ]
         for name, job, every in jobs:

@@ -398,3 +398,86 @@ def test_params_validated() -> None:
         DetectionParams(confidence=1.0)
     with pytest.raises(ValueError, match='"confirm_after" must be >= 1: 0'):
         DetectionParams(confirm_after=0)
+
+
+def test_suspicion_from_the_floor_on_a_short_window() -> None:
+    # Judged on 30 s from the floor on, before the warm-up end is decided (at floor + settle).
+    det = Detector()
+    simulate(flat_process(heap=noisy(HEAP0, 5e3, rate=10 * KB)), 90.0, detector=det, every=100.0)
+    assert det.warmup_end() is None
+    assert det.suspicious(90.0)
+    flat = Detector()
+    simulate(flat_process(), 90.0, detector=flat, every=100.0)
+    assert not flat.suspicious(90.0)
+
+
+def test_rss_growth_raises_suspicion_far_below_the_native_bar() -> None:
+    # 10 KiB objects, one a second: the block count barely moves, RSS grows 10 KB/s (36 MiB/h,
+    # under the 64 MiB/h native bar): enough to start tracing.
+    det = Detector()
+    feeds = flat_process(rss=noisy(RSS0, 4e3, rate=10 * KB))
+    simulate(feeds, 100.0, detector=det, every=100.0)
+    assert det.suspicious(100.0)
+    creep = Detector()
+    simulate(flat_process(rss=noisy(RSS0, 4e3, rate=2 * KB)), 100.0, detector=creep, every=100.0)
+    assert not creep.suspicious(100.0)
+
+
+def test_site_leak_confirmed_on_a_short_window_when_the_process_grows() -> None:
+    # Tracing started at 90 s: the site has 30 s of data when the warm-up end is decided.
+    det = Detector()
+    feeds = flat_process(heap=noisy(HEAP0, 2e3, rate=20 * 80.0))  # 20 blocks/s × 80 B
+    run = Run(det)
+    rng = random.Random(3)
+    for i in range(0, 171):
+        t = float(i)
+        for (signal, key), feed in feeds.items():
+            det.add(signal, key, t, float(feed(t, rng) or 0.0))
+        if t >= 90.0 and i % 2 == 0:
+            det.add("site", SITE, t, 10 * KB * (t - 90.0), SITE_INFO, 20.0 * (t - 90.0))
+        if i % 10 == 0:
+            run.changes.extend((t, f) for f in det.analyze(t))
+    assert det.warmup_end() == 60.0
+    confirmed = run.at("confirmed", SITE)
+    assert confirmed and confirmed[0] <= 150.0  # within 90 s of the warm-up end
+
+
+def test_turnover_at_a_site_is_not_a_leak() -> None:
+    # A full LRU cache after tracing starts: its traced bytes rise until every entry is a new
+    # one, while the block count and RSS of the process stay flat.
+    det = Detector()
+    run = Run(det)
+    rng = random.Random(5)
+    feeds = flat_process()
+    for i in range(0, 301):
+        t = float(i)
+        for (signal, key), feed in feeds.items():
+            det.add(signal, key, t, float(feed(t, rng) or 0.0))
+        if t >= 90.0 and i % 2 == 0:
+            new = min(t - 90.0, 200.0) * 20.0  # 4000 entries of 1 KiB, replaced at 20/s
+            det.add("site", SITE, t, new * 1100.0, SITE_INFO, new)
+        if i % 10 == 0:
+            run.changes.extend((t, f) for f in det.analyze(t))
+    assert run.at("confirmed") == []
+    verdict = det.last_verdict("site", SITE)
+    assert verdict is not None and not verdict.is_leak
+
+
+def test_large_blocks_leak_is_corroborated_by_rss_not_blocks() -> None:
+    # One 10 KiB block a second: the block rate is lost in the noise, RSS carries the growth;
+    # and with the site explaining RSS, no native leak is reported.
+    det = Detector(DetectionParams(native_min_window_s=60.0, min_native_slope_bytes_per_h=MIB))
+    run = Run(det)
+    rng = random.Random(7)
+    feeds = flat_process(rss=noisy(RSS0, 4e3, rate=10 * KB))
+    for i in range(0, 241):
+        t = float(i)
+        for (signal, key), feed in feeds.items():
+            det.add(signal, key, t, float(feed(t, rng) or 0.0))
+        if t >= 90.0 and i % 2 == 0:
+            det.add("site", SITE, t, 10 * KB * (t - 90.0), SITE_INFO, t - 90.0)
+        if i % 10 == 0:
+            run.changes.extend((t, f) for f in det.analyze(t))
+    assert SITE in run.detector.findings()[0].key
+    assert run.at("confirmed", SITE)
+    assert not [f for f in det.findings() if f.kind == "native"]
