@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-_HOARD: list[bytes] = []
+_HOARD: list[bytearray] = []
 _FILES: list[Any] = []
 
 
