@@ -307,10 +307,11 @@ async def test_native_leak_grows_rss_not_the_python_heap(mock_url: str, api_key:
     async with ReferenceAggregator(base_url=mock_url, native_leak_kb=512, seed=1) as aggregator:
         await run_queries(aggregator, 3)
         gc.collect()
-        rss_before, blocks_before = process.memory_info().rss, sys.getallocatedblocks()
+        # USS walks smaps: exact, unlike statm's RSS, which the kernel updates lazily per thread
+        rss_before, blocks_before = process.memory_full_info().uss, sys.getallocatedblocks()
         await run_queries(aggregator, 10)
         gc.collect()
-        rss_after, blocks_after = process.memory_info().rss, sys.getallocatedblocks()
+        rss_after, blocks_after = process.memory_full_info().uss, sys.getallocatedblocks()
     expected = 10 * 512 * 1024
     assert 0.9 * expected <= rss_after - rss_before <= 1.5 * expected
     # 5 MiB as Python objects would show; native memory adds no Python blocks.
