@@ -260,7 +260,7 @@ class Supervisor:
 
     async def _watch_external(self) -> None:
         if self.ext_proc is not None:
-            code = await self.ext_proc.wait()
+            code = await _exited(self.ext_proc)
         else:
             assert self.psproc is not None
             while self.psproc.is_running() and self.psproc.status() != psutil.STATUS_ZOMBIE:
@@ -748,7 +748,7 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, sig)
             with anyio.move_on_after(wait):
-                await proc.wait()
+                await _exited(proc)
             if proc.returncode is not None:
                 return
 
