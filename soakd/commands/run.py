@@ -11,6 +11,7 @@ import sqlite3
 from pathlib import Path
 
 import anyio
+import psutil
 
 from soakd.config import load_config
 from soakd.errors import CommandError
@@ -60,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
         command = command[1:]
     if command and args.pid is not None:
         raise CommandError("give either --pid PID or -- CMD ..., not both")
+    if args.pid is not None and (args.pid <= 0 or not psutil.pid_exists(args.pid)):
+        raise CommandError(f"--pid {args.pid}: no such process; pass the pid of a running process")
     runs_dir = Path(config.output.runs_dir).expanduser()  # relative to the working directory
     run_dir = create_run_dir(
         runs_dir, Path(args.run_dir) if args.run_dir else None, config.output.retention
