@@ -105,6 +105,9 @@ class DetectionParams:
     # A site's growth must show in the process as a whole at this share of its rate (blocks or
     # RSS), or it is turnover: blocks allocated since tracing started replacing older ones.
     corroboration: float = 0.5
+    # RSS settles this long after tracing starts (tracemalloc and the agent's own tables grow):
+    # before that, RSS cannot corroborate a site.
+    tracing_settle_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.warmup_max_s < self.warmup_floor_s:
@@ -200,6 +203,7 @@ class Detector:
         self._groups: dict[SignalKind, dict[str, _Track]] = {}
         self._warmup: float | None = None
         self._latest_t = -math.inf
+        self._restarted: dict[SignalKind, float] = {}  # latest discontinuity per signal
         self.dropped = 0  # samples refused: out of order or not finite
         alpha = (1.0 - self.params.confidence) / (1 + len(_SUB_WINDOWS))
         p = self.params
@@ -275,6 +279,7 @@ class Detector:
 
     def mark_discontinuity(self, signal: SignalKind, t: float) -> None:
         """Judge ``signal``'s series only from ``t`` on (e.g. tracemalloc was restarted)."""
+        self._restarted[signal] = max(self._restarted.get(signal, -math.inf), t)
         for track in self._groups.get(signal, {}).values():
             track.segment_start = max(track.segment_start, t)
 
@@ -350,6 +355,9 @@ class Detector:
         if now - ts[-1] > stale:
             # The series stopped (site left the top N, tracing off): no news is no verdict.
             return SeriesVerdict("insufficient", 0.0, 0.0, 1.0, 0.0, "no recent samples")
+        # A window one or two sampling intervals short of the minimum is long enough: samples
+        # and analyses tick on separate schedules.
+        min_window = max(min_window - 2.0 * track.typical_dt, 0.75 * min_window)
         full = _prescreen(ts, ys, vp, min_window) or classify(ts, ys, vp)
         if full.pattern not in ("flat", "noise"):
             # Only a window flat or noisy overall may hide a late leak; a sawtooth or a step
@@ -410,7 +418,8 @@ class Detector:
         track = self._groups.get(signal, {}).get(signal)
         if track is None:
             return None
-        ts, ys = track.series.window(start, now)
+        # From its last discontinuity on: a step there (soakd's own tables) is not growth.
+        ts, ys = track.series.window(max(start, track.segment_start), now)
         if len(ts) < 4 or ts[-1] == ts[0]:
             return None
         return theil_sen(*downsample(ts, ys, self._heap_vp.max_points)).slope
@@ -430,11 +439,12 @@ class Detector:
         share = self.params.corroboration
         site_blocks = theil_sen(*downsample(cts, cys, self._heap_vp.max_points)).slope
         heap = self._slope("heap", start, now)
-        rss = self._slope("rss", start, now)
-        if heap is None and rss is None:
+        if heap is None and "rss" not in self._groups:
             return v  # nothing to compare with (e.g. an agent without process numbers)
         if heap is not None and heap >= share * site_blocks * self.params.block_bytes:
             return v
+        settled = self._restarted.get("site", -math.inf) + self.params.tracing_settle_s
+        rss = self._slope("rss", max(start, settled), now)
         if rss is not None and rss >= share * v.slope:
             return v
         return replace(

@@ -118,6 +118,7 @@ class Supervisor:
         self.tracing = False
         self.tracing_since = 0.0
         self._last_sites_t = -math.inf
+        self._sites_ops = 0  # site samples started + finished: odd while one runs
         self.snapshots_taken = 0
         self.overhead_bytes = 0.0
         self.iterations = 0
@@ -479,7 +480,11 @@ class Supervisor:
         self._evaluate_rules()
 
     async def sample_heap(self) -> None:
+        sites_before = self._sites_ops
         result = await self._ask("heap", self.config.sampling.job_timeout)
+        # The agent's grouping of traces holds temporary blocks: a heap sample taken while it
+        # ran is stored but not judged (it would read as churn, or as growth of the target).
+        judged = sites_before == self._sites_ops and sites_before % 2 == 0
         if not result:
             return
         values = {k: float(v) for k, v in result.items() if isinstance(v, int | float)}
@@ -488,10 +493,10 @@ class Supervisor:
         self._record(t, values)
         # The detector's heap level counts blocks: continuous whether tracing or not (traced
         # bytes restart at zero, then rise as replaced entries get traced: not growth).
-        if "heap_blocks" in values:
+        if judged and "heap_blocks" in values:
             block_bytes = self.detector.params.block_bytes
             self._feed("heap", "heap", t, values["heap_blocks"] * block_bytes)
-        elif "heap_bytes" in values:
+        elif judged and "heap_bytes" in values:
             self._feed("heap", "heap", t, values["heap_bytes"])
         if "tasks" in values:
             self._feed("tasks", "tasks", t, values["tasks"])
@@ -525,6 +530,13 @@ class Supervisor:
         if not self.tracing:
             return
         self._last_sites_t = self.now()
+        self._sites_ops += 1  # odd while a grouping runs in the worker
+        try:
+            await self._sample_sites(role)
+        finally:
+            self._sites_ops += 1
+
+    async def _sample_sites(self, role: str) -> None:
         if self.snapshots_taken == 0:
             role = "baseline"
         path = self.run_dir.snapshots / f"{role}.json.gz"
@@ -597,6 +609,9 @@ class Supervisor:
             if suspicious or unattributed:
                 await self.set_tracing(True, "suspicion")
                 await self.sample_sites()
+                # The agent's own tables (site resolution caches) step up with the first
+                # grouping: the heap level is judged from after it.
+                self._feed("discontinuity", "heap", self.now())
 
     def _emit_finding(self, f: Finding) -> None:
         level = "warning" if f.state == "confirmed" else "info"
