@@ -92,7 +92,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("one-off", "OneOffLoad", False, "5 MB table loaded once at 150 s", duration_s=360),
     Scenario("lazy-init", "LazyInit", False, "components built at 0, 40, 110 s",
              duration_s=300),
-    Scenario("churn", "HeavyChurn", False, "200 KB temp/q + 8 MB random-slot pool",
+    Scenario("churn", "HeavyChurn", False, "100 KB temp/q + pool of random-length lists (wanders)",
              duration_s=360),
     Scenario("interp-caches", "InterpreterCaches", False, "re, lru_cache, intern, import",
              duration_s=300),

@@ -291,19 +291,23 @@ class LazyInit(Base):
 
 
 class HeavyChurn(Base):
-    """Large temporary allocations and a bounded pool of random-size values replaced at random."""
+    """Large temporary allocations, and a pool whose slots hold random-length lists replaced at
+    random: the number of live blocks wanders (±~400 blocks on a ~100 s timescale) without trend.
+    """
 
-    def __init__(self, slots: int = 2000, max_slot: int = 8192, seed: int = 1) -> None:
+    def __init__(self, slots: int = 4000, max_items: int = 20, seed: int = 1) -> None:
         super().__init__(seed)
-        self.pool: list[bytes] = [b""] * slots
-        self.max_slot = max_slot
+        self.max_items = max_items
+        # Filled at its stationary level from the start: churn, not a cache filling.
+        self.pool: list[list[str]] = [self._items("init") for _ in range(slots)]
+
+    def _items(self, query: str) -> list[str]:
+        return [f"{query}:{i}" for i in range(self.rng.randint(0, self.max_items))]
 
     def step(self, query: str) -> None:
         temp = [bytes(self.rng.randint(100, 4000)) for _ in range(50)]
-        for _ in range(5):
-            self.pool[self.rng.randrange(len(self.pool))] = bytes(
-                self.rng.randint(0, self.max_slot)
-            )
+        for _ in range(2):
+            self.pool[self.rng.randrange(len(self.pool))] = self._items(query)
         del temp
 
 
