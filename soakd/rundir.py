@@ -70,6 +70,8 @@ def create_run_dir(runs_dir: Path, explicit: Path | None, retention: int) -> Run
             )
         path = runs_dir / run_id
     try:
+        if explicit is None:
+            runs_dir.mkdir(exist_ok=True)  # the first run makes the runs directory
         path.mkdir(parents=explicit is not None, exist_ok=True)
         (path / SNAPSHOTS).mkdir(exist_ok=True)
         probe = path / ".write-test"

@@ -224,3 +224,12 @@ def test_scenario_target_and_env(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0] == str(run)
     assert _summary(run)["workload"]["iterations"] > 10  # type: ignore[index]
+
+
+def test_default_runs_dir_is_created_in_the_working_directory(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, ECHO)
+    proc = run_soakd("run", "-c", str(cfg), "-d", "2s", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    assert proc.stdout.splitlines()[0] == str(Path("runs") / run.name)
+    assert _summary(run)["run_id"] == run.name
