@@ -153,10 +153,9 @@ def build_summary(
         raise CommandError(f"not a soakd run directory (no samples.db): {run_dir}") from None
     try:
         meta = reader.meta()
-        rss = reader.series("rss_bytes")
-        heap = reader.series("heap_bytes")
+        rss = reader.bounds("rss_bytes")
         last_t = reader.last_t() or 0.0
-        latest_wl_t = max((t for t, _ in reader.workload()), default=0.0)
+        latest_wl_t = reader.last_workload_t() or 0.0
     except sqlite3.DatabaseError as exc:
         raise CommandError(
             f"samples.db in {run_dir} is not a readable soakd store: {exc}"
@@ -232,6 +231,16 @@ def build_summary(
         iterations=workload["iterations"] if meta.get("driven", "1") == "1" else -1,
     )
     since = warmup_end if warmup_end is not None else _num(detection.get("warmup"), 0.0)
+    reader = StoreReader(run_dir / rundir.SAMPLES)
+    try:  # bounded reads: the slopes need a few hundred averaged points, not every sample
+        rss_points = reader.buckets("rss_bytes", since) or reader.buckets("rss_bytes", 0.0)
+        heap_points = reader.buckets("heap_bytes", since) or reader.buckets("heap_bytes", 0.0)
+    except sqlite3.DatabaseError as exc:
+        raise CommandError(
+            f"samples.db in {run_dir} is not a readable soakd store: {exc}"
+        ) from None
+    finally:
+        reader.close()
     summary: dict[str, Any] = {
         "schema": SCHEMA,
         "run_id": meta.get("run_id", run_dir.name),
@@ -243,11 +252,11 @@ def build_summary(
         "target": meta.get("target", "?"),
         "workload": workload,
         "memory": {
-            "rss_start_bytes": int(rss[0][1]) if rss else 0,
-            "rss_end_bytes": int(rss[-1][1]) if rss else 0,
-            "rss_peak_bytes": int(max(v for _, v in rss)) if rss else 0,
-            "rss_slope_bytes_per_h": round(slope_per_h(rss, since), 1),
-            "heap_slope_bytes_per_h": round(slope_per_h(heap, since), 1),
+            "rss_start_bytes": int(rss[0]) if rss else 0,
+            "rss_end_bytes": int(rss[1]) if rss else 0,
+            "rss_peak_bytes": int(rss[2]) if rss else 0,
+            "rss_slope_bytes_per_h": round(slope_per_h(rss_points), 1),
+            "heap_slope_bytes_per_h": round(slope_per_h(heap_points), 1),
         },
         "leaks": leak_list,
         "breaches": breaches,

@@ -95,6 +95,40 @@ class StoreReader:
             out.setdefault(name, []).append((float(t), float(v)))
         return out
 
+    def bounds(self, name: str) -> tuple[float, float, float] | None:
+        """(first, last, peak) value of a series, computed in SQLite (no rows in Python)."""
+        q = "SELECT value FROM samples WHERE series=? ORDER BY t {} LIMIT 1"
+        first = self._db.execute(q.format("ASC"), (name,)).fetchone()
+        if first is None:
+            return None
+        last = self._db.execute(q.format("DESC"), (name,)).fetchone()
+        (peak,) = self._db.execute(
+            "SELECT MAX(value) FROM samples WHERE series=?", (name,)
+        ).fetchone()
+        return float(first[0]), float(last[0]), float(peak)
+
+    def buckets(self, name: str, since: float, count: int = 300) -> list[tuple[float, float]]:
+        """The series from ``since`` on, averaged into at most ``count`` time buckets.
+
+        Memory stays bounded however long the run: a checkpoint after 24 h reads 300 rows.
+        """
+        span = self._db.execute(
+            "SELECT MIN(t), MAX(t) FROM samples WHERE series=? AND t>=?", (name, since)
+        ).fetchone()
+        if span is None or span[0] is None:
+            return []
+        width = max((span[1] - span[0]) / count, 1e-9)
+        cur = self._db.execute(
+            "SELECT AVG(t), AVG(value) FROM samples WHERE series=? AND t>=? "
+            "GROUP BY CAST((t - ?) / ? AS INTEGER) ORDER BY 1",
+            (name, since, span[0], width),
+        )
+        return [(float(t), float(v)) for t, v in cur]
+
+    def last_workload_t(self) -> float | None:
+        row = self._db.execute("SELECT MAX(t) FROM workload").fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
     def last_t(self) -> float | None:
         row = self._db.execute("SELECT MAX(t) FROM samples").fetchone()
         return None if row is None or row[0] is None else float(row[0])
