@@ -537,7 +537,7 @@ class Supervisor:
             self._sites_ops += 1
 
     async def _sample_sites(self, role: str) -> None:
-        if self.snapshots_taken == 0:
+        if self.snapshots_taken == 0 and role == "latest":
             role = "baseline"
         path = self.run_dir.snapshots / f"{role}.json.gz"
         result = await self._ask(

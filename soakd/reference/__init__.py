@@ -40,7 +40,7 @@ pool_size                20               connection pool limit of the HTTP sess
 leak_kb                  0                heap leak: keep a KiB-sized bytes object per query,
                                           allocated at ``faults.HEAP_LEAK_SITE``
 leak_objects             0                keep this many ``faults.LeakedRecord`` per query
-native_leak_kb           0                ``malloc`` and touch this many KiB per query, never
+native_leak_kb           0                ``mmap`` and touch this many KiB per query, never
                                           freed: RSS grows, the Python heap does not
 leak_fds                 0                open this many fds (``/dev/null``) per query, kept
 leak_threads             0                start this many daemon threads per query, blocked

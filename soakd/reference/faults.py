@@ -54,28 +54,39 @@ class LeakedRecord:
         self.payload = (query, created_at)
 
 
-def _load_malloc() -> Callable[[int], int | None]:
+_PROT_READ_WRITE = 0x1 | 0x2
+_MAP_PRIVATE_ANONYMOUS = 0x02 | 0x20
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def _load_mmap() -> Callable[[int], int | None]:
     libc = ctypes.CDLL(None)  # the C library already loaded into this process
-    malloc = libc.malloc
-    malloc.restype = ctypes.c_void_p
-    malloc.argtypes = [ctypes.c_size_t]
+    mmap = libc.mmap
+    mmap.restype = ctypes.c_void_p
+    mmap.argtypes = [
+        ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long,
+    ]  # fmt: skip
 
     def call(size: int) -> int | None:
-        pointer: int | None = malloc(size)
-        return pointer
+        pointer: int | None = mmap(None, size, _PROT_READ_WRITE, _MAP_PRIVATE_ANONYMOUS, -1, 0)
+        return None if pointer == _MAP_FAILED else pointer
 
     return call
 
 
-_malloc = _load_malloc()
+_mmap = _load_mmap()
 
 
 def leak_native(kib: int) -> None:
-    """malloc and touch ``kib`` KiB that are never freed: RSS grows, the Python heap does not."""
+    """Map and touch ``kib`` KiB that are never unmapped: RSS grows, the Python heap does not.
+
+    Fresh anonymous pages rather than ``malloc``: malloc may hand back memory the process already
+    freed (and that is still resident), so RSS would not move in a long-lived process.
+    """
     size = kib * 1024
-    pointer = _malloc(size)
+    pointer = _mmap(size)
     if not pointer:
-        raise MemoryError(f"malloc({size}) failed")
+        raise MemoryError(f"mmap({size}) failed")
     # Touch every page, otherwise the kernel never backs them and RSS would not move.
     ctypes.memset(pointer, 0xA5, size)
 
