@@ -24,7 +24,16 @@ Decisions, in short:
   (a leaked instance also leaks its ``dict``). Growing types are listed in the heap finding's
   evidence (``signals``) instead.
 * The heap-level finding (key ``heap``, no site) is hidden from :meth:`Detector.findings` while
-  a site finding is active: the site says the same thing more precisely.
+  a site finding is active: the site says the same thing more precisely. The supervisor feeds
+  the heap level as Python blocks × ``block_bytes``: continuous whether tracing or not.
+* ``site`` (``heap`` kind with a line): judged on windows from ``site_min_window_s`` (traced
+  bytes at one line are exact), but a site leak must show in the process as a whole: its block
+  rate in the process's block count, or its byte rate in RSS (once tracing has settled).
+  Tracing sees only blocks allocated since it started, so any structure whose entries are
+  replaced (a full LRU cache, a pool) seems to grow at its site until all entries are new.
+* Suspicion (:meth:`Detector.suspicious`, which only turns tracing on) is judged from the
+  warm-up floor on a ``suspect_window_s`` window, before the warm-up end is decided, on the
+  heap level or on RSS with a low bar: the leaking site then has data when judging begins.
 """
 
 from __future__ import annotations
@@ -204,6 +213,7 @@ class Detector:
         self._warmup: float | None = None
         self._latest_t = -math.inf
         self._restarted: dict[SignalKind, float] = {}  # latest discontinuity per signal
+        self._rss_warmup: float | None = None
         self.dropped = 0  # samples refused: out of order or not finite
         alpha = (1.0 - self.params.confidence) / (1 + len(_SUB_WINDOWS))
         p = self.params
@@ -303,33 +313,45 @@ class Detector:
         return self._warmup
 
     def _decide_warmup(self, now: float) -> float | None:
+        """The warm-up end: from the Python heap level (RSS when there is none)."""
         p = self.params
         if self._warmup is not None or now < p.warmup_floor_s:
             return self._warmup
-        ends: list[float] = []
-        judged: tuple[tuple[SignalKind, VerdictParams], ...] = (
-            ("heap", self._heap_vp),
-            ("rss", self._native_vp),
-        )
-        for signal, vp in judged:
-            track = self._groups.get(signal, {}).get(signal)
-            if track is None:
-                continue
-            ts, ys = track.series.window(-math.inf, now)
-            ends.append(
-                warmup_end(
-                    ts,
-                    ys,
-                    p.warmup_floor_s,
-                    p.warmup_max_s,
-                    min_span_s=p.warmup_settle_s,
-                    min_slope=vp.min_slope,
-                )
-            )
-        end = max(ends, default=p.warmup_floor_s)
-        if end < p.warmup_max_s or now >= p.warmup_max_s:
+        signal: SignalKind = "heap" if "heap" in self._groups else "rss"
+        end = self._settled(signal, now)
+        if end is not None:
             self._warmup = end
+            if signal == "rss":
+                self._rss_warmup = end
         return self._warmup
+
+    def _decide_rss_warmup(self, now: float) -> float | None:
+        """When RSS settled, decided on its own: RSS also climbs for a minute after tracing
+        starts (the agent's and tracemalloc's tables), which must not hold back every verdict.
+        """
+        if self._rss_warmup is None and now >= self.params.warmup_floor_s:
+            self._rss_warmup = self._settled("rss", now)
+        return self._rss_warmup
+
+    def _settled(self, signal: SignalKind, now: float) -> float | None:
+        """When ``signal``'s level stopped warming up, or None while undecided."""
+        p = self.params
+        track = self._groups.get(signal, {}).get(signal)
+        if track is None:
+            return p.warmup_floor_s if now >= p.warmup_floor_s + p.warmup_settle_s else None
+        vp = self._heap_vp if signal == "heap" else self._native_vp
+        ts, ys = track.series.window(-math.inf, now)
+        end = warmup_end(
+            ts,
+            ys,
+            p.warmup_floor_s,
+            p.warmup_max_s,
+            min_span_s=p.warmup_settle_s,
+            min_slope=vp.min_slope,
+        )
+        if end < p.warmup_max_s or now >= p.warmup_max_s:
+            return end
+        return None
 
     def _params_for(self, signal: SignalKind) -> tuple[VerdictParams, float]:
         p = self.params
@@ -467,10 +489,15 @@ class Detector:
         for signal in order:
             for track in self._groups.get(signal, {}).values():
                 vp, min_window = self._params_for(signal)
-                verdict = self._judge(track, now, warmup, vp, min_window)
                 if signal == "rss":
+                    rss_warmup = self._decide_rss_warmup(now)
+                    if rss_warmup is None:
+                        continue
+                    verdict = self._judge(track, now, max(warmup, rss_warmup), vp, min_window)
                     verdict = self._native_verdict(track, verdict, now)
-                elif signal == "site":
+                else:
+                    verdict = self._judge(track, now, warmup, vp, min_window)
+                if signal == "site":
                     verdict = self._site_verdict(track, verdict, now)
                 track.verdict = verdict
                 change = self._step(track, verdict, now)
@@ -608,7 +635,8 @@ class Detector:
     def suspicious(self, now: float) -> bool:
         """True when heap, RSS or object counts rise and no allocation site explains it yet.
 
-        Meant for starting tracemalloc on suspicion: more eager than a confirmed finding.
+        Meant for starting tracemalloc on suspicion: more eager than a confirmed finding (a
+        shorter window from the warm-up floor on; RSS at ``suspect_rss_slope_bytes_per_h``).
         """
         p = self.params
         if now < p.warmup_floor_s:

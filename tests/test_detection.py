@@ -481,3 +481,16 @@ def test_large_blocks_leak_is_corroborated_by_rss_not_blocks() -> None:
     assert SITE in run.detector.findings()[0].key
     assert run.at("confirmed", SITE)
     assert not [f for f in det.findings() if f.kind == "native"]
+
+
+def test_rss_climb_after_tracing_starts_does_not_hold_back_the_warmup_end() -> None:
+    # RSS climbs 10 MB over the minute after tracing starts at 90 s (the agent's and
+    # tracemalloc's tables), then is flat: the warm-up end comes from the heap level, and RSS
+    # is judged from its own settled point: no native leak.
+    def rss(t: float, r: random.Random) -> float:
+        return RSS0 + 10e6 * min(max(t - 90.0, 0.0), 60.0) / 60.0 + r.gauss(0, 30e3)
+
+    params = DetectionParams(native_min_window_s=120.0)
+    run = simulate(flat_process(rss=rss), 600.0, params=params)
+    assert run.detector.warmup_end() == 60.0
+    assert run.at("suspected") == [] and run.at("confirmed") == []
