@@ -341,6 +341,7 @@ class Detector:
             return p.warmup_floor_s if now >= p.warmup_floor_s + p.warmup_settle_s else None
         vp = self._heap_vp if signal == "heap" else self._native_vp
         ts, ys = track.series.window(-math.inf, now)
+        ys = _splice(ts, ys, track.segment_start)
         end = warmup_end(
             ts,
             ys,
@@ -677,6 +678,20 @@ def _prescreen(
             "flat", slope, slope, 1.0, slope * duration, "slope far below minimum", n, duration
         )
     return None
+
+
+def _splice(ts: list[float], ys: list[float], at: float) -> list[float]:
+    """Values with the step at a discontinuity ``at`` removed (later values shifted).
+
+    For the warm-up decision, which looks at the whole series: soakd's own tables stepping up
+    when tracing starts must not read as a level still warming up.
+    """
+    cut = next((i for i, t in enumerate(ts) if t >= at), len(ts))
+    if cut < 3 or len(ts) - cut < 3:
+        return ys
+    before = sorted(ys[cut - 3 : cut])[1]
+    after = sorted(ys[cut : cut + 3])[1]
+    return ys[:cut] + [y - (after - before) for y in ys[cut:]]
 
 
 def _residual_noise(ts: list[float], ys: list[float], max_points: int) -> float:
