@@ -497,15 +497,17 @@ def test_rss_climb_after_tracing_starts_does_not_hold_back_the_warmup_end() -> N
 
 
 def test_heap_step_at_a_discontinuity_does_not_hold_back_the_warmup_end() -> None:
-    # Tracing starts at 90 s: soakd's own tables add 1.8 MB to the block-based heap level in
+    # Tracing starts at 100 s: soakd's own tables add 1.8 MB to the block-based heap level in
     # one step, marked as a discontinuity; the warm-up end is still the floor.
     det = Detector()
     step = 1.8e6
 
     def heap(t: float, r: random.Random) -> float:
-        return HEAP0 + (step if t >= 92.0 else 0.0) + r.gauss(0, 5e3)
+        return HEAP0 + (step if t >= 100.0 else 0.0) + r.gauss(0, 5e3)
 
-    simulate(flat_process(heap=heap), 91.0, detector=det, every=1000.0)
-    det.mark_discontinuity("heap", 92.0)
-    simulate(flat_process(heap=heap), 140.0, detector=det, start=92.0)
+    simulate(flat_process(heap=heap), 99.0, detector=det, every=1000.0)
+    det.mark_discontinuity("heap", 100.0)
+    simulate(flat_process(heap=heap), 200.0, detector=det, start=100.0, every=1000.0)
+    assert det.warmup_end() is None
+    det.analyze(200.0)
     assert det.warmup_end() == 60.0
