@@ -181,6 +181,7 @@ def build_summary(
     finished: dict[str, Any] | None = None
     warmup_end: float | None = None
     last_event_t = 0.0
+    stalls = 0
     for ev in read_events(run_dir / rundir.EVENTS):
         name = ev["event"]
         last_event_t = max(last_event_t, _num(ev.get("t")))
@@ -208,6 +209,8 @@ def build_summary(
             failed = {"reason": ev.get("reason"), "message": ev.get("message")}
         elif name == "detection.warmup_end":
             warmup_end = _num(ev.get("warmup_end_s"))
+        elif name == "workload.stalled":
+            stalls += 1
         elif name == "run.finished":
             finished = ev
 
@@ -265,6 +268,7 @@ def build_summary(
         "detection": {"warmup_end_s": warmup_end, "on_leak": on_leak},
         "failure": failed,
         "interrupted": interrupted,
+        "workload_stalls": stalls,
         "last_sample_s": round(last_t, 3),
     }
     if "reason" in final:

@@ -129,6 +129,8 @@ class Supervisor:
         self.worker_log = WorkerLog(run.worker_log, config.run.worker_log_limit)
         self._stall_after = float(os.environ.get(STALL_ENV, "inf"))
         self._sample_count = 0
+        self.last_workload_t = 0.0
+        self.stalled = False
         self._pending: list[tuple[Any, ...]] = []
 
     # -- helpers ---------------------------------------------------------------------------
@@ -350,6 +352,7 @@ class Supervisor:
     def _on_message(self, message: Message) -> None:
         kind = message.get("msg")
         if kind == "ready":
+            self.ready_t = self.now()
             self.emit("worker.ready", pid=message.get("pid"))
             self.ready.set()
         elif kind == "workload":
@@ -367,6 +370,10 @@ class Supervisor:
         if not isinstance(interval, dict) or not isinstance(totals, dict):
             return
         t = self.now()
+        self.last_workload_t = t
+        if self.stalled:
+            self.stalled = False
+            self.emit("workload.resumed")
         self.iterations = int(totals.get("iterations", 0) or 0)
         lat = interval.get("latency_ms") or {}
         first = interval.get("first_event_ms") or {}
@@ -463,6 +470,16 @@ class Supervisor:
             self._feed(key, key, t, values[key])
         self.rules.observe(t, values)
         self._evaluate_rules()
+        self._check_stall(t)
+
+    def _check_stall(self, t: float) -> None:
+        """A worker whose loop is blocked stops reporting: say so rather than pass silently."""
+        if not (self.driven and self.ready.is_set()) or self.stalled or self.proc is None:
+            return
+        silent = t - max(self.last_workload_t, self.ready_t)
+        if silent > max(3 * self.config.workload.interval, 10.0):
+            self.stalled = True
+            self.emit("workload.stalled", "warning", silent_s=round(silent, 1))
 
     async def sample_system(self) -> None:
         def read() -> dict[str, float]:
@@ -804,6 +821,7 @@ class Supervisor:
 
     exit_code = EXIT_INTERNAL
     ended = 0.0
+    ready_t = 0.0
 
     async def _close(self) -> None:
         verdict = self.verdict

@@ -233,3 +233,14 @@ def test_default_runs_dir_is_created_in_the_working_directory(tmp_path: Path) ->
     (run,) = (tmp_path / "runs").iterdir()
     assert proc.stdout.splitlines()[0] == str(Path("runs") / run.name)
     assert _summary(run)["run_id"] == run.name
+
+
+@pytest.mark.slow
+def test_a_worker_whose_loop_blocks_is_reported_as_stalled(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, '[target]\nfactory = "fault_targets:BlocksLoop"\n')
+    run = tmp_path / "run"
+    proc = run_soakd("run", "-c", str(cfg), "-d", "16s", "--run-dir", str(run), cwd=tmp_path)
+    summary = _summary(run)
+    assert "workload.stalled" in event_names(run)
+    assert summary["workload_stalls"] == 1
+    assert proc.returncode in (0, 5)
