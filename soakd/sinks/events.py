@@ -41,7 +41,8 @@ class _Sink:
             try:
                 if self._console is not None:
                     text = self._console(None, "info", dict(event))
-                    self.stdout.write(str(text) + "\n")
+                    # clear the live progress line (stderr, same terminal) before printing
+                    self.stdout.write("\r\x1b[K" + str(text) + "\n")
                 else:
                     self.stdout.write(line + "\n")
                 self.stdout.flush()
