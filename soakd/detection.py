@@ -188,6 +188,7 @@ class _Track:
     series: BoundedSeries
     info: SiteInfo | None = None
     segment_start: float = -math.inf
+    splice_from: float = -math.inf  # first of the latest burst of discontinuities
     typical_dt: float = 0.0
     state: _TrackState = "none"
     streak: int = 0  # consecutive leak verdicts
@@ -291,6 +292,8 @@ class Detector:
         """Judge ``signal``'s series only from ``t`` on (e.g. tracemalloc was restarted)."""
         self._restarted[signal] = max(self._restarted.get(signal, -math.inf), t)
         for track in self._groups.get(signal, {}).values():
+            if t - track.segment_start > self.params.gap_s:
+                track.splice_from = t  # a new burst (several marks while soakd's tables grow)
             track.segment_start = max(track.segment_start, t)
 
     def _evict(self, group: dict[str, _Track], limit: int, now: float) -> None:
@@ -341,7 +344,7 @@ class Detector:
             return p.warmup_floor_s if now >= p.warmup_floor_s + p.warmup_settle_s else None
         vp = self._heap_vp if signal == "heap" else self._native_vp
         ts, ys = track.series.window(-math.inf, now)
-        ys = _splice(ts, ys, track.segment_start)
+        ts, ys = _splice(ts, ys, track.splice_from, track.segment_start)
         end = warmup_end(
             ts,
             ys,
@@ -680,18 +683,21 @@ def _prescreen(
     return None
 
 
-def _splice(ts: list[float], ys: list[float], at: float) -> list[float]:
-    """Values with the step at a discontinuity ``at`` removed (later values shifted).
+def _splice(
+    ts: list[float], ys: list[float], start: float, end: float
+) -> tuple[list[float], list[float]]:
+    """The series without its samples in [start, end) and with the step across them removed.
 
-    For the warm-up decision, which looks at the whole series: soakd's own tables stepping up
+    For the warm-up decision, which looks at the whole series: soakd's own tables growing
     when tracing starts must not read as a level still warming up.
     """
-    cut = next((i for i, t in enumerate(ts) if t >= at), len(ts))
-    if cut < 3 or len(ts) - cut < 3:
-        return ys
+    cut = next((i for i, t in enumerate(ts) if t >= start), len(ts))
+    resume = next((i for i, t in enumerate(ts) if t >= end), len(ts))
+    if cut < 3 or len(ts) - resume < 3:
+        return ts, ys
     before = sorted(ys[cut - 3 : cut])[1]
-    after = sorted(ys[cut : cut + 3])[1]
-    return ys[:cut] + [y - (after - before) for y in ys[cut:]]
+    after = sorted(ys[resume : resume + 3])[1]
+    return ts[:cut] + ts[resume:], ys[:cut] + [y - (after - before) for y in ys[resume:]]
 
 
 def _residual_noise(ts: list[float], ys: list[float], max_points: int) -> float:

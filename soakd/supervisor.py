@@ -41,6 +41,7 @@ from soakd.sinks.notify import Notifier, child_environment
 from soakd.sinks.store import SampleStore
 
 Job = Callable[[], Awaitable[None]]
+TABLES_SETTLE_S = 12.0  # the agent's own tables grow over its first groupings after tracing starts
 FAST_SITES_S = 60.0  # sites sampled at the heap cadence this long after tracing starts
 STALL_ENV = "SOAKD_FAULT_STALL_SAMPLING_AFTER"  # test hook: process sampling hangs after N s
 
@@ -552,6 +553,10 @@ class Supervisor:
             await self._sample_sites(role)
         finally:
             self._sites_ops += 1
+        if self.now() - self.tracing_since < TABLES_SETTLE_S:
+            # The agent's site-resolution tables grow with its first groupings: the heap
+            # level is judged from after them.
+            self._feed("discontinuity", "heap", self.now())
 
     async def _sample_sites(self, role: str) -> None:
         if self.snapshots_taken == 0 and role == "latest":
@@ -626,9 +631,6 @@ class Supervisor:
             if suspicious or unattributed:
                 await self.set_tracing(True, "suspicion")
                 await self.sample_sites()
-                # The agent's own tables (site resolution caches) step up with the first
-                # grouping: the heap level is judged from after it.
-                self._feed("discontinuity", "heap", self.now())
 
     def _emit_finding(self, f: Finding) -> None:
         level = "warning" if f.state == "confirmed" else "info"
