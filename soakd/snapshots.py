@@ -46,6 +46,7 @@ __all__ = [
     "Snapshot",
     "SnapshotSite",
     "diff_snapshots",
+    "group_sites",
     "read_snapshot",
     "write_snapshot",
 ]
@@ -106,7 +107,7 @@ class Snapshot:
 
     def by_site(self) -> list[SnapshotSite]:
         """Entries merged per site (file:line), largest first; keeps the largest traceback."""
-        return _group(self.sites, "line")
+        return group_sites(self.sites, "line")
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,8 +212,8 @@ def diff_snapshots(
     """
     if group_by not in ("line", "traceback"):
         raise ValueError(f"group_by must be 'line' or 'traceback', got {group_by!r}")
-    before = {_key(s, group_by): s for s in _group(a.sites, group_by)}
-    after = {_key(s, group_by): s for s in _group(b.sites, group_by)}
+    before = {_key(s, group_by): s for s in group_sites(a.sites, group_by)}
+    after = {_key(s, group_by): s for s in group_sites(b.sites, group_by)}
     rows: list[DiffRow] = []
     for key in before.keys() | after.keys():
         old = before.get(key)
@@ -244,7 +245,8 @@ def _key(site: SnapshotSite, group_by: GroupBy) -> str | tuple[str, ...]:
     return site.site if group_by == "line" else site.traceback
 
 
-def _group(sites: Iterable[SnapshotSite], group_by: GroupBy) -> list[SnapshotSite]:
+def group_sites(sites: Iterable[SnapshotSite], group_by: GroupBy) -> list[SnapshotSite]:
+    """Entries merged per site or traceback, largest first; the heaviest entry represents it."""
     merged: dict[str | tuple[str, ...], list[Any]] = {}
     for s in sites:
         key = _key(s, group_by)

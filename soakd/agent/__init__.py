@@ -111,7 +111,7 @@ class Agent:
             "tracing": True,
         }
         if snapshot_path is not None:
-            from soakd.snapshots import Snapshot, SnapshotSite, write_snapshot
+            from soakd.snapshots import Snapshot, write_snapshot
 
             started = time.perf_counter()
             snapshot = Snapshot(
@@ -120,10 +120,7 @@ class Agent:
                 role=role,
                 traced_bytes=groups.traced_bytes,
                 frames=min(tracemalloc.get_traceback_limit(), 1000),
-                sites=tuple(
-                    SnapshotSite(g.site, g.traceback, g.line, g.size, g.count)
-                    for g in groups.by_traceback[:SNAPSHOT_SITES]
-                ),
+                sites=tuple(groups.by_traceback[:SNAPSHOT_SITES]),
             )
             del groups
             result["snapshot_path"] = os.fspath(write_snapshot(snapshot_path, snapshot))

@@ -22,9 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
 
 import soakd
+from soakd.snapshots import SnapshotSite, group_sites
 
 __all__ = ["SiteGroup", "SiteResolver", "TraceGroups", "collect_traces", "default_excluded"]
 
@@ -52,24 +52,9 @@ def default_excluded() -> tuple[tuple[str, ...], tuple[str, ...]]:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class SiteGroup:
-    """Live allocations sharing one site (or one traceback)."""
-
-    site: str
-    traceback: tuple[str, ...]
-    line: str | None
-    size: int
-    count: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "site": self.site,
-            "traceback": list(self.traceback),
-            "line": self.line,
-            "size": self.size,
-            "count": self.count,
-        }
+# One definition for the agent's groups and the snapshot file's entries: the agent writes its
+# groups into snapshots as they are.
+SiteGroup = SnapshotSite
 
 
 class SiteResolver:
@@ -165,22 +150,7 @@ class TraceGroups:
 
     def by_site(self) -> list[SiteGroup]:
         """Merge traceback groups per site, largest first; the heaviest traceback represents it."""
-        merged: dict[str, list[Any]] = {}
-        for g in self.by_traceback:
-            acc = merged.get(g.site)
-            if acc is None:
-                merged[g.site] = [g, g.size, g.count]
-            else:
-                if g.size > acc[0].size:
-                    acc[0] = g
-                acc[1] += g.size
-                acc[2] += g.count
-        out = [
-            SiteGroup(g.site, g.traceback, g.line, size, count)
-            for g, size, count in merged.values()
-        ]
-        out.sort(key=lambda g: (-g.size, g.site))
-        return out
+        return group_sites(self.by_traceback, "line")
 
 
 def collect_traces(resolver: SiteResolver) -> TraceGroups:
