@@ -204,3 +204,22 @@ def test_warmup_waits_for_data_and_is_capped() -> None:
     assert warmup_end([], [], 60.0, 600.0) == 600.0
     with pytest.raises(ValueError, match='"max_s" must be >= floor_s'):
         warmup_end(ts, ys, 60.0, 30.0)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_cache_still_filling_ever_slower_is_plateau(seed: int) -> None:
+    # A cache over a bounded key space, 90–250 s into its fill (τ = 125 s): still growing
+    # at a third of its first rate, visibly slowing down.
+    v = judge(
+        lambda t, r: BASE + 400e3 * (1.0 - math.exp(-(t + 90.0) / 125.0)) + r.gauss(0, 3e3),
+        seed,
+        duration=160.0,
+    )
+    assert v.pattern == "plateau" and "slowing" in v.reason, v.reason
+
+
+@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize(("duration", "noise"), [(60.0, 2e3), (160.0, 20e3), (600.0, 50e3)])
+def test_steady_leak_is_never_called_slowing(seed: int, duration: float, noise: float) -> None:
+    v = judge(lambda t, r: BASE + 10e3 * t + r.gauss(0, noise), seed, duration=duration)
+    assert v.is_leak, v.reason

@@ -45,6 +45,8 @@ class VerdictParams:
     step_fraction: float = 0.6  # one jump carrying this share of the rise → step
     drop_fraction: float = 0.5  # a fall of this share of the range → a flush (sawtooth)
     noise_ratio: float = 2.0  # growth must be this many robust noise σ
+    # Second half's slope below this × the first half's, their intervals apart → saturating.
+    decel_ratio: float = 0.75
     # Longer windows are averaged into this many time bins (bounds the O(n²) statistics).
     max_points: int = 120
 
@@ -55,7 +57,7 @@ class VerdictParams:
             raise ValueError(f'"alpha" must be in (0, 0.5): {self.alpha}')
         if self.max_points < self.min_points:
             raise ValueError(f'"max_points" must be >= min_points: {self.max_points}')
-        for name in ("plateau_ratio", "step_fraction", "drop_fraction"):
+        for name in ("plateau_ratio", "step_fraction", "drop_fraction", "decel_ratio"):
             value = getattr(self, name)
             if not 0.0 < value < 1.0:
                 raise ValueError(f'"{name}" must be in (0, 1): {value}')
@@ -159,6 +161,11 @@ def classify(
         tail = theil_sen([bt[i] for i in third], [by[i] for i in third], 1.0 - params.alpha)
         if tail.slope < max(params.plateau_ratio * fit.slope, params.min_slope):
             return verdict("plateau", "growth has stopped in the last third of the window")
+    slowing = _deceleration(bt, by, params)
+    if slowing is not None:
+        return verdict(
+            "plateau", f"growth slowing down (second half at {slowing:.0%} of the first): filling"
+        )
 
     if fit.slope_low <= params.min_slope:
         return verdict(
@@ -169,6 +176,25 @@ def classify(
     if growth < params.noise_ratio * noise:
         return verdict("noise", f"growth {growth:.3g} within {params.noise_ratio:g}σ of noise")
     return verdict("leak", f"sustained growth, p={mk.p_value:.2g}")
+
+
+def _deceleration(ts: Sequence[float], ys: Sequence[float], params: VerdictParams) -> float | None:
+    """Second-half slope over the first half's when growth clearly slows down, else None.
+
+    A cache over a bounded key space fills ever slower (each new key is rarer); a leak at a
+    steady load grows at a steady rate. Both halves' slope intervals must lie apart.
+    """
+    mid = (ts[0] + ts[-1]) / 2.0
+    first = [i for i, t in enumerate(ts) if t < mid]
+    second = [i for i, t in enumerate(ts) if t >= mid]
+    if len(first) < params.min_points or len(second) < params.min_points:
+        return None
+    conf = 1.0 - params.alpha
+    a = theil_sen([ts[i] for i in first], [ys[i] for i in first], conf)
+    b = theil_sen([ts[i] for i in second], [ys[i] for i in second], conf)
+    if a.slope <= 0.0 or b.slope_high >= a.slope_low or b.slope >= params.decel_ratio * a.slope:
+        return None
+    return max(b.slope, 0.0) / a.slope
 
 
 def _noise_sigma(ys: Sequence[float]) -> float:
