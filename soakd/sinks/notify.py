@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from soakd.sinks.base import RunObserver
+from soakd.units import format_size
 
 __all__ = [
     "NOTIFY_ENV",
@@ -117,15 +118,6 @@ def _duration(seconds: float) -> str:
     return f"{sec}s"
 
 
-def _size(n: float) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(value) < 1024.0 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024.0
-    return f"{value:.1f} GiB"  # unreachable: the loop returns at GiB
-
-
 def format_status(
     elapsed_s: float,
     iterations: int | None,
@@ -141,7 +133,7 @@ def format_status(
             text += f" ({errors} errors)"
         parts.append(text)
     if rss_bytes is not None:
-        parts.append(f"worker rss {_size(rss_bytes)}")
+        parts.append(f"worker rss {format_size(rss_bytes)}")
     parts.append(f"verdict so far: {verdict}")
     line = ", ".join(parts).replace("\n", " ").replace("\r", " ")
     return line[:_MAX_STATUS]
