@@ -322,7 +322,9 @@ def _emit_table(lines: list[str], path: list[str], table: Mapping[str, Any]) -> 
     tables: list[tuple[str, Mapping[str, Any]]] = []
     arrays: list[tuple[str, list[Mapping[str, Any]]]] = []
     for key, value in table.items():
-        if isinstance(value, Mapping):
+        # Inside an array-of-tables item a table stays inline: a [a.b] header there would need
+        # the item's path, and "[]" in ``path`` only marks the item for messages.
+        if isinstance(value, Mapping) and "[]" not in path:
             tables.append((key, value))
         elif (
             isinstance(value, list | tuple)
@@ -344,7 +346,8 @@ def _emit_table(lines: list[str], path: list[str], table: Mapping[str, Any]) -> 
 
 def _key(key: object) -> str:
     text = str(key)
-    return text if _BARE_KEY.match(text) else _string(text)
+    # fullmatch: with match, "$" would also accept a key that ends in a newline.
+    return text if _BARE_KEY.fullmatch(text) else _string(text)
 
 
 def _string(text: str) -> str:

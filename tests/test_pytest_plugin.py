@@ -99,6 +99,14 @@ def test_to_toml_round_trips_anything_toml_can_hold(doc: dict[str, Any]) -> None
     assert tomllib.loads(to_toml(doc)) == doc
 
 
+def test_to_toml_keeps_tables_inside_arrays_of_tables_and_quotes_keys_ending_in_newline() -> None:
+    doc = {
+        "rules": [{"metric": "rss_bytes", "labels": {"team": "a"}}, {"nested": {"b": {}}}],
+        "a\n": {"x\n": 1},
+    }
+    assert tomllib.loads(to_toml(doc)) == doc
+
+
 def test_to_toml_names_the_value_it_cannot_write() -> None:
     with pytest.raises(SoakUsageError, match=r"target\.options\.x = None cannot be written"):
         to_toml({"target": {"options": {"x": None}}})
