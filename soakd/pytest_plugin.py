@@ -94,6 +94,7 @@ __all__ = [
     "short_soak_profile",
     "soak_spec",
     "to_toml",
+    "toml_value",
 ]
 
 DEFAULT_DURATION_S = 30.0
@@ -316,6 +317,11 @@ def to_toml(data: Mapping[str, Any]) -> str:
     lines: list[str] = []
     _emit_table(lines, [], data)
     return "\n".join(lines) + "\n"
+
+
+def toml_value(value: object) -> str:
+    """One value as inline TOML (what ``soakd run --set KEY=VALUE`` takes as VALUE)."""
+    return _value(value, [])
 
 
 def _emit_table(lines: list[str], path: list[str], table: Mapping[str, Any]) -> None:

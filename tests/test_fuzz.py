@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
-import math
 import os
 import pickle
 import re
@@ -26,6 +25,7 @@ from hypothesis import strategies as st
 
 from soakd.cli import main
 from soakd.config import METRICS, Config
+from soakd.pytest_plugin import to_toml, toml_value
 from tests.conftest import run_soakd, write_config
 
 FUZZ = settings(
@@ -33,58 +33,6 @@ FUZZ = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-
-
-# -- a small TOML writer (the stdlib only reads TOML) ---------------------------------------
-
-
-def toml_string(text: str) -> str:
-    out = json.dumps(text, ensure_ascii=False)  # JSON escapes are valid TOML basic-string escapes
-    return out.replace("\x7f", "\\u007f")  # ...but TOML also forbids a raw DEL
-
-
-def toml_key(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else toml_string(key)
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        return toml_string(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(type(value))
-
-
-def to_toml(doc: dict[str, Any]) -> str:
-    """Top-level tables as ``[section]``, lists of tables as ``[[name]]``, the rest inline."""
-    lines = [f"{toml_key(k)} = {toml_value(v)}" for k, v in doc.items() if not _table(v)]
-    for key, value in doc.items():
-        if isinstance(value, dict):
-            lines.append(f"[{toml_key(key)}]")
-            lines += [f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items()]
-        elif _table(value):
-            for item in value:
-                lines.append(f"[[{toml_key(key)}]]")
-                lines += [f"{toml_key(k)} = {toml_value(v)}" for k, v in item.items()]
-    return "\n".join(lines) + "\n"
-
-
-def _table(value: Any) -> bool:
-    return isinstance(value, dict) or (
-        isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
-    )
 
 
 # -- strategies ----------------------------------------------------------------------------
