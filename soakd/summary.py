@@ -139,6 +139,10 @@ def _leak_entry(event: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _unreadable_store(run_dir: Path, exc: sqlite3.DatabaseError) -> CommandError:
+    return CommandError(f"samples.db in {run_dir} is not a readable soakd store: {exc}")
+
+
 def _iso(epoch: float) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat().replace("+00:00", "Z")
 
@@ -157,9 +161,7 @@ def build_summary(
         last_t = reader.last_t() or 0.0
         latest_wl_t = reader.last_workload_t() or 0.0
     except sqlite3.DatabaseError as exc:
-        raise CommandError(
-            f"samples.db in {run_dir} is not a readable soakd store: {exc}"
-        ) from None
+        raise _unreadable_store(run_dir, exc) from None
     finally:
         reader.close()
     try:
@@ -239,9 +241,7 @@ def build_summary(
         rss_points = reader.buckets("rss_bytes", since) or reader.buckets("rss_bytes", 0.0)
         heap_points = reader.buckets("heap_bytes", since) or reader.buckets("heap_bytes", 0.0)
     except sqlite3.DatabaseError as exc:
-        raise CommandError(
-            f"samples.db in {run_dir} is not a readable soakd store: {exc}"
-        ) from None
+        raise _unreadable_store(run_dir, exc) from None
     finally:
         reader.close()
     summary: dict[str, Any] = {
