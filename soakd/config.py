@@ -24,6 +24,12 @@ Size = Annotated[int, BeforeValidator(parse_size)]
 JSONScalar = str | int | float | bool
 
 
+def _must_be_positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError(f"must be > 0, got {value}")
+    return value
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -84,12 +90,7 @@ class RunConfig(_Model):
     worker_log_limit: Size = 1024 * 1024  # bytes of target stdout/stderr kept in worker.log
     worker_memory_limit: Size | None = None  # RLIMIT_AS on the worker (tests, hard caps)
 
-    @field_validator("duration", "start_timeout")
-    @classmethod
-    def _positive(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError(f"must be > 0, got {value}")
-        return value
+    _positive = field_validator("duration", "start_timeout")(_must_be_positive)
 
 
 class ThinkTime(_Model):
@@ -145,12 +146,7 @@ class WorkloadConfig(_Model):
             return [{"text": q} if isinstance(q, str) else q for q in value]
         return value
 
-    @field_validator("timeout", "interval")
-    @classmethod
-    def _positive(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError(f"must be > 0, got {value}")
-        return value
+    _positive = field_validator("timeout", "interval")(_must_be_positive)
 
 
 TracingMode = Literal["always", "on-suspicion", "off"]
