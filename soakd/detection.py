@@ -471,7 +471,8 @@ class Detector:
             return v
         settled = self._restarted.get("site", -math.inf) + self.params.tracing_settle_s
         rss = self._slope("rss", max(start, settled), now)
-        if rss is not None and rss >= share * v.slope:
+        # RSS creeps by itself (allocator): only growth above suspicion's bar corroborates.
+        if rss is not None and rss >= max(share * v.slope, self._suspect_rss_vp.min_slope):
             return v
         return replace(
             v,

@@ -41,7 +41,6 @@ from soakd.sinks.notify import Notifier, child_environment
 from soakd.sinks.store import SampleStore
 
 Job = Callable[[], Awaitable[None]]
-TABLES_SETTLE_S = 12.0  # the agent's own tables grow over its first groupings after tracing starts
 FAST_SITES_S = 60.0  # sites sampled at the heap cadence this long after tracing starts
 STALL_ENV = "SOAKD_FAULT_STALL_SAMPLING_AFTER"  # test hook: process sampling hangs after N s
 
@@ -120,6 +119,7 @@ class Supervisor:
         self.tracing_since = 0.0
         self._last_sites_t = -math.inf
         self._sites_ops = 0  # site samples started + finished: odd while one runs
+        self._agent_blocks = 0.0  # blocks the agent's groupings kept (its own tables)
         self.snapshots_taken = 0
         self.overhead_bytes = 0.0
         self.iterations = 0
@@ -513,7 +513,8 @@ class Supervisor:
         # bytes restart at zero, then rise as replaced entries get traced: not growth).
         if judged and "heap_blocks" in values:
             block_bytes = self.detector.params.block_bytes
-            self._feed("heap", "heap", t, values["heap_blocks"] * block_bytes)
+            blocks = values["heap_blocks"] - self._agent_blocks
+            self._feed("heap", "heap", t, blocks * block_bytes)
         elif judged and "heap_bytes" in values:
             self._feed("heap", "heap", t, values["heap_bytes"])
         if "tasks" in values:
@@ -548,15 +549,24 @@ class Supervisor:
         if not self.tracing:
             return
         self._last_sites_t = self.now()
+        # The agent's own tables (resolved tracebacks) grow with its first groupings: blocks
+        # a grouping leaves behind are soakd's, not the target's, and are left out of the
+        # heap level the detector judges.
+        measure = self.now() - self.tracing_since < FAST_SITES_S
+        before = await self._heap_blocks() if measure else None
         self._sites_ops += 1  # odd while a grouping runs in the worker
         try:
             await self._sample_sites(role)
         finally:
             self._sites_ops += 1
-        if self.now() - self.tracing_since < TABLES_SETTLE_S:
-            # The agent's site-resolution tables grow with its first groupings: the heap
-            # level is judged from after them.
-            self._feed("discontinuity", "heap", self.now())
+        after = await self._heap_blocks() if before is not None else None
+        if before is not None and after is not None:
+            self._agent_blocks += after - before
+
+    async def _heap_blocks(self) -> float | None:
+        result = await self._ask("heap", self.config.sampling.job_timeout)
+        value = result.get("heap_blocks") if isinstance(result, dict) else None
+        return float(value) if isinstance(value, int | float) else None
 
     async def _sample_sites(self, role: str) -> None:
         if self.snapshots_taken == 0 and role == "latest":
@@ -631,6 +641,8 @@ class Supervisor:
             if suspicious or unattributed:
                 await self.set_tracing(True, "suspicion")
                 await self.sample_sites()
+                # Modules the first grouping imports (snapshot writer, gzip) step the level up.
+                self._feed("discontinuity", "heap", self.now())
 
     def _emit_finding(self, f: Finding) -> None:
         level = "warning" if f.state == "confirmed" else "info"
@@ -673,10 +685,14 @@ class Supervisor:
                 ("sample_sites", self._sample_sites_due, min(s.sites_interval, s.heap_interval)),
                 ("analyze", self.analyze, s.analysis_interval),
             ]
+        # Site samples halfway between heap samples: a heap sample taken during a grouping
+        # (the agent's temporary blocks) is not judged, and must not be every one of them.
+        offsets = {"sample_sites": dt.timedelta(seconds=s.heap_interval / 2)}
         for name, job, every in jobs:
+            start = first + offsets.get(name, dt.timedelta())
             scheduler.add_job(
                 self._bounded(name, job), "interval", seconds=every, id=name, name=name,
-                next_run_time=first, max_instances=1, coalesce=True,
+                start_date=start, next_run_time=start, max_instances=1, coalesce=True,
                 misfire_grace_time=max(1, int(every)),
             )  # fmt: skip
 

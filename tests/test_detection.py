@@ -511,3 +511,22 @@ def test_heap_step_at_a_discontinuity_does_not_hold_back_the_warmup_end() -> Non
     assert det.warmup_end() is None
     det.analyze(200.0)
     assert det.warmup_end() == 60.0
+
+
+def test_allocator_creep_does_not_corroborate_a_small_turnover_site() -> None:
+    # Keys of a full LRU cache replaced at 20/s (560 B/s at their line since tracing started)
+    # while RSS creeps 3 KB/s and the block count is flat: not a leak.
+    det = Detector()
+    run = Run(det)
+    rng = random.Random(11)
+    feeds = flat_process(rss=noisy(RSS0, 4e3, rate=3 * KB))
+    for i in range(0, 401):
+        t = float(i)
+        for (signal, key), feed in feeds.items():
+            det.add(signal, key, t, float(feed(t, rng) or 0.0))
+        if t >= 90.0 and i % 2 == 0:
+            new = min(t - 90.0, 250.0) * 20.0
+            det.add("site", SITE, t, new * 28.0, SITE_INFO, new)
+        if i % 10 == 0:
+            run.changes.extend((t, f) for f in det.analyze(t))
+    assert [f.key for _, f in run.changes if f.state == "confirmed"] == []
