@@ -51,6 +51,9 @@ class LatencyHistogram:
 
     def __init__(self) -> None:
         self._buckets = array("Q", bytes(8 * _NBUCKETS))
+        self._clear_totals()
+
+    def _clear_totals(self) -> None:
         self._count = 0
         self._sum = 0.0
         self._min = math.inf
@@ -101,12 +104,7 @@ class LatencyHistogram:
         b = self._buckets
         for i in range(self._lo, self._hi + 1):
             b[i] = 0
-        self._count = 0
-        self._sum = 0.0
-        self._min = math.inf
-        self._max = 0.0
-        self._lo = _NBUCKETS
-        self._hi = -1
+        self._clear_totals()
 
     def copy(self) -> LatencyHistogram:
         out = LatencyHistogram()
