@@ -52,13 +52,13 @@ class Scenario:
     leaky: bool
     what: str  # one line for the table
     kind: str | None = None  # expected leak kind
-    # Also right: a leak of class instances at one line is a heap leak at that line (soakd
-    # reports the site and lists the growing type as evidence, by design).
-    also: tuple[str, ...] = ()
     marker: str | None = None  # ``# LEAK[marker]`` line: the expected site (heap leaks)
     onset_s: float = 0.0  # when the leak starts (late onset)
     duration_s: float = 300.0
     options: dict[str, Any] = field(default_factory=dict)
+    # Also right: a leak of class instances at one line is a heap leak at that line (soakd
+    # reports the site and lists the growing type as evidence, by design).
+    also: tuple[str, ...] = ()
 
 
 # Rates at 20 queries/s; "B/q" is bytes kept per query (object headers included).
