@@ -84,7 +84,7 @@ class SiteResolver:
         return kind
 
     def _classify(self, filename: str) -> int:
-        if filename.startswith(("<frozen", "<unknown>")):
+        if filename.startswith("<"):  # <frozen ...>, <unknown>, <string> (namedtuple, dataclass)
             return 1
         path = self._absolute(filename)
         if path.startswith(_AGENT_DIR):
