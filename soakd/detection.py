@@ -103,7 +103,7 @@ class DetectionParams:
     gap_s: float = 60.0  # a pause in a series at least this long (and 5× its interval) restarts it
     # Suspicion (it only turns tracing on) is judged from the warm-up floor on, on this short a
     # window, before the warm-up end is decided: the site then has data by the time it is.
-    suspect_window_s: float = 30.0
+    suspect_window_s: float = 20.0
     # RSS growth that raises suspicion: far below the native bar, above most allocator creep.
     suspect_rss_slope_bytes_per_h: float = 16.0 * _MIB
     # Site series are exact (traced bytes at one line): a shorter window suffices.
