@@ -549,11 +549,10 @@ class Supervisor:
         if not self.tracing:
             return
         self._last_sites_t = self.now()
-        # The agent's own tables (resolved tracebacks) grow with its first groupings: blocks
-        # a grouping leaves behind are soakd's, not the target's, and are left out of the
-        # heap level the detector judges.
-        measure = self.now() - self.tracing_since < FAST_SITES_S
-        before = await self._heap_blocks() if measure else None
+        # The agent's own tables (resolved tracebacks) grow as groupings meet new tracebacks,
+        # fast at first, then slowly for minutes: blocks a grouping leaves behind are soakd's,
+        # not the target's, and are left out of the heap level the detector judges.
+        before = await self._heap_blocks()
         self._sites_ops += 1  # odd while a grouping runs in the worker
         try:
             await self._sample_sites(role)
