@@ -345,13 +345,10 @@ class Detector:
         vp = self._heap_vp if signal == "heap" else self._native_vp
         ts, ys = track.series.window(-math.inf, now)
         ts, ys = _splice(ts, ys, track.splice_from, track.segment_start)
+        # A sample or two short of the span is enough: samples and analyses tick separately.
+        span = max(p.warmup_settle_s - 2.0 * track.typical_dt, 0.75 * p.warmup_settle_s)
         end = warmup_end(
-            ts,
-            ys,
-            p.warmup_floor_s,
-            p.warmup_max_s,
-            min_span_s=p.warmup_settle_s,
-            min_slope=vp.min_slope,
+            ts, ys, p.warmup_floor_s, p.warmup_max_s, min_span_s=span, min_slope=vp.min_slope
         )
         if end < p.warmup_max_s or now >= p.warmup_max_s:
             return end
