@@ -642,6 +642,25 @@ class Supervisor:
                 await self.sample_sites()
                 # Modules the first grouping imports (snapshot writer, gzip) step the level up.
                 self._feed("discontinuity", "heap", self.now())
+        elif mode == "on-suspicion" and self.tracing:
+            await self._maybe_stop_tracing(now, suspicious, findings)
+
+    async def _maybe_stop_tracing(
+        self, now: float, suspicious: bool, findings: list[Finding]
+    ) -> None:
+        """On suspicion, trace until the suspect is attributed or cleared: tracing costs a lot."""
+        # long enough for a dozen site samples and two of the detector's shortest windows
+        hold = max(
+            12 * self.config.sampling.sites_interval, min(120.0, self.config.detection.window)
+        )
+        if now - self.tracing_since < hold or suspicious:
+            return
+        if any(f.kind in ("heap", "objects") and (f.state == "suspected" or f.site is None)
+               for f in findings):  # fmt: skip
+            return
+        attributed = any(f.kind == "heap" and f.site for f in findings)
+        await self.set_tracing(False, "attributed" if attributed else "cleared")
+        self._feed("discontinuity", "heap", self.now())
 
     def _emit_finding(self, f: Finding) -> None:
         level = "warning" if f.state == "confirmed" else "info"

@@ -1,0 +1,40 @@
+"""tracemalloc on suspicion: it starts when something grows and stops once the leak has a site."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import events, run_soakd, write_config
+
+
+@pytest.mark.slow
+def test_tracing_starts_on_suspicion_and_stops_once_the_leak_is_attributed(tmp_path: Path) -> None:
+    cfg = write_config(
+        tmp_path,
+        """
+[target]
+factory = "simple_targets:Leaky"
+options = { kb = 20 }
+[detection]
+warmup = "5s"
+warmup_max = "20s"
+window = "20s"
+confirm_after = 2
+""",
+    )
+    run = tmp_path / "run"
+    proc = run_soakd("run", "-c", str(cfg), "-d", "75s", "--run-dir", str(run), cwd=tmp_path)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    evs = events(run)
+    started = [e for e in evs if e["event"] == "tracing.started"]
+    stopped = [e for e in evs if e["event"] == "tracing.stopped"]
+    confirmed = [e for e in evs if e["event"] == "leak.confirmed" and e["site"]]
+    assert started and started[0]["reason"] == "suspicion"
+    assert confirmed and confirmed[0]["site"].endswith("simple_targets.py:34")
+    assert stopped and stopped[0]["reason"] == "attributed"
+    assert started[0]["t"] < confirmed[0]["t"] < stopped[0]["t"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["leaks"][0]["site"].endswith("simple_targets.py:34")  # still reported
