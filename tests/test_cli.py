@@ -244,3 +244,30 @@ def test_a_worker_whose_loop_blocks_is_reported_as_stalled(tmp_path: Path) -> No
     assert "workload.stalled" in event_names(run)
     assert summary["workload_stalls"] == 1
     assert proc.returncode in (0, 5)
+
+
+@pytest.mark.slow
+def test_open_model_counts_missed_starts_and_classifies_error_events(tmp_path: Path) -> None:
+    cfg = write_config(
+        tmp_path, '[target]\nfactory = "simple_targets:Echo"\noptions = { delay_s = 0.2 }\n'
+    )
+    run = tmp_path / "run"
+    proc = run_soakd(
+        "run", "-c", str(cfg), "-d", "4s", "--run-dir", str(run),
+        "--set", "workload.rate=50", "--set", "workload.max_concurrency=2", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    wl = _summary(run)["workload"]
+    assert isinstance(wl, dict)
+    # 50/s offered, at most 2 in flight of 0.2 s each (≤ 10/s): most arrivals cannot start
+    assert wl["missed_starts"] > wl["iterations"] > 0
+
+    cfg2 = write_config(
+        tmp_path, '[target]\nfactory = "rule_targets:Phased"\noptions = { bad_from = 0.0 }\n'
+    )
+    run2 = tmp_path / "run2"
+    proc = run_soakd("run", "-c", str(cfg2), "-d", "3s", "--run-dir", str(run2), cwd=tmp_path)
+    wl2 = _summary(run2)["workload"]
+    assert isinstance(wl2, dict)
+    assert wl2["errors"] == wl2["iterations"] > 0
+    assert wl2["errors_by_class"] == {"error_event:backend_down": wl2["errors"]}
