@@ -400,7 +400,9 @@ class Detector:
                 # Computed only now: most series are screened out above and never need it.
                 floor = _residual_noise(ts, ys, vp.max_points)
             sub = classify(sub_ts, sub_ys, vp, noise_floor=floor)
-            if sub.is_leak and _new_high(ys[:first], sub_ys):
+            # A leak that starts late makes the newest part grow faster than the whole window;
+            # a structure still filling (a pool turning over since tracing started) slower.
+            if sub.is_leak and sub.slope > full.slope and _new_high(ys[:first], sub_ys):
                 return sub
         return full
 
