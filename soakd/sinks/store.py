@@ -34,6 +34,8 @@ class SampleStore:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        # append-only: a small page cache is enough, and it bounds the supervisor's memory
+        self._db.execute("PRAGMA cache_size=-1024")
         self._db.executescript(SCHEMA)
         self._known_sites: set[str] = set()
 
