@@ -67,7 +67,7 @@ _HOUR = 3600.0
 # Sub-windows (fractions of the window, newest part) also judged, for leaks that start late.
 _SUB_WINDOWS = (0.5, 0.25)
 # Most certain first: a site names the line; counts of OS resources are unambiguous.
-_KIND_RANK: dict[str, int] = {
+KIND_RANK: dict[str, int] = {
     "heap": 0,
     "native": 2,
     "fds": 3,
@@ -721,7 +721,7 @@ def _new_high(before: list[float], recent: list[float]) -> bool:
 
 def _certainty(f: Finding) -> tuple[int, int, float, float]:
     """Sort key: confirmed first, then kind; most-grown first for bytes, lowest p for counts."""
-    rank = _KIND_RANK[f.kind] + (1 if f.kind == "heap" and f.site is None else 0)
+    rank = KIND_RANK[f.kind] + (1 if f.kind == "heap" and f.site is None else 0)
     if f.unit == "bytes":
         return (0 if f.state == "confirmed" else 1, rank, -f.growth, f.p_value)
     return (0 if f.state == "confirmed" else 1, rank, f.p_value, -f.growth)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from soakd import rundir
+from soakd.detection import KIND_RANK
 from soakd.errors import (
     EXIT_ABORTED,
     EXIT_INTERNAL,
@@ -35,7 +36,6 @@ VERDICT_EXIT = {
     "target_failed": EXIT_TARGET_FAILED,
     "error": EXIT_INTERNAL,
 }
-KIND_PRIORITY = {"heap": 0, "native": 2, "fds": 3, "tasks": 4, "threads": 5, "objects": 6}
 MAX_EVENT_LINE = 1024 * 1024
 _PCT = ("p50", "p90", "p99", "max")
 
@@ -106,7 +106,7 @@ def leak_sort_key(leak: Mapping[str, Any]) -> tuple[float, float]:
     """Most certain first, as the detector orders findings: kind (an attributed heap site before
     the bare heap level), then most grown for bytes or lowest p-value for counts."""
     kind = str(leak.get("kind"))
-    rank = KIND_PRIORITY.get(kind, 9) + (0.5 if kind == "heap" and not leak.get("site") else 0)
+    rank = KIND_RANK.get(kind, 9) + (0.5 if kind == "heap" and not leak.get("site") else 0)
     if leak.get("unit") == "count":
         return (rank, _num(leak.get("p_value"), 1.0))
     return (rank, -_num(leak.get("growth")))
@@ -349,7 +349,7 @@ def validate_summary(summary: Mapping[str, Any]) -> list[str]:
             problems.append(f"memory.{key} missing")
     for i, leak in enumerate(summary.get("leaks") or []):
         problems += [f"leaks[{i}].{k} missing" for k in _LEAK if k not in leak]
-        if leak.get("kind") not in KIND_PRIORITY:
+        if leak.get("kind") not in KIND_RANK:
             problems.append(f"leaks[{i}].kind {leak.get('kind')!r} unknown")
     for i, breach in enumerate(summary.get("breaches") or []):
         problems += [f"breaches[{i}].{k} missing" for k in _BREACH if k not in breach]

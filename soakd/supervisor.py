@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import logging
 import math
 import os
@@ -912,7 +911,3 @@ async def _exited(proc: asyncio.subprocess.Process, poll: float = 0.05) -> int:
     while (code := proc.returncode) is None:
         await anyio.sleep(poll)
     return code
-
-
-def dump_config(config: Config) -> str:
-    return json.dumps(config.model_dump(mode="json", by_alias=True), indent=2)
