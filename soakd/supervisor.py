@@ -31,7 +31,7 @@ from soakd import rundir, summary
 from soakd.channel import Channel, ChannelClosed, Message, WorkerLink
 from soakd.config import Config
 from soakd.detection import DetectionParams, Detector, Finding, SiteInfo
-from soakd.errors import EXIT_INTERNAL, CommandError
+from soakd.errors import EXIT_INTERNAL, EXIT_USAGE, CommandError
 from soakd.rules import RuleEngine, rules_from_config
 from soakd.sinks.alerts import AlertSender
 from soakd.sinks.base import RunObserver
@@ -855,6 +855,7 @@ class Supervisor:
         )
 
     exit_code = EXIT_INTERNAL
+    summary_error: str | None = None
     ended = 0.0
     ready_t = 0.0
 
@@ -880,8 +881,14 @@ class Supervisor:
             s["worker_log_dropped_bytes"] = self.worker_log.dropped
             if self.job_failures:
                 s["job_failures"] = dict(self.job_failures)
-            summary.write_summary(self.run_dir.path, s)
             verdict = str(s["verdict"])
+            summary.write_summary(self.run_dir.path, s)
+        except OSError as exc:  # a full or broken disk: say so plainly, exit 2 (as at start)
+            self.summary_error = (
+                f"cannot write summary.json in the run directory {self.run_dir.path}: "
+                f"{exc.strerror or exc}; free space or choose another --run-dir"
+            )
+            self.emit("summary.failed", "error", error=f"{type(exc).__name__}: {exc}")
         except Exception as exc:
             self.emit("summary.failed", "error", error=f"{type(exc).__name__}: {exc}")
         try:
@@ -891,6 +898,9 @@ class Supervisor:
         except Exception as exc:
             self.emit("report.failed", "error", error=f"{type(exc).__name__}: {exc}")
         self.exit_code = summary.VERDICT_EXIT[verdict]
+        if self.summary_error is not None:
+            print(f"soakd: error: {self.summary_error}", file=sys.stderr, flush=True)
+            self.exit_code = EXIT_USAGE
         self.emit("run.finished", verdict=verdict, exit_code=self.exit_code,
                   duration_s=round(duration, 3), ended_at=final["ended_at"],
                   leaks=len(s.get("leaks", [])), breaches=len(s.get("breaches", [])))  # fmt: skip
