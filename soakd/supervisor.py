@@ -734,7 +734,8 @@ class Supervisor:
             await obs.start()
         self.emit("run.started", target=self.target_name, run_dir=str(self.run_dir.path),
                   duration_s=self.duration, pid=os.getpid())  # fmt: skip
-        logging.getLogger("apscheduler").setLevel(logging.ERROR)  # overruns are job.failed events
+        # job failures and overruns are job.failed events; shutdown cancels jobs in flight
+        logging.getLogger("apscheduler").setLevel(logging.CRITICAL)
         scheduler = AsyncIOScheduler()
         try:
             async with anyio.create_task_group() as tg:
