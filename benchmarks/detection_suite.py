@@ -38,6 +38,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+from soakd import rundir  # noqa: E402
+
 SCENARIOS_DIR = Path(__file__).resolve().parent / "scenarios"
 TARGETS_FILE = SCENARIOS_DIR / "targets.py"
 RATE = 20  # must match scenarios/targets.py RATE
@@ -162,16 +165,7 @@ def scenario_duration(scenario: Scenario, fast: bool) -> float:
 
 
 def read_events(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "events.jsonl"
-    out: list[dict[str, Any]] = []
-    if not path.exists():
-        return out
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass  # the line being written
-    return out
+    return list(rundir.read_events(run_dir / rundir.EVENTS))
 
 
 def expected_confirmed(scenario: Scenario, event: dict[str, Any], site: str | None) -> bool:

@@ -457,19 +457,23 @@ class Detector:
         """
         if not v.is_leak or track.counts is None:
             return v
+        p = self.params
         start = now - v.duration_s
         cts, cys = track.counts.window(start, now)
         if len(cts) < 4 or cts[-1] == cts[0]:
             return v
-        share = self.params.corroboration
+        share = p.corroboration
         site_blocks = theil_sen(*downsample(cts, cys, self._heap_vp.max_points)).slope
-        heap = self._slope("heap", start, now)
+        # The process must still grow in the newest part: a cache that filled while the site's
+        # window began (and turns over since) grew the process early on, then no more.
+        recent = max(start, now - max(v.duration_s / 2.0, p.site_min_window_s))
+        heap = self._slope("heap", recent, now)
         if heap is None and "rss" not in self._groups:
             return v  # nothing to compare with (e.g. an agent without process numbers)
-        if heap is not None and heap >= share * site_blocks * self.params.block_bytes:
+        if heap is not None and heap >= share * site_blocks * p.block_bytes:
             return v
-        settled = self._restarted.get("site", -math.inf) + self.params.tracing_settle_s
-        rss = self._slope("rss", max(start, settled), now)
+        settled = self._restarted.get("site", -math.inf) + p.tracing_settle_s
+        rss = self._slope("rss", max(recent, settled), now)
         # RSS creeps by itself (allocator): only growth above suspicion's bar corroborates.
         if rss is not None and rss >= max(share * v.slope, self._suspect_rss_vp.min_slope):
             return v
@@ -647,8 +651,10 @@ class Detector:
             return False
         if any(t.active for t in self._groups.get("site", {}).values()):
             return False
-        warmup = self._warmup if self._warmup is not None else p.warmup_floor_s
         window = min(p.suspect_window_s, p.min_window_s)
+        # Until the warm-up end is decided, the window just before now: waiting for a full
+        # window after the floor would start tracing (and so attribution) that much later.
+        warmup = self._warmup if self._warmup is not None else now - window
         levels: tuple[tuple[SignalKind, VerdictParams], ...] = (
             ("heap", self._heap_vp),
             ("rss", self._suspect_rss_vp),

@@ -452,8 +452,8 @@ class Growth:
 
 def measure_growth(run_dir: Path, rounds: int) -> Growth:
     """RSS growth over rounds 2..N (or the whole workload span when ``rounds`` is 1)."""
+    from soakd.rundir import read_events
     from soakd.sinks.store import StoreReader
-    from soakd.summary import read_events
 
     try:
         reader = StoreReader(run_dir / "samples.db")

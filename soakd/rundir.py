@@ -8,6 +8,7 @@ import os
 import secrets
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ SAMPLES = "samples.db"
 SNAPSHOTS = "snapshots"
 CONFIG = "config.json"
 WORKER_LOG = "worker.log"
+MAX_EVENT_LINE = 1 << 20  # one event line; longer lines are skipped, not read whole
 
 
 @dataclass(frozen=True)
@@ -116,3 +118,40 @@ def write_json_atomic(path: Path, data: Any) -> None:
         with contextlib.suppress(OSError):  # a full disk must not leave a temp file per write
             tmp.unlink(missing_ok=True)
         raise
+
+
+def iter_events(path: Path) -> Iterator[dict[str, Any] | None]:
+    """Each line of events.jsonl as a dict, or None for a line that is not a JSON object."""
+    try:
+        fh = path.open("rb")
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise CommandError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with fh:
+        while True:
+            line = fh.readline(MAX_EVENT_LINE)
+            if not line:
+                return
+            if not line.endswith(b"\n") and len(line) >= MAX_EVENT_LINE:
+                while line and not line.endswith(b"\n"):  # skip the rest of an overlong line
+                    line = fh.readline(MAX_EVENT_LINE)
+                yield None
+                continue
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except (ValueError, RecursionError):
+                yield None  # e.g. the last line, cut short by a SIGKILL
+                continue
+            if isinstance(obj, dict) and isinstance(obj.get("event"), str):
+                yield obj
+            else:
+                yield None
+
+
+def read_events(path: Path) -> Iterator[dict[str, Any]]:
+    """The readable events of events.jsonl; a file that cannot be read has none."""
+    with contextlib.suppress(CommandError):
+        yield from (event for event in iter_events(path) if event is not None)

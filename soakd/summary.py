@@ -12,7 +12,7 @@ import errno
 import json
 import math
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,28 +36,7 @@ VERDICT_EXIT = {
     "target_failed": EXIT_TARGET_FAILED,
     "error": EXIT_INTERNAL,
 }
-MAX_EVENT_LINE = 1024 * 1024
 _PCT = ("p50", "p90", "p99", "max")
-
-
-def read_events(path: Path) -> Iterator[dict[str, Any]]:
-    """Events from events.jsonl; torn, oversized or non-object lines are skipped."""
-    try:
-        fh = path.open("rb")
-    except OSError:
-        return
-    with fh:
-        while line := fh.readline(MAX_EVENT_LINE + 1):
-            if len(line) > MAX_EVENT_LINE:
-                while line and not line.endswith(b"\n"):  # skip the rest of a huge line
-                    line = fh.readline(MAX_EVENT_LINE)
-                continue
-            try:
-                event = json.loads(line)
-            except (ValueError, RecursionError):  # torn line, huge int, absurd nesting
-                continue
-            if isinstance(event, dict) and isinstance(event.get("event"), str):
-                yield event
 
 
 def _num(value: Any, default: float = 0.0) -> float:
@@ -90,16 +69,10 @@ def _workload(totals: Mapping[str, Any], duration_s: float) -> dict[str, Any]:
 
 
 def slope_per_h(points: list[tuple[float, float]], since: float = 0.0) -> float:
-    """Robust (Theil–Sen) slope per hour of the points at or after ``since``."""
-    from soakd.analysis.trend import theil_sen
+    """Robust (Theil–Sen) slope per hour of the points at or after ``since``; 0 when unknown."""
+    from soakd.analysis.trend import slope_per_hour
 
-    pts = [p for p in points if p[0] >= since] or points
-    if len(pts) < 3:
-        return 0.0
-    step = max(1, len(pts) // 300)  # O(n²) pairs: bound the work for 24 h of 1 Hz samples
-    sample = pts[::step]
-    fit = theil_sen([t for t, _ in sample], [v for _, v in sample])
-    return float(fit.slope * 3600.0)
+    return slope_per_hour([p for p in points if p[0] >= since] or points) or 0.0
 
 
 def leak_sort_key(leak: Mapping[str, Any]) -> tuple[float, float]:
@@ -184,7 +157,7 @@ def build_summary(
     warmup_end: float | None = None
     last_event_t = 0.0
     stalls = 0
-    for ev in read_events(run_dir / rundir.EVENTS):
+    for ev in rundir.read_events(run_dir / rundir.EVENTS):
         name = ev["event"]
         last_event_t = max(last_event_t, _num(ev.get("t")))
         key = (str(ev.get("kind")), str(ev.get("key", ev.get("site") or ev.get("type"))))

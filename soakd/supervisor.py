@@ -29,7 +29,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from soakd import rundir, summary
 from soakd.channel import Channel, ChannelClosed, Message, WorkerLink
-from soakd.config import Config
+from soakd.config import Config, SamplingConfig
 from soakd.detection import DetectionParams, Detector, Finding, SiteInfo
 from soakd.errors import EXIT_INTERNAL, EXIT_USAGE, CommandError
 from soakd.rules import RuleEngine, rules_from_config
@@ -42,6 +42,12 @@ from soakd.sinks.store import SampleStore
 Job = Callable[[], Awaitable[None]]
 FAST_SITES_S = 60.0  # sites sampled at the heap cadence this long after tracing starts
 STALL_ENV = "SOAKD_FAULT_STALL_SAMPLING_AFTER"  # test hook: process sampling hangs after N s
+
+
+def _fast_analysis(s: SamplingConfig) -> float:
+    """The analysis cadence while a verdict is near: twice the usual, no faster than heap
+    samples arrive."""
+    return min(s.analysis_interval, max(s.heap_interval, s.analysis_interval / 2))
 
 
 def detection_params(config: Config) -> DetectionParams:
@@ -117,8 +123,12 @@ class Supervisor:
         self.tracing = False
         self.tracing_since = 0.0
         self._last_sites_t = -math.inf
+        self._last_analysis_t = -math.inf
+        self._suspected = False  # a finding awaits confirmation (or clearing)
         self._sites_ops = 0  # site samples started + finished: odd while one runs
-        self._agent_blocks = 0.0  # blocks the agent's groupings kept (its own tables)
+        # soakd's own small blocks in the worker (the agent's tables), as its last grouping
+        # counted them from the traces: left out of the heap level the detector judges.
+        self._agent_blocks = 0.0
         self.snapshots_taken = 0
         self.overhead_bytes = 0.0
         self.iterations = 0
@@ -548,23 +558,11 @@ class Supervisor:
         if not self.tracing:
             return
         self._last_sites_t = self.now()
-        # The agent's own tables (resolved tracebacks) grow as groupings meet new tracebacks,
-        # fast at first, then slowly for minutes: blocks a grouping leaves behind are soakd's,
-        # not the target's, and are left out of the heap level the detector judges.
-        before = await self._heap_blocks()
         self._sites_ops += 1  # odd while a grouping runs in the worker
         try:
             await self._sample_sites(role)
         finally:
             self._sites_ops += 1
-        after = await self._heap_blocks() if before is not None else None
-        if before is not None and after is not None:
-            self._agent_blocks += after - before
-
-    async def _heap_blocks(self) -> float | None:
-        result = await self._ask("heap", self.config.sampling.job_timeout)
-        value = result.get("heap_blocks") if isinstance(result, dict) else None
-        return float(value) if isinstance(value, int | float) else None
 
     async def _sample_sites(self, role: str) -> None:
         if self.snapshots_taken == 0 and role == "latest":
@@ -589,6 +587,11 @@ class Supervisor:
                        SiteInfo(site=key, traceback=tb, line=site.get("line")),
                        float(site["count"]))  # fmt: skip
         values["traced_bytes"] = float(result.get("traced_bytes", 0.0))
+        # Counted by the agent from the traces, so that the target's allocations made while
+        # the grouping ran stay in the heap level (measuring blocks around the grouping from
+        # here took them out too, and hid a leak when a loaded box made groupings slow).
+        self._agent_blocks = float(result.get("own_blocks", self._agent_blocks))
+        values["agent_blocks"] = self._agent_blocks
         values["heap_pause_s"] = float(result.get("pause_s", 0.0))
         self._record(t, values)
         self.emit("snapshot.saved", path=str(path), role=role,
@@ -610,8 +613,28 @@ class Supervisor:
             del self._pending[:100_000]
         self._pending.append(sample)
 
+    async def _analyze_due(self) -> None:
+        """The scheduled analysis: twice as often while a verdict is near.
+
+        That is while the warm-up end is being decided, for a while after tracing starts (the
+        suspect's site gets its first verdicts) and while a finding is suspected: confirming it
+        takes ``confirm_after`` analyses, which at the slow cadence add most of the time to
+        detection. Persistence still spans that many analyses, each with fresh samples.
+        """
+        s = self.config.sampling
+        now = self.now()
+        fast = (
+            self._suspected
+            or (not self.warmup_reported and now >= self.config.detection.warmup)
+            or (self.tracing and now - self.tracing_since < FAST_SITES_S)
+        )
+        every = _fast_analysis(s) if fast else s.analysis_interval
+        if now - self._last_analysis_t >= 0.9 * every:  # 10 %: scheduler jitter
+            await self.analyze()
+
     async def analyze(self) -> None:
         now = self.now()
+        self._last_analysis_t = now
         batch, self._pending = self._pending, []
         detector = self.detector
 
@@ -625,6 +648,7 @@ class Supervisor:
             return changes, detector.warmup_end(), detector.suspicious(now), detector.findings()
 
         changes, warmup, suspicious, findings = await anyio.to_thread.run_sync(work)
+        self._suspected = any(f.state == "suspected" for f in findings)
         if not self.warmup_reported and warmup is not None:
             self.warmup_reported = True
             self.emit("detection.warmup_end", warmup_end_s=round(warmup, 3))
@@ -700,7 +724,7 @@ class Supervisor:
                 ("sample_heap", self.sample_heap, s.heap_interval),
                 ("sample_types", self.sample_types, s.types_interval),
                 ("sample_sites", self._sample_sites_due, min(s.sites_interval, s.heap_interval)),
-                ("analyze", self.analyze, s.analysis_interval),
+                ("analyze", self._analyze_due, _fast_analysis(s)),
             ]
         # Site samples halfway between heap samples: a heap sample taken during a grouping
         # (the agent's temporary blocks) is not judged, and must not be every one of them.

@@ -400,16 +400,18 @@ def test_params_validated() -> None:
         DetectionParams(confirm_after=0)
 
 
-def test_suspicion_from_the_floor_on_a_short_window() -> None:
-    # Judged on 20 s from the floor on, before the warm-up end is decided (at floor + settle).
+def test_suspicion_at_the_floor_on_the_window_just_before() -> None:
+    # Judged at the floor on the 20 s before it, long before the warm-up end is decided (at
+    # floor + settle): tracing starts then, so the site has data by the time judging begins.
     det = Detector()
-    simulate(flat_process(heap=noisy(HEAP0, 5e3, rate=10 * KB)), 80.0, detector=det, every=100.0)
+    simulate(flat_process(heap=noisy(HEAP0, 5e3, rate=10 * KB)), 60.0, detector=det, every=100.0)
     assert det.warmup_end() is None
-    assert det.suspicious(80.0)
+    assert not det.suspicious(59.0)  # never before the floor
+    assert det.suspicious(60.0)
     for seed in range(5):
         flat = Detector()
         simulate(flat_process(), 80.0, detector=flat, every=100.0, seed=seed)
-        assert not flat.suspicious(80.0)
+        assert not flat.suspicious(60.0) and not flat.suspicious(80.0)
 
 
 def test_rss_growth_raises_suspicion_far_below_the_native_bar() -> None:
@@ -462,6 +464,27 @@ def test_turnover_at_a_site_is_not_a_leak() -> None:
     assert run.at("confirmed") == []
     verdict = det.last_verdict("site", SITE)
     assert verdict is not None and not verdict.is_leak
+
+
+def test_cache_filling_as_tracing_starts_raises_no_alarm() -> None:
+    # An LRU cache fills at 20 entries/s until 110 s, then holds. Tracing starts at 60 s: its
+    # site grows until every entry is one made since (160 s). The process grew with it only
+    # until 110 s, so a site window reaching back into the fill must not count as corroborated.
+    det = Detector()
+    run = Run(det)
+    rng = random.Random(13)
+    fill = lambda t: 20.0 * min(max(t - 10.0, 0.0), 100.0)  # noqa: E731  (entries held)
+    feeds = flat_process(heap=lambda t, r: HEAP0 + fill(t) * 2 * 80.0 + r.gauss(0, 2e3))
+    for i in range(0, 301):
+        t = float(i)
+        for (signal, key), feed in feeds.items():
+            det.add(signal, key, t, float(feed(t, rng) or 0.0))
+        if t >= 60.0 and i % 2 == 0:
+            new = min((t - 60.0) * 20.0, 2000.0)  # entries allocated since tracing started
+            det.add("site", SITE, t, new * 1100.0, SITE_INFO, new)
+        if i % 5 == 0:
+            run.changes.extend((t, f) for f in det.analyze(t))
+    assert [(t, f.kind, f.state) for t, f in run.changes if f.state == "confirmed"] == []
 
 
 def test_large_blocks_leak_is_corroborated_by_rss_not_blocks() -> None:

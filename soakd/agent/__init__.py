@@ -83,6 +83,7 @@ class Agent:
 
         Returns ``{"sites": [{"site", "traceback", "line", "size", "count"}] (top max_sites by
         size), "traced_bytes", "overhead_bytes", "blocks", "skipped_bytes" (soakd's own),
+        "own_blocks" (soakd's own small blocks, which ``sys.getallocatedblocks()`` counts),
         "pause_s" (the GIL-holding copy), "group_s", "tracing"}``. ``t`` (seconds since the
         run started) is recorded in the snapshot.
         """
@@ -94,6 +95,7 @@ class Agent:
                 "overhead_bytes": tracemalloc.get_tracemalloc_memory(),
                 "blocks": 0,
                 "skipped_bytes": 0,
+                "own_blocks": 0,
                 "pause_s": 0.0,
                 "group_s": 0.0,
                 "tracing": False,
@@ -106,6 +108,7 @@ class Agent:
             "overhead_bytes": tracemalloc.get_tracemalloc_memory(),
             "blocks": groups.blocks,
             "skipped_bytes": groups.skipped_bytes,
+            "own_blocks": groups.own_blocks,
             "pause_s": groups.pause_s,
             "group_s": groups.group_s,
             "tracing": True,

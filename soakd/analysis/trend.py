@@ -150,6 +150,22 @@ def theil_sen(
     )
 
 
+def slope_per_hour(points: Sequence[tuple[float, float]], max_points: int = 300) -> float | None:
+    """Theil–Sen slope per hour of ``(t, value)`` points, or None for fewer than 3 points or
+    no time span. Thinned evenly to ``max_points`` first: the pairs are O(n²), and the slope
+    needs the shape, not every point (24 h of 1 Hz samples)."""
+    if len(points) < 3 or points[-1][0] <= points[0][0]:
+        return None
+    if len(points) > max_points:
+        step = len(points) / max_points
+        points = [points[int(i * step)] for i in range(max_points)] + [points[-1]]
+    try:
+        fit = theil_sen([t for t, _ in points], [v for _, v in points])
+    except ValueError:  # every timestamp equal
+        return None
+    return fit.slope * 3600.0
+
+
 def _sorted_median(xs: Sequence[float]) -> float:
     m = len(xs)
     mid = m // 2

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from soakd.analysis.trend import slope_per_hour
 from soakd.errors import CommandError
 from soakd.reporting.common import (
     EVENTS,
@@ -24,7 +24,6 @@ from soakd.reporting.common import (
     Store,
     breach_entries,
     check_run_dir,
-    iter_events,
     leak_entries,
     load_events,
     load_summary_file,
@@ -32,6 +31,7 @@ from soakd.reporting.common import (
     text,
 )
 from soakd.reporting.svg import Unit, format_value
+from soakd.rundir import iter_events
 from soakd.units import format_duration
 
 SLOPE_WINDOW_S = 600.0
@@ -49,28 +49,9 @@ def run_state(finished: bool, last_write_age_s: float | None) -> str:
 
 
 def slope_per_h(points: Sequence[tuple[float, float]]) -> tuple[float | None, str]:
-    """Slope per hour of ``points`` and the method: Theil–Sen when available, else OLS."""
-    if len(points) < 2 or points[-1][0] <= points[0][0]:
-        return None, "n/a"
-    if len(points) > MAX_SLOPE_POINTS:  # thin evenly: the estimate needs shape, not every point
-        step = len(points) / MAX_SLOPE_POINTS
-        points = [points[int(i * step)] for i in range(MAX_SLOPE_POINTS)] + [points[-1]]
-    ts = [t for t, _ in points]
-    ys = [v for _, v in points]
-    try:
-        from soakd.analysis.trend import theil_sen
-    except ImportError:
-        pass
-    else:
-        try:
-            return theil_sen(ts, ys).slope * 3600.0, "theil-sen"
-        except ValueError:
-            return None, "n/a"
-    n = len(ts)
-    mt, my = math.fsum(ts) / n, math.fsum(ys) / n
-    sxx = math.fsum((t - mt) ** 2 for t in ts)
-    sxy = math.fsum((t - mt) * (y - my) for t, y in zip(ts, ys, strict=True))
-    return (sxy / sxx * 3600.0 if sxx else None), "least-squares"
+    """Slope per hour of ``points`` and the method that gave it."""
+    slope = slope_per_hour(points, MAX_SLOPE_POINTS)
+    return (None, "n/a") if slope is None else (slope, "theil-sen")
 
 
 def _first_event_epoch(run_dir: Path) -> float | None:

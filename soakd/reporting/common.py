@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from soakd.errors import EXIT_USAGE, CommandError
 from soakd.reporting.svg import Bucket, Point, buckets_to_points, format_value
+from soakd.rundir import iter_events
 
 SUMMARY = "summary.json"
 EVENTS = "events.jsonl"
@@ -24,7 +25,6 @@ SAMPLES = "samples.db"
 CONFIG = "config.json"
 
 MAX_POINTS = 1500
-MAX_LINE_BYTES = 1 << 20  # one event line; longer lines are skipped, not read whole
 MAX_EVENTS = 200_000
 MAX_JSON_BYTES = 64 << 20
 MAX_SOURCE_BYTES = 8 << 20
@@ -108,37 +108,6 @@ def load_json_file(path: Path) -> Any:
     except (ValueError, RecursionError) as exc:
         # ValueError covers bad UTF-8, bad JSON and integers too long to convert
         raise CommandError(f"{path} is not valid JSON: {text(exc, 200)}") from None
-
-
-def iter_events(path: Path) -> Iterator[dict[str, Any] | None]:
-    """Each line of events.jsonl as a dict, or None for a line that is not a JSON object."""
-    try:
-        fh = path.open("rb")
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise CommandError(f"cannot read {path}: {exc.strerror or exc}") from None
-    with fh:
-        while True:
-            line = fh.readline(MAX_LINE_BYTES)
-            if not line:
-                return
-            if not line.endswith(b"\n") and len(line) >= MAX_LINE_BYTES:
-                while line and not line.endswith(b"\n"):  # skip the rest of an overlong line
-                    line = fh.readline(MAX_LINE_BYTES)
-                yield None
-                continue
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except (ValueError, RecursionError):
-                yield None  # e.g. the last line, cut short by a SIGKILL
-                continue
-            if isinstance(obj, dict) and isinstance(obj.get("event"), str):
-                yield obj
-            else:
-                yield None
 
 
 @dataclass(frozen=True)
