@@ -14,8 +14,9 @@ Decisions, in short:
   makes new highs (churn wanders within its range). The three tests share the significance
   level (Bonferroni).
 * A finding is ``suspected`` on the first leak verdict, ``confirmed`` after ``confirm_after``
-  consecutive ones, and ``cleared`` after ``confirm_after`` consecutive decisive non-leak
-  verdicts (a plateau reached, a flush seen). Windows without enough fresh data change nothing.
+  consecutive ones spanning at least a quarter of the shortest window judged, and ``cleared``
+  after ``confirm_after`` consecutive decisive non-leak verdicts (a plateau reached, a flush
+  seen). Windows without enough fresh data change nothing.
 * ``native``: RSS grows by at least ``min_native_slope_bytes_per_h`` more than the Python heap
   does, over at least ``native_min_window_s``: allocator creep (2–5 KB/s for minutes in a
   leak-free process) must not look like a leak.
@@ -56,7 +57,8 @@ __all__ = [
     "SiteInfo",
 ]
 
-SignalKind = Literal["rss", "heap", "site", "type", "fds", "threads", "tasks"]
+# ``malloc`` (bytes malloc has handed out) is kept to corroborate sites, never judged alone.
+SignalKind = Literal["rss", "heap", "malloc", "site", "type", "fds", "threads", "tasks"]
 LeakKind = Literal["heap", "native", "objects", "fds", "threads", "tasks"]
 FindingState = Literal["suspected", "confirmed", "cleared"]
 _TrackState = Literal["none", "suspected", "confirmed"]
@@ -192,6 +194,7 @@ class _Track:
     typical_dt: float = 0.0
     state: _TrackState = "none"
     streak: int = 0  # consecutive leak verdicts
+    streak_since: float = 0.0  # when the streak began
     misses: int = 0  # consecutive decisive non-leak verdicts while suspected/confirmed
     leak_analyses: int = 0
     first_detected_s: float = 0.0
@@ -438,8 +441,11 @@ class Detector:
             )
         return v
 
-    def _slope(self, signal: SignalKind, start: float, now: float) -> float | None:
-        """Theil–Sen slope (per second) of a level series (``signal`` is its own key)."""
+    def _slope(
+        self, signal: SignalKind, start: float, now: float, *, low: bool = False
+    ) -> float | None:
+        """Theil–Sen slope (per second) of a level series (``signal`` is its own key); with
+        ``low``, its lower 95 % bound: a small expected rate must not be met by noise alone."""
         track = self._groups.get(signal, {}).get(signal)
         if track is None:
             return None
@@ -447,13 +453,15 @@ class Detector:
         ts, ys = track.series.window(max(start, track.segment_start), now)
         if len(ts) < 4 or ts[-1] == ts[0]:
             return None
-        return theil_sen(*downsample(ts, ys, self._heap_vp.max_points)).slope
+        fit = theil_sen(*downsample(ts, ys, self._heap_vp.max_points))
+        return fit.slope_low if low else fit.slope
 
     def _site_verdict(self, track: _Track, v: SeriesVerdict, now: float) -> SeriesVerdict:
         """A site leak must show in the whole process: its blocks in the block count, or its
-        bytes in RSS. Tracing sees only blocks allocated since it started, so every structure
-        whose entries are replaced (a full LRU cache, a pool) seems to grow at its site until
-        all its entries are new ones, while the process stays flat.
+        bytes in malloc's bytes in use (in RSS where those are unknown). Tracing sees only blocks
+        allocated since it started, so every structure whose entries are replaced (a full LRU
+        cache, a pool) seems to grow at its site until all its entries are new ones, while the
+        process stays flat.
         """
         if not v.is_leak or track.counts is None:
             return v
@@ -467,16 +475,26 @@ class Detector:
         # The process must still grow in the newest part: a cache that filled while the site's
         # window began (and turns over since) grew the process early on, then no more.
         recent = max(start, now - max(v.duration_s / 2.0, p.site_min_window_s))
-        heap = self._slope("heap", recent, now)
-        if heap is None and "rss" not in self._groups:
+        heap = self._slope("heap", recent, now, low=True)
+        if heap is None and "rss" not in self._groups and "malloc" not in self._groups:
             return v  # nothing to compare with (e.g. an agent without process numbers)
         if heap is not None and heap >= share * site_blocks * p.block_bytes:
             return v
-        settled = self._restarted.get("site", -math.inf) + p.tracing_settle_s
-        rss = self._slope("rss", max(recent, settled), now)
-        # RSS creeps by itself (allocator): only growth above suspicion's bar corroborates.
-        if rss is not None and rss >= max(share * v.slope, self._suspect_rss_vp.min_slope):
-            return v
+        malloc = self._slope("malloc", recent, now, low=True)
+        if malloc is not None:
+            # Blocks over pymalloc's 512 B come from malloc, and its bytes in use are exact;
+            # small ones must show in the block count (malloc moves by more than they weigh).
+            large = cys[-1] > 0 and v.slope > 0 and (v.slope / max(site_blocks, 1e-9)) > 512.0
+            if large and malloc >= share * v.slope:
+                return v
+        else:
+            # Without malloc's numbers, RSS: it creeps by itself (allocator) and climbs with
+            # tracing's own work for a while, so only growth above suspicion's bar, once
+            # tracing has settled, corroborates.
+            settled = self._restarted.get("site", -math.inf) + p.tracing_settle_s
+            rss = self._slope("rss", max(recent, settled), now)
+            if rss is not None and rss >= max(share * v.slope, self._suspect_rss_vp.min_slope):
+                return v
         return replace(
             v,
             pattern="flat",
@@ -518,6 +536,11 @@ class Detector:
         heap_kind: tuple[SignalKind, ...] = ("site", "heap")
         return any(t.active for s in heap_kind for t in self._groups.get(s, {}).values())
 
+    def _confirm_span(self, signal: SignalKind) -> float:
+        """How long a streak of leak verdicts must last before it confirms a finding."""
+        _, min_window = self._params_for(signal)
+        return 0.25 * min(min_window, self.params.min_window_s)
+
     def _step(self, track: _Track, verdict: SeriesVerdict, now: float) -> FindingState | None:
         """Advance one track's state machine; returns the new state when it changed."""
         if not verdict.decisive:
@@ -525,17 +548,24 @@ class Detector:
         confirm = self.params.confirm_after
         if verdict.is_leak:
             track.streak += 1
+            if track.streak == 1:
+                track.streak_since = now
             track.misses = 0
             track.leak_verdict = verdict
+            # Persistence in time too, however often analyses run: a one-off step near the
+            # window's end reads as growth for a few analyses, until the flat part after it shows.
+            persisted = track.streak >= confirm and (
+                confirm == 1 or now - track.streak_since >= self._confirm_span(track.signal)
+            )
             if track.state == "none":
                 if track.signal == "type" and self._heap_active():
                     return None
-                track.state = "confirmed" if track.streak >= confirm else "suspected"
+                track.state = "confirmed" if persisted else "suspected"
                 track.first_detected_s = now
                 track.leak_analyses = 1
                 return track.state
             track.leak_analyses += 1
-            if track.state == "suspected" and track.streak >= confirm:
+            if track.state == "suspected" and persisted:
                 track.state = "confirmed"
                 return "confirmed"
             return None
@@ -595,7 +625,7 @@ class Detector:
             line = info.line if info is not None else None
         elif track.signal == "heap":
             kind, unit = "heap", "bytes"
-        elif track.signal == "rss":
+        elif track.signal == "rss" or track.signal == "malloc":  # (malloc is never judged)
             kind, unit = "native", "bytes"
         elif track.signal == "type":
             kind, type_name = "objects", track.key
@@ -641,10 +671,10 @@ class Detector:
         return len(self._groups.get(signal, {}))
 
     def suspicious(self, now: float) -> bool:
-        """True when heap, RSS or object counts rise and no allocation site explains it yet.
+        """True when heap, malloc, RSS or object counts rise and no site explains it yet.
 
         Meant for starting tracemalloc on suspicion: more eager than a confirmed finding (a
-        shorter window from the warm-up floor on; RSS at ``suspect_rss_slope_bytes_per_h``).
+        shorter window, from the floor on; malloc and RSS at ``suspect_rss_slope_bytes_per_h``).
         """
         p = self.params
         if now < p.warmup_floor_s:
@@ -657,6 +687,7 @@ class Detector:
         warmup = self._warmup if self._warmup is not None else now - window
         levels: tuple[tuple[SignalKind, VerdictParams], ...] = (
             ("heap", self._heap_vp),
+            ("malloc", self._suspect_rss_vp),  # large objects barely move the block count
             ("rss", self._suspect_rss_vp),
         )
         for signal, vp in levels:

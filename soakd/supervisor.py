@@ -526,6 +526,8 @@ class Supervisor:
             self._feed("heap", "heap", t, blocks * block_bytes)
         elif judged and "heap_bytes" in values:
             self._feed("heap", "heap", t, values["heap_bytes"])
+        if judged and "malloc_bytes" in values:  # tracemalloc's tables are malloc'd: not growth
+            self._feed("malloc", "malloc", t, values["malloc_bytes"] - self.overhead_bytes)
         if "tasks" in values:
             self._feed("tasks", "tasks", t, values["tasks"])
         self.rules.observe(t, values)
@@ -680,6 +682,11 @@ class Supervisor:
             return
         if any(f.kind in ("heap", "objects") and (f.state == "suspected" or f.site is None)
                for f in findings):  # fmt: skip
+            return
+        # A site found lately is watched a while longer: if it was only a structure turning over
+        # since tracing started, its growth stops and the finding is cleared. Once tracing stops
+        # no more site samples come, and a finding would stand as it is.
+        if any(f.site and now - f.first_detected_s < hold for f in findings):
             return
         attributed = any(f.kind == "heap" and f.site for f in findings)
         await self.set_tracing(False, "attributed" if attributed else "cleared")

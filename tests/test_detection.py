@@ -507,6 +507,38 @@ def test_large_blocks_leak_is_corroborated_by_rss_not_blocks() -> None:
     assert not [f for f in det.findings() if f.kind == "native"]
 
 
+def _large_block_site(malloc: Feed, rss: Feed) -> Run:
+    """A site gaining 10 KiB blocks (one a second since tracing started at 90 s): the block
+    count cannot corroborate it; malloc's bytes in use can, and RSS (here climbing 10 KB/s, as
+    tracing's own work makes it) must then not be asked."""
+    det = Detector()
+    run = Run(det)
+    rng = random.Random(7)
+    feeds = flat_process(rss=rss, malloc=malloc)
+    for i in range(0, 241):
+        t = float(i)
+        for (signal, key), feed in feeds.items():
+            det.add(signal, key, t, float(feed(t, rng) or 0.0))
+        if t >= 90.0 and i % 2 == 0:
+            det.add("site", SITE, t, 10 * KB * (t - 90.0), SITE_INFO, t - 90.0)
+        if i % 10 == 0:
+            run.changes.extend((t, f) for f in det.analyze(t))
+    return run
+
+
+def test_large_blocks_leak_is_corroborated_by_malloc() -> None:
+    run = _large_block_site(noisy(8e6, 2e3, rate=10 * KB), noisy(RSS0, 4e3, rate=10 * KB))
+    assert run.at("confirmed", SITE)
+
+
+def test_large_blocks_turnover_is_not_corroborated_by_rss_when_malloc_is_flat() -> None:
+    # A full cache of 10 KiB values replaced since tracing started: malloc's bytes stay flat.
+    run = _large_block_site(noisy(8e6, 2e3), noisy(RSS0, 4e3, rate=10 * KB))
+    assert run.at("suspected", SITE) == [] and run.at("confirmed", SITE) == []
+    verdict = run.detector.last_verdict("site", SITE)
+    assert verdict is not None and verdict.reason.startswith("turnover")
+
+
 def test_rss_climb_after_tracing_starts_does_not_hold_back_the_warmup_end() -> None:
     # RSS climbs 10 MB over the minute after tracing starts at 90 s (the agent's and
     # tracemalloc's tables), then is flat: the warm-up end comes from the heap level, and RSS
