@@ -25,8 +25,10 @@ Decisions, in short:
   (a leaked instance also leaks its ``dict``). Growing types are listed in the heap finding's
   evidence (``signals``) instead.
 * The heap-level finding (key ``heap``, no site) is hidden from :meth:`Detector.findings` while
-  a site finding is active: the site says the same thing more precisely. The supervisor feeds
-  the heap level as Python blocks × ``block_bytes``: continuous whether tracing or not.
+  a site finding is active: the site says the same thing more precisely. While sites are
+  traced and none has a finding, it waits ``attribution_wait_s`` before it is confirmed. The
+  supervisor feeds the heap level as Python blocks × ``block_bytes`` (soakd's own blocks left
+  out): continuous whether tracing or not.
 * ``site`` (``heap`` kind with a line): judged on windows from ``site_min_window_s`` (traced
   bytes at one line are exact), but a site leak must show in the process as a whole: its block
   rate in the process's block count, or its byte rate in RSS (once tracing has settled).
@@ -119,6 +121,11 @@ class DetectionParams:
     # RSS settles this long after tracing starts (tracemalloc and the agent's own tables grow):
     # before that, RSS cannot corroborate a site.
     tracing_settle_s: float = 60.0
+    # While sites are traced, a heap-level finding waits this long for one to explain it before
+    # it is confirmed on its own: a cache still filling shows at its exact site series as
+    # slowing down (no leak) while the noisier block count still looks straight. A leak spread
+    # thinly over many sites is confirmed after the wait.
+    attribution_wait_s: float = 120.0
 
     def __post_init__(self) -> None:
         if self.warmup_max_s < self.warmup_floor_s:
@@ -536,6 +543,18 @@ class Detector:
         heap_kind: tuple[SignalKind, ...] = ("site", "heap")
         return any(t.active for s in heap_kind for t in self._groups.get(s, {}).values())
 
+    def _awaiting_attribution(self, since: float, now: float) -> bool:
+        """True while sites are traced, none has a finding, and the wait has not run out."""
+        if now - since >= self.params.attribution_wait_s:
+            return False
+        sites = self._groups.get("site", {}).values()
+        if any(t.active for t in sites):
+            return False
+        return any(
+            (last := t.series.last) is not None and now - last[0] <= self.params.gap_s
+            for t in sites
+        )
+
     def _confirm_span(self, signal: SignalKind) -> float:
         """How long a streak of leak verdicts must last before it confirms a finding."""
         _, min_window = self._params_for(signal)
@@ -557,6 +576,9 @@ class Detector:
             persisted = track.streak >= confirm and (
                 confirm == 1 or now - track.streak_since >= self._confirm_span(track.signal)
             )
+            if persisted and track.signal == "heap":
+                since = track.first_detected_s if track.state != "none" else now
+                persisted = not self._awaiting_attribution(since, now)
             if track.state == "none":
                 if track.signal == "type" and self._heap_active():
                     return None

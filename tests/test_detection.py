@@ -507,6 +507,38 @@ def test_large_blocks_leak_is_corroborated_by_rss_not_blocks() -> None:
     assert not [f for f in det.findings() if f.kind == "native"]
 
 
+def _heap_growth_while_tracing(site: Feed) -> Run:
+    """The heap level grows 10 KB/s throughout; tracing from 60 s on sees ``site``."""
+    det = Detector()
+    run = Run(det)
+    rng = random.Random(17)
+    feeds = flat_process(heap=noisy(HEAP0, 5e3, rate=10 * KB))
+    for i in range(0, 401):
+        t = float(i)
+        for (signal, key), feed in feeds.items():
+            det.add(signal, key, t, float(feed(t, rng) or 0.0))
+        if t >= 60.0 and i % 2 == 0:
+            det.add("site", SITE, t, float(site(t, rng) or 0.0), SITE_INFO, 1000.0)
+        if i % 10 == 0:
+            run.changes.extend((t, f) for f in det.analyze(t))
+    return run
+
+
+def test_heap_level_waits_for_a_site_while_tracing() -> None:
+    # No traced site explains the growth (spread thinly over many lines): the heap-level
+    # finding is confirmed on its own, but only after the attribution wait.
+    run = _heap_growth_while_tracing(noisy(300e3, 2e3))
+    suspected, confirmed = run.at("suspected", "heap"), run.at("confirmed", "heap")
+    assert suspected and confirmed
+    assert confirmed[0] - suspected[0] >= DetectionParams().attribution_wait_s
+
+
+def test_heap_level_defers_to_the_leaking_site() -> None:
+    run = _heap_growth_while_tracing(lambda t, r: 10 * KB * (t - 60.0))
+    assert run.at("confirmed", SITE)
+    assert [f.key for f in run.detector.findings()] == [SITE]
+
+
 def _large_block_site(malloc: Feed, rss: Feed) -> Run:
     """A site gaining 10 KiB blocks (one a second since tracing started at 90 s): the block
     count cannot corroborate it; malloc's bytes in use can, and RSS (here climbing 10 KB/s, as
