@@ -23,6 +23,7 @@ SITE_INFO = SiteInfo(
 )
 
 Feed = Callable[[float, random.Random], float | None]
+SiteFeed = Callable[[float, random.Random], tuple[float, float]]  # SITE's (bytes, live blocks)
 
 
 @dataclass
@@ -48,19 +49,27 @@ def simulate(
     params: DetectionParams | None = None,
     detector: Detector | None = None,
     start: float = 0.0,
+    traced: tuple[float, SiteFeed] | None = None,
 ) -> Run:
-    """Feed samples every ``dt`` and analyse every ``every`` seconds of simulated time."""
+    """Feed samples every ``dt`` and analyse every ``every`` seconds of simulated time.
+
+    ``traced``: when tracing started and SITE's feed, sampled every 2 s from then on.
+    """
     rng = random.Random(seed)
     det = detector or Detector(params or DetectionParams())
     run = Run(det)
     steps = round((duration - start) / dt)
     per_analysis = max(1, round(every / dt))
+    per_site = max(1, round(2.0 / dt))
     for i in range(steps + 1):
         t = start + i * dt
         for (signal, key), feed in feeds.items():
             value = feed(t, rng)
             if value is not None:
                 det.add(signal, key, t, value, SITE_INFO if signal == "site" else None)
+        if traced is not None and t >= traced[0] and i % per_site == 0:
+            size, count = traced[1](t, rng)
+            det.add("site", SITE, t, size, SITE_INFO, count)
         if i % per_analysis == 0:
             run.changes.extend((t, f) for f in det.analyze(t))
     return run
@@ -428,18 +437,10 @@ def test_rss_growth_raises_suspicion_far_below_the_native_bar() -> None:
 
 def test_site_leak_confirmed_on_a_short_window_when_the_process_grows() -> None:
     # Tracing started at 90 s: the site has 30 s of data when the warm-up end is decided.
-    det = Detector()
     feeds = flat_process(heap=noisy(HEAP0, 2e3, rate=20 * 80.0))  # 20 blocks/s × 80 B
-    run = Run(det)
-    rng = random.Random(3)
-    for i in range(0, 171):
-        t = float(i)
-        for (signal, key), feed in feeds.items():
-            det.add(signal, key, t, float(feed(t, rng) or 0.0))
-        if t >= 90.0 and i % 2 == 0:
-            det.add("site", SITE, t, 10 * KB * (t - 90.0), SITE_INFO, 20.0 * (t - 90.0))
-        if i % 10 == 0:
-            run.changes.extend((t, f) for f in det.analyze(t))
+    site: SiteFeed = lambda t, r: (10 * KB * (t - 90.0), 20.0 * (t - 90.0))  # noqa: E731
+    run = simulate(feeds, 170.0, seed=3, traced=(90.0, site))
+    det = run.detector
     assert det.warmup_end() == 60.0
     confirmed = run.at("confirmed", SITE)
     assert confirmed and confirmed[0] <= 150.0  # within 90 s of the warm-up end
@@ -448,21 +449,13 @@ def test_site_leak_confirmed_on_a_short_window_when_the_process_grows() -> None:
 def test_turnover_at_a_site_is_not_a_leak() -> None:
     # A full LRU cache after tracing starts: its traced bytes rise until every entry is a new
     # one, while the block count and RSS of the process stay flat.
-    det = Detector()
-    run = Run(det)
-    rng = random.Random(5)
-    feeds = flat_process()
-    for i in range(0, 301):
-        t = float(i)
-        for (signal, key), feed in feeds.items():
-            det.add(signal, key, t, float(feed(t, rng) or 0.0))
-        if t >= 90.0 and i % 2 == 0:
-            new = min(t - 90.0, 200.0) * 20.0  # 4000 entries of 1 KiB, replaced at 20/s
-            det.add("site", SITE, t, new * 1100.0, SITE_INFO, new)
-        if i % 10 == 0:
-            run.changes.extend((t, f) for f in det.analyze(t))
+    def site(t: float, r: random.Random) -> tuple[float, float]:
+        new = min(t - 90.0, 200.0) * 20.0  # 4000 entries of 1 KiB, replaced at 20/s
+        return new * 1100.0, new
+
+    run = simulate(flat_process(), 300.0, seed=5, traced=(90.0, site))
     assert run.at("confirmed") == []
-    verdict = det.last_verdict("site", SITE)
+    verdict = run.detector.last_verdict("site", SITE)
     assert verdict is not None and not verdict.is_leak
 
 
@@ -470,71 +463,51 @@ def test_cache_filling_as_tracing_starts_raises_no_alarm() -> None:
     # An LRU cache fills at 20 entries/s until 110 s, then holds. Tracing starts at 60 s: its
     # site grows until every entry is one made since (160 s). The process grew with it only
     # until 110 s, so a site window reaching back into the fill must not count as corroborated.
-    det = Detector()
-    run = Run(det)
-    rng = random.Random(13)
     fill = lambda t: 20.0 * min(max(t - 10.0, 0.0), 100.0)  # noqa: E731  (entries held)
     feeds = flat_process(heap=lambda t, r: HEAP0 + fill(t) * 2 * 80.0 + r.gauss(0, 2e3))
-    for i in range(0, 301):
-        t = float(i)
-        for (signal, key), feed in feeds.items():
-            det.add(signal, key, t, float(feed(t, rng) or 0.0))
-        if t >= 60.0 and i % 2 == 0:
-            new = min((t - 60.0) * 20.0, 2000.0)  # entries allocated since tracing started
-            det.add("site", SITE, t, new * 1100.0, SITE_INFO, new)
-        if i % 5 == 0:
-            run.changes.extend((t, f) for f in det.analyze(t))
+
+    def site(t: float, r: random.Random) -> tuple[float, float]:
+        new = min((t - 60.0) * 20.0, 2000.0)  # entries allocated since tracing started
+        return new * 1100.0, new
+
+    run = simulate(feeds, 300.0, every=5.0, seed=13, traced=(60.0, site))
     assert [(t, f.kind, f.state) for t, f in run.changes if f.state == "confirmed"] == []
+
+
+def _ten_kib_a_second(t: float, r: random.Random) -> tuple[float, float]:
+    """A site gaining one 10 KiB block a second since tracing started at 90 s."""
+    return 10 * KB * (t - 90.0), t - 90.0
 
 
 def test_large_blocks_leak_is_corroborated_by_rss_not_blocks() -> None:
     # One 10 KiB block a second: the block rate is lost in the noise, RSS carries the growth;
     # and with the site explaining RSS, no native leak is reported.
-    det = Detector(DetectionParams(native_min_window_s=60.0, min_native_slope_bytes_per_h=MIB))
-    run = Run(det)
-    rng = random.Random(7)
+    params = DetectionParams(native_min_window_s=60.0, min_native_slope_bytes_per_h=MIB)
     feeds = flat_process(rss=noisy(RSS0, 4e3, rate=10 * KB))
-    for i in range(0, 241):
-        t = float(i)
-        for (signal, key), feed in feeds.items():
-            det.add(signal, key, t, float(feed(t, rng) or 0.0))
-        if t >= 90.0 and i % 2 == 0:
-            det.add("site", SITE, t, 10 * KB * (t - 90.0), SITE_INFO, t - 90.0)
-        if i % 10 == 0:
-            run.changes.extend((t, f) for f in det.analyze(t))
+    run = simulate(feeds, 240.0, seed=7, params=params, traced=(90.0, _ten_kib_a_second))
+    det = run.detector
     assert SITE in run.detector.findings()[0].key
     assert run.at("confirmed", SITE)
     assert not [f for f in det.findings() if f.kind == "native"]
 
 
-def _heap_growth_while_tracing(site: Feed) -> Run:
+def _heap_growth_while_tracing(site: SiteFeed) -> Run:
     """The heap level grows 10 KB/s throughout; tracing from 60 s on sees ``site``."""
-    det = Detector()
-    run = Run(det)
-    rng = random.Random(17)
     feeds = flat_process(heap=noisy(HEAP0, 5e3, rate=10 * KB))
-    for i in range(0, 401):
-        t = float(i)
-        for (signal, key), feed in feeds.items():
-            det.add(signal, key, t, float(feed(t, rng) or 0.0))
-        if t >= 60.0 and i % 2 == 0:
-            det.add("site", SITE, t, float(site(t, rng) or 0.0), SITE_INFO, 1000.0)
-        if i % 10 == 0:
-            run.changes.extend((t, f) for f in det.analyze(t))
-    return run
+    return simulate(feeds, 400.0, seed=17, traced=(60.0, site))
 
 
 def test_heap_level_waits_for_a_site_while_tracing() -> None:
     # No traced site explains the growth (spread thinly over many lines): the heap-level
     # finding is confirmed on its own, but only after the attribution wait.
-    run = _heap_growth_while_tracing(noisy(300e3, 2e3))
+    run = _heap_growth_while_tracing(lambda t, r: (300e3 + r.gauss(0.0, 2e3), 1000.0))
     suspected, confirmed = run.at("suspected", "heap"), run.at("confirmed", "heap")
     assert suspected and confirmed
     assert confirmed[0] - suspected[0] >= DetectionParams().attribution_wait_s
 
 
 def test_heap_level_defers_to_the_leaking_site() -> None:
-    run = _heap_growth_while_tracing(lambda t, r: 10 * KB * (t - 60.0))
+    run = _heap_growth_while_tracing(lambda t, r: (10 * KB * (t - 60.0), 1000.0))
     assert run.at("confirmed", SITE)
     assert [f.key for f in run.detector.findings()] == [SITE]
 
@@ -543,19 +516,8 @@ def _large_block_site(malloc: Feed, rss: Feed) -> Run:
     """A site gaining 10 KiB blocks (one a second since tracing started at 90 s): the block
     count cannot corroborate it; malloc's bytes in use can, and RSS (here climbing 10 KB/s, as
     tracing's own work makes it) must then not be asked."""
-    det = Detector()
-    run = Run(det)
-    rng = random.Random(7)
     feeds = flat_process(rss=rss, malloc=malloc)
-    for i in range(0, 241):
-        t = float(i)
-        for (signal, key), feed in feeds.items():
-            det.add(signal, key, t, float(feed(t, rng) or 0.0))
-        if t >= 90.0 and i % 2 == 0:
-            det.add("site", SITE, t, 10 * KB * (t - 90.0), SITE_INFO, t - 90.0)
-        if i % 10 == 0:
-            run.changes.extend((t, f) for f in det.analyze(t))
-    return run
+    return simulate(feeds, 240.0, seed=7, traced=(90.0, _ten_kib_a_second))
 
 
 def test_large_blocks_leak_is_corroborated_by_malloc() -> None:
@@ -604,17 +566,10 @@ def test_heap_step_at_a_discontinuity_does_not_hold_back_the_warmup_end() -> Non
 def test_allocator_creep_does_not_corroborate_a_small_turnover_site() -> None:
     # Keys of a full LRU cache replaced at 20/s (560 B/s at their line since tracing started)
     # while RSS creeps 3 KB/s and the block count is flat: not a leak.
-    det = Detector()
-    run = Run(det)
-    rng = random.Random(11)
+    def site(t: float, r: random.Random) -> tuple[float, float]:
+        new = min(t - 90.0, 250.0) * 20.0
+        return new * 28.0, new
+
     feeds = flat_process(rss=noisy(RSS0, 4e3, rate=3 * KB))
-    for i in range(0, 401):
-        t = float(i)
-        for (signal, key), feed in feeds.items():
-            det.add(signal, key, t, float(feed(t, rng) or 0.0))
-        if t >= 90.0 and i % 2 == 0:
-            new = min(t - 90.0, 250.0) * 20.0
-            det.add("site", SITE, t, new * 28.0, SITE_INFO, new)
-        if i % 10 == 0:
-            run.changes.extend((t, f) for f in det.analyze(t))
+    run = simulate(feeds, 400.0, seed=11, traced=(90.0, site))
     assert [f.key for _, f in run.changes if f.state == "confirmed"] == []
