@@ -30,8 +30,10 @@ Decisions, in short:
   supervisor feeds the heap level as Python blocks × ``block_bytes`` (soakd's own blocks left
   out): continuous whether tracing or not.
 * ``site`` (``heap`` kind with a line): judged on windows from ``site_min_window_s`` (traced
-  bytes at one line are exact), but a site leak must show in the process as a whole: its block
-  rate in the process's block count, or its byte rate in RSS (once tracing has settled).
+  bytes at one line are exact), but a site leak must show in the process as a whole, in the
+  newest part of its window: its block rate in the process's block count, or, for blocks
+  over 512 B, its byte rate in malloc's bytes in use (RSS, once tracing has settled, where
+  those are unknown).
   Tracing sees only blocks allocated since it started, so any structure whose entries are
   replaced (a full LRU cache, a pool) seems to grow at its site until all entries are new.
 * Suspicion (:meth:`Detector.suspicious`, which only turns tracing on) is judged from the
@@ -80,6 +82,8 @@ KIND_RANK: dict[str, int] = {
     "objects": 6,
 }
 _MAX_EVIDENCE = 8
+# CPython serves requests up to this size from pymalloc (counted as blocks), larger from malloc.
+_PYMALLOC_MAX_BYTES = 512.0
 
 
 @dataclass(frozen=True)
@@ -491,7 +495,7 @@ class Detector:
         if malloc is not None:
             # Blocks over pymalloc's 512 B come from malloc, and its bytes in use are exact;
             # small ones must show in the block count (malloc moves by more than they weigh).
-            large = cys[-1] > 0 and v.slope > 0 and (v.slope / max(site_blocks, 1e-9)) > 512.0
+            large = v.slope > _PYMALLOC_MAX_BYTES * max(site_blocks, 0.0)
             if large and malloc >= share * v.slope:
                 return v
         else:

@@ -550,11 +550,19 @@ class Supervisor:
         minute instead of several; later the slower ``sites_interval`` bounds the pauses.
         """
         s = self.config.sampling
-        now = self.now()
-        fast = now - self.tracing_since < FAST_SITES_S
+        fast = self._tracing_fresh(self.now())
         every = min(s.sites_interval, s.heap_interval) if fast else s.sites_interval
-        if now - self._last_sites_t >= 0.9 * every:  # 10 %: scheduler jitter
+        if self._due(self._last_sites_t, every):
             await self.sample_sites()
+
+    def _tracing_fresh(self, now: float) -> bool:
+        """Tracing started less than ``FAST_SITES_S`` ago: its sites get their first points."""
+        return self.tracing and now - self.tracing_since < FAST_SITES_S
+
+    def _due(self, last_t: float, every: float) -> bool:
+        """For jobs scheduled at their fastest cadence that run only when due at the current
+        one (10 % early is on time: scheduler jitter)."""
+        return self.now() - last_t >= 0.9 * every
 
     async def sample_sites(self, role: str = "latest") -> None:
         if not self.tracing:
@@ -628,10 +636,9 @@ class Supervisor:
         fast = (
             self._suspected
             or (not self.warmup_reported and now >= self.config.detection.warmup)
-            or (self.tracing and now - self.tracing_since < FAST_SITES_S)
+            or self._tracing_fresh(now)
         )
-        every = _fast_analysis(s) if fast else s.analysis_interval
-        if now - self._last_analysis_t >= 0.9 * every:  # 10 %: scheduler jitter
+        if self._due(self._last_analysis_t, _fast_analysis(s) if fast else s.analysis_interval):
             await self.analyze()
 
     async def analyze(self) -> None:

@@ -54,7 +54,10 @@ def _mallinfo2() -> Callable[[], _MallInfo2] | None:
 
 
 class HeapSampler:
-    """Heap level, block count, tracemalloc's own cost and gc state; ~0.1 ms per call."""
+    """Heap level, block count, malloc's bytes, tracemalloc's own cost and gc state.
+
+    ~0.1 ms per call, plus ``mallinfo2``'s walk of malloc's free lists (measured: 12 ms with
+    100k free chunks; far less in a usual heap)."""
 
     def __init__(self) -> None:
         self.mean_block = DEFAULT_MEAN_BLOCK
