@@ -15,17 +15,21 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from soakd.errors import EXIT_INTERNAL, SoakdError
+
 LINE_LIMIT = 32 * 1024 * 1024  # a sites response with long tracebacks can be a few MiB
 
 Message = dict[str, Any]
 
 
-class ChannelClosed(Exception):
+class ChannelClosed(SoakdError):
     """The peer went away."""
+
+    exit_code = EXIT_INTERNAL
 
 
 class Channel:
-    """One end of the socketpair, used from an asyncio loop."""
+    """One end of the socketpair, used from an asyncio loop; sends are serialised by a lock."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._reader = reader
@@ -69,7 +73,8 @@ class Channel:
 
 
 class WorkerLink:
-    """Supervisor side: request/response by id, other messages handed to ``on_message``."""
+    """Supervisor side of a :class:`Channel`: request/response by id, other messages handed to
+    ``on_message``; :meth:`pump` must run for answers to arrive."""
 
     def __init__(self, channel: Channel, on_message: Callable[[Message], None]) -> None:
         self._channel = channel

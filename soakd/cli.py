@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from collections.abc import Sequence
 
 from soakd import __version__
-from soakd.errors import EXIT_INTERNAL, CommandError
+from soakd.agent.env import ENV_DISABLED
+from soakd.commands import Command, check_config, compare, diff, report, run, status
+from soakd.errors import EXIT_INTERNAL, SoakdError
 
-COMMANDS = ("run", "check_config", "report", "diff", "compare", "status")
+# In the order of ``soakd --help``.
+COMMANDS: tuple[Command, ...] = (run, check_config, report, diff, compare, status)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,20 +23,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"soakd {__version__}")
     sub = parser.add_subparsers(dest="command_name", metavar="COMMAND")
     sub.required = True
-    for name in COMMANDS:
-        module = importlib.import_module(f"soakd.commands.{name}")
-        module.add_parser(sub)
+    for command in COMMANDS:
+        command.add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("SOAKD_AGENT_DISABLED", "1")  # soakd itself never serves an agent
+    os.environ.setdefault(ENV_DISABLED, "1")  # soakd itself never serves an agent
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)
         return code
-    except CommandError as exc:
+    except SoakdError as exc:
         print(f"soakd: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

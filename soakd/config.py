@@ -16,6 +16,8 @@ from pydantic import (
     model_validator,
 )
 
+# Re-exported: rules and sinks read the valid leak kinds from the config module.
+from soakd.detection.kinds import LEAK_KINDS as LEAK_KINDS
 from soakd.errors import ConfigError
 from soakd.units import parse_duration, parse_size
 
@@ -31,6 +33,8 @@ def _must_be_positive(value: float) -> float:
 
 
 class _Model(BaseModel):
+    """Base of every section: frozen, unknown keys rejected, aliases accepted."""
+
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
@@ -52,6 +56,8 @@ class HttpTarget(_Model):
 
 
 class TargetConfig(_Model):
+    """``[target]``: what is soaked: a factory and method, a scenario, or an HTTP endpoint."""
+
     factory: str | None = "soakd.reference:ReferenceAggregator"
     method: str = "process_query"
     scenario: str | None = None
@@ -84,6 +90,8 @@ class TargetConfig(_Model):
 
 
 class RunConfig(_Model):
+    """``[run]``: how long the soak lasts and the limits put on the worker."""
+
     duration: Duration = 600.0
     stop_timeout: Duration = 30.0  # in-flight iterations get this long to finish at stop
     start_timeout: Duration = 60.0  # worker import + factory must be ready within this
@@ -94,6 +102,8 @@ class RunConfig(_Model):
 
 
 class ThinkTime(_Model):
+    """``[workload.think_time]``: the pause each user takes between iterations."""
+
     distribution: Literal["none", "constant", "uniform", "exponential"] = "exponential"
     mean: Duration = 0.05
     min: Duration = 0.0
@@ -101,6 +111,8 @@ class ThinkTime(_Model):
 
 
 class Stage(_Model):
+    """One ``[[workload.stages]]`` step of a ramp: users or an arrival rate, held a while."""
+
     duration: Duration
     users: int | None = Field(default=None, ge=0, le=10_000)
     rate: float | None = Field(default=None, ge=0)
@@ -113,6 +125,8 @@ class Stage(_Model):
 
 
 class Query(_Model):
+    """One workload query with its kind (reported per kind) and its weight in the mix."""
+
     text: str = Field(min_length=1)
     kind: str = "default"
     weight: float = Field(default=1.0, gt=0)
@@ -126,6 +140,8 @@ DEFAULT_MILESTONES: dict[str, Matcher] = {
 
 
 class WorkloadConfig(_Model):
+    """``[workload]``: the load driven through the target (closed or open model)."""
+
     users: int = Field(default=4, ge=1, le=10_000)
     rate: float | None = Field(default=None, gt=0)  # set → open model at this arrival rate (per s)
     max_concurrency: int = Field(default=256, ge=1, le=100_000)
@@ -153,6 +169,8 @@ TracingMode = Literal["always", "on-suspicion", "off"]
 
 
 class SamplingConfig(_Model):
+    """``[sampling]``: what is measured, how often, and when tracemalloc runs."""
+
     enabled: bool = True  # false: process samples only (the overhead baseline)
     process_interval: Duration = 1.0
     system_interval: Duration = 5.0
@@ -166,6 +184,12 @@ class SamplingConfig(_Model):
     frames: int = Field(default=8, ge=1, le=100)
     max_sites: int = Field(default=50, ge=1, le=10_000)  # sites per heap sample sent over
     max_types: int = Field(default=50, ge=1, le=10_000)
+
+    @property
+    def fast_analysis_interval(self) -> float:
+        """The analysis cadence while a verdict is near: twice the usual, no faster than heap
+        samples arrive."""
+        return min(self.analysis_interval, max(self.heap_interval, self.analysis_interval / 2))
 
     @field_validator(
         "process_interval",
@@ -185,17 +209,59 @@ class SamplingConfig(_Model):
 
 
 class DetectionConfig(_Model):
-    warmup: Duration = 60.0  # floor: nothing is judged before this
-    warmup_max: Duration = 600.0  # automatic warm-up end is never later than this
-    window: Duration = 1800.0
-    min_heap_slope: Size = 1024 * 1024  # bytes per hour worth reporting
-    min_native_slope: Size = 64 * 1024 * 1024  # per hour: allocator creep stays below this
-    native_window: Duration = 600.0  # RSS-only growth must persist this long to be a leak
-    min_count_slope: float = Field(default=20.0, gt=0)  # fds/threads/tasks per hour
-    min_object_slope: float = Field(default=600.0, gt=0)  # live objects of one type per hour
-    confidence: float = Field(default=0.99, gt=0.5, lt=1.0)
-    confirm_after: int = Field(default=3, ge=1, le=100)
-    on_leak: Literal["fail", "alert"] = "fail"  # alert: report leaks but exit by other verdicts
+    """``[detection]``: when and how leaks are judged.
+
+    Mapped to the detector's settings by ``DetectionParams.from_config``, which documents the
+    values derived from these keys.
+    """
+
+    warmup: Duration = Field(default=60.0, description="Floor: nothing is judged before this.")
+    warmup_max: Duration = Field(
+        default=600.0, description="The automatic warm-up end is never later than this."
+    )
+    window: Duration = Field(
+        default=1800.0, description="Trends are judged over the latest window after warm-up."
+    )
+    min_heap_slope: Size = Field(
+        default=1024 * 1024,
+        description="Bytes per hour: smaller Python heap growth is not worth reporting.",
+    )
+    min_native_slope: Size = Field(
+        default=64 * 1024 * 1024,
+        description="Bytes per hour of RSS growth beyond the Python heap's: allocator creep "
+        "stays below this.",
+    )
+    native_window: Duration = Field(
+        default=600.0,
+        description="RSS-only growth must persist this long to be a native leak.",
+    )
+    min_count_slope: float = Field(
+        default=20.0, gt=0, description="File descriptors, threads or tasks per hour."
+    )
+    min_object_slope: float = Field(
+        default=600.0,
+        gt=0,
+        description="Live objects of one type per hour (churn is large).",
+    )
+    confidence: float = Field(
+        default=0.99,
+        gt=0.5,
+        lt=1.0,
+        description="1 − the significance level of the trend tests (shared by a window and its "
+        "newest half and quarter).",
+    )
+    confirm_after: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="Consecutive agreeing analyses, over a quarter of the shortest window, "
+        "before a leak is confirmed (and as many disagreeing before it is cleared).",
+    )
+    on_leak: Literal["fail", "alert"] = Field(
+        default="fail",
+        description="fail: a confirmed leak is the run's verdict (exit 3); alert: leaks are "
+        "reported and the run exits by its other verdicts.",
+    )
 
     @model_validator(mode="after")
     def _order(self) -> DetectionConfig:
@@ -224,6 +290,8 @@ DURATION_METRICS = {"latency_p50_ms", "latency_p99_ms", "first_event_p99_ms"}
 
 
 class Rule(_Model):
+    """One ``[[rules]]`` entry: a metric above or below a limit, held ``for`` a while."""
+
     metric: str
     above: float | None = None
     below: float | None = None
@@ -266,9 +334,6 @@ class Rule(_Model):
         return f"{self.metric} {op} {limit:g}"
 
 
-LEAK_KINDS = ("heap", "native", "objects", "fds", "threads", "tasks")
-
-
 def _rule_limit(metric: str, key: str, value: object) -> float:
     if metric in SIZE_METRICS:
         return float(parse_size(value))
@@ -288,6 +353,8 @@ class GuardConfig(_Model):
 
 
 class Webhook(_Model):
+    """One alert webhook; its URL and headers may hold secrets and are never printed."""
+
     url: str
     headers: dict[str, str] = Field(default_factory=dict)
     timeout: Duration = 5.0
@@ -305,18 +372,24 @@ class Webhook(_Model):
 
 
 class AlertsConfig(_Model):
+    """``[alerts]``: where alerts go: webhooks and a command."""
+
     webhooks: tuple[Webhook, ...] = ()
     command: tuple[str, ...] | None = None  # run on each alert; the event JSON on stdin
     command_timeout: Duration = 10.0
 
 
 class OutputConfig(_Model):
+    """``[output]``: where run directories go, how many are kept, the console format."""
+
     runs_dir: str = "runs"
     retention: int = Field(default=50, ge=1)  # keep this many run directories
     console: Literal["auto", "json", "pretty"] = "auto"
 
 
 class MetricsConfig(_Model):
+    """``[metrics]``: the Prometheus ``/metrics`` endpoint."""
+
     enabled: bool = False
     bind: str = "127.0.0.1:9464"
 
@@ -330,6 +403,8 @@ class MetricsConfig(_Model):
 
 
 class Config(_Model):
+    """The whole configuration, one section per TOML table; cross-section checks here."""
+
     target: TargetConfig = TargetConfig()
     run: RunConfig = RunConfig()
     workload: WorkloadConfig = WorkloadConfig()
@@ -360,9 +435,9 @@ class Config(_Model):
 
 
 def _format_errors(source: str, exc: ValidationError, data: dict[str, Any]) -> str:
-    lines = []
+    lines: dict[str, list[str]] = {}  # "source: path = value" → messages (union members)
     for err in exc.errors():
-        loc = [str(p) for p in err["loc"]]
+        loc = _key_path(err["loc"], data, missing=err["type"] == "missing")
         path = ".".join(p if not p.isdigit() else f"[{p}]" for p in loc).replace(".[", "[")
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
@@ -371,8 +446,28 @@ def _format_errors(source: str, exc: ValidationError, data: dict[str, Any]) -> s
             msg = f"unknown key; valid keys here: {valid}"
         value = err.get("input")
         shown = "" if err["type"] == "missing" else f" = {_short(value)}"
-        lines.append(f"{source}: {path or '(top level)'}{shown}: {msg}")
-    return "\n".join(lines)
+        messages = lines.setdefault(f"{source}: {path or '(top level)'}{shown}", [])
+        if msg not in messages:
+            messages.append(msg)
+    return "\n".join(f"{where}: {'; or '.join(msgs)}" for where, msgs in lines.items())
+
+
+def _key_path(loc: tuple[int | str, ...], data: Any, *, missing: bool) -> list[str]:
+    """The part of pydantic's ``loc`` that names keys of the file: pydantic appends the member
+    it tried for a union value (``A.str``, ``A.int``), which is no key a user can find."""
+    out: list[str] = []
+    node = data
+    for i, part in enumerate(loc):
+        in_dict = isinstance(node, dict) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if in_dict or in_list:
+            node = node[part]
+        elif missing and i == len(loc) - 1:
+            pass  # the missing key itself
+        else:
+            break
+        out.append(str(part))
+    return out
 
 
 def _lookup_model(loc: list[str]) -> type[BaseModel] | None:

@@ -1,4 +1,9 @@
-"""The run directory: creation (never over an earlier run), retention, and its file names."""
+"""The run directory: its layout (the one place of its file names), creation (never over an
+earlier run), retention, atomic writes and bounded reads of its files.
+
+A run directory read back may come from another box or be damaged: reads here are bounded
+(one event line, one JSON file) and a file that cannot be read is a ``RunDirError``.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,15 @@ import json
 import os
 import secrets
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from soakd.errors import CommandError
+from soakd.coerce import text
+from soakd.errors import EXIT_USAGE, RunDirError
 
 SUMMARY = "summary.json"
 EVENTS = "events.jsonl"
@@ -21,13 +28,40 @@ SAMPLES = "samples.db"
 SNAPSHOTS = "snapshots"
 CONFIG = "config.json"
 WORKER_LOG = "worker.log"
+REPORT_HTML = "report.html"
+REPORT_MD = "report.md"
+SNAPSHOT_SUFFIX = ".json.gz"  # snapshots/<role>.json.gz, role baseline | latest | final
 MAX_EVENT_LINE = 1 << 20  # one event line; longer lines are skipped, not read whole
+MAX_JSON_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
 class RunDir:
+    """The paths of one run directory's files."""
+
     path: Path
     run_id: str
+
+    @classmethod
+    def at(cls, path: Path) -> RunDir:
+        """An existing run directory (its run id is its name)."""
+        return cls(path, path.name)
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def report_html(self) -> Path:
+        return self.path / REPORT_HTML
+
+    @property
+    def report_md(self) -> Path:
+        return self.path / REPORT_MD
+
+    def snapshot(self, role: str) -> Path:
+        """``snapshots/<role>.json.gz``."""
+        return self.snapshots / f"{role}{SNAPSHOT_SUFFIX}"
 
     @property
     def summary(self) -> Path:
@@ -60,13 +94,13 @@ def create_run_dir(runs_dir: Path, explicit: Path | None, retention: int) -> Run
     if explicit is not None:
         path = explicit
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise CommandError(
+            raise RunDirError(
                 f"will not overwrite an existing run directory: {path}; "
                 "pass a new --run-dir or remove it"
             )
     else:
         if not runs_dir.parent.is_dir():
-            raise CommandError(
+            raise RunDirError(
                 f"runs directory's parent does not exist: {runs_dir.parent}; create it or set "
                 "output.runs_dir"
             )
@@ -82,7 +116,7 @@ def create_run_dir(runs_dir: Path, explicit: Path | None, retention: int) -> Run
     except OSError as exc:
         with contextlib.suppress(OSError):
             (path / ".write-test").unlink(missing_ok=True)  # created, then a full disk
-        raise CommandError(
+        raise RunDirError(
             f"cannot create the run directory {path}: {exc.strerror or exc}; "
             "choose a writable --run-dir or output.runs_dir"
         ) from None
@@ -104,20 +138,62 @@ def prune_runs(runs_dir: Path, retention: int, keep: Path) -> list[Path]:
     return removed
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON via a temp file and rename, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def check_run_dir(run_dir: Path) -> None:
+    """A RunDirError (exit 2) unless ``run_dir`` looks like a soakd run directory."""
+    if not run_dir.exists():
+        raise RunDirError(f"run directory not found: {run_dir}")
+    if not run_dir.is_dir():
+        raise RunDirError(f"not a directory: {run_dir}; pass a soakd run directory")
+    if not any((run_dir / n).is_file() for n in (SUMMARY, EVENTS, SAMPLES)):
+        raise RunDirError(
+            f"not a soakd run directory (no {SUMMARY}, {EVENTS} or {SAMPLES}): {run_dir}"
+        )
+
+
+def write_atomic(path: Path, data: str | bytes, *, private: bool = False) -> None:
+    """Write via a temp file, fsync and rename, so readers never see half a file.
+
+    ``private`` files are created 0600 (``mkstemp``); the others get the umask's mode. Any
+    failure removes the temp file (a full disk must not leave one per write) and re-raises.
+    """
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    fd: int | None = None
+    if private:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = Path(name)
+    else:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with tmp.open("w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, default=str)
-            fh.write("\n")
+        with open(tmp if fd is None else fd, "wb") as fh:
+            fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(OSError):  # a full disk must not leave a temp file per write
+        with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """``data`` as indented JSON (``default=str``) and a newline, written atomically."""
+    write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def load_json_file(path: Path) -> Any:
+    """Parse a JSON file of bounded size; a RunDirError (exit 2) naming it when not usable."""
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_JSON_BYTES + 1)
+    except OSError as exc:
+        raise RunDirError(f"cannot read {path}: {exc.strerror or exc}", EXIT_USAGE) from None
+    if len(raw) > MAX_JSON_BYTES:
+        raise RunDirError(f"{path} is larger than {MAX_JSON_BYTES} bytes; not a soakd file")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers bad UTF-8, bad JSON and integers too long to convert
+        raise RunDirError(f"{path} is not valid JSON: {text(exc, 200)}") from None
 
 
 def iter_events(path: Path) -> Iterator[dict[str, Any] | None]:
@@ -127,7 +203,7 @@ def iter_events(path: Path) -> Iterator[dict[str, Any] | None]:
     except FileNotFoundError:
         return
     except OSError as exc:
-        raise CommandError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise RunDirError(f"cannot read {path}: {exc.strerror or exc}") from None
     with fh:
         while True:
             line = fh.readline(MAX_EVENT_LINE)
@@ -153,5 +229,5 @@ def iter_events(path: Path) -> Iterator[dict[str, Any] | None]:
 
 def read_events(path: Path) -> Iterator[dict[str, Any]]:
     """The readable events of events.jsonl; a file that cannot be read has none."""
-    with contextlib.suppress(CommandError):
+    with contextlib.suppress(RunDirError):
         yield from (event for event in iter_events(path) if event is not None)

@@ -19,17 +19,16 @@ may appear in several entries, one per distinct caller chain); :meth:`Snapshot.b
 them per line. Readers ignore unknown top-level keys, so the format can be extended.
 
 Reading is strict: the decompressed size is capped, every field is type-checked, and any
-damage ends in :class:`~soakd.errors.CommandError` (exit 2) naming the file, never a traceback.
+damage ends in :class:`~soakd.errors.SnapshotError` (exit 2) naming the file, never a traceback.
 """
 
 from __future__ import annotations
 
-import contextlib
 import gzip
+import io
 import json
 import math
 import os
-import tempfile
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,7 +36,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from soakd.errors import EXIT_USAGE, CommandError
+from soakd.errors import EXIT_USAGE, SnapshotError
+from soakd.rundir import write_atomic
 
 __all__ = [
     "MAX_DECOMPRESSED_BYTES",
@@ -147,27 +147,19 @@ def write_snapshot(path: str | os.PathLike[str], data: Snapshot | Mapping[str, A
     target = Path(path)
     snapshot = data if isinstance(data, Snapshot) else _parse(dict(data), str(target))
     payload = json.dumps(snapshot.to_json(), separators=(",", ":"), allow_nan=False)
+    buffer = io.BytesIO()
+    # mtime=0 keeps identical snapshots byte-identical; level 6 is the usual trade-off.
+    with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=6, mtime=0) as gz:
+        gz.write(payload.encode("utf-8"))
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            # mtime=0 keeps identical snapshots byte-identical; level 6 is the usual trade-off.
-            with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as gz:
-                gz.write(payload.encode("utf-8"))
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
+    write_atomic(target, buffer.getvalue(), private=True)
     return target
 
 
 def read_snapshot(
     path: str | os.PathLike[str], *, max_bytes: int = MAX_DECOMPRESSED_BYTES
 ) -> Snapshot:
-    """Read and validate a snapshot; any problem → CommandError(exit 2) naming the file."""
+    """Read and validate a snapshot; any problem → SnapshotError (exit 2) naming the file."""
     name = str(path)
     try:
         with gzip.open(name, "rb") as gz:
@@ -387,8 +379,8 @@ def _reject_constant(token: str) -> float:
     raise ValueError(f"{token} is not allowed in a snapshot")
 
 
-def _bad(name: str, why: str) -> CommandError:
-    return CommandError(f"invalid snapshot {name}: {why}", exit_code=EXIT_USAGE)
+def _bad(name: str, why: str) -> SnapshotError:
+    return SnapshotError(f"invalid snapshot {name}: {why}", exit_code=EXIT_USAGE)
 
 
 def sites_from_groups(groups: Sequence[Mapping[str, Any]]) -> tuple[SnapshotSite, ...]:

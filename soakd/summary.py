@@ -13,6 +13,7 @@ import json
 import math
 import sqlite3
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,24 @@ from soakd.errors import (
     EXIT_LEAK,
     EXIT_PASS,
     EXIT_TARGET_FAILED,
-    CommandError,
+    RunDirError,
+    StoreError,
 )
-from soakd.sinks.store import StoreReader
+from soakd.leaks import LeakLedger, LeakRecord, leak_sort_key
+from soakd.store import RunStore
+
+__all__ = [
+    "SCHEMA",
+    "VERDICT_EXIT",
+    "build_summary",
+    "decide_verdict",
+    "iso_utc",
+    "leak_sort_key",
+    "rebuild_summary",
+    "slope_per_h",
+    "validate_summary",
+    "write_summary",
+]
 
 SCHEMA = "soakd.summary/1"
 VERDICT_EXIT = {
@@ -75,59 +91,45 @@ def slope_per_h(points: list[tuple[float, float]], since: float = 0.0) -> float:
     return slope_per_hour([p for p in points if p[0] >= since] or points) or 0.0
 
 
-def leak_sort_key(leak: Mapping[str, Any]) -> tuple[float, float]:
-    """Most certain first, as the detector orders findings: kind (an attributed heap site before
-    the bare heap level), then most grown for bytes or lowest p-value for counts."""
-    kind = str(leak.get("kind"))
-    rank = KIND_RANK.get(kind, 9) + (0.5 if kind == "heap" and not leak.get("site") else 0)
-    if leak.get("unit") == "count":
-        return (rank, _num(leak.get("p_value"), 1.0))
-    return (rank, -_num(leak.get("growth")))
+def _unreadable_store(run_dir: Path, exc: sqlite3.DatabaseError) -> StoreError:
+    return StoreError(f"samples.db in {run_dir} is not a readable soakd store: {exc}")
 
 
-def _attributed(leaks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Drop the bare heap-level leak once a site explains it (the detector hides it too)."""
-    if any(leak["kind"] == "heap" and leak.get("site") for leak in leaks):
-        leaks = [leak for leak in leaks if leak["kind"] != "heap" or leak.get("site")]
-    return sorted(leaks, key=leak_sort_key)
-
-
-def _leak_entry(event: Mapping[str, Any]) -> dict[str, Any]:
-    tb = event.get("traceback")
-    return {
-        "kind": event.get("kind"),
-        "site": event.get("site"),
-        "traceback": [str(f) for f in tb] if isinstance(tb, list) else [],
-        "type": event.get("type"),
-        "slope_per_h": _num(event.get("slope_per_h")),
-        "unit": event.get("unit") or "bytes",
-        "growth": _num(event.get("growth")),
-        "p_value": _num(event.get("p_value"), 1.0),
-        "first_detected_s": _num(event.get("first_detected_s")),
-        # extras for triage: more fields may be added to the contract's leak entries
-        "line": event.get("line"),
-        "slope_low_per_h": _num(event.get("slope_low_per_h")),
-        "analyses": int(_num(event.get("analyses"))),
-        "signals": event.get("signals") if isinstance(event.get("signals"), list) else [],
-    }
-
-
-def _unreadable_store(run_dir: Path, exc: sqlite3.DatabaseError) -> CommandError:
-    return CommandError(f"samples.db in {run_dir} is not a readable soakd store: {exc}")
-
-
-def _iso(epoch: float) -> str:
+def iso_utc(epoch: float) -> str:
+    """``epoch`` as an ISO 8601 UTC time ending in ``Z``, as summary.json and events write it."""
     return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat().replace("+00:00", "Z")
 
 
-def build_summary(
-    run_dir: Path, final: Mapping[str, Any] | None = None, *, on_leak: str | None = None
-) -> dict[str, Any]:
-    """The summary of the run in ``run_dir``; ``final`` is the supervisor's last word, if any."""
+_iso = iso_utc  # the supervisor's import name
+
+
+# -- what the store says -------------------------------------------------------------------
+@dataclass(frozen=True)
+class StoreFacts:
+    """The run's metadata and RSS bounds from samples.db, read once."""
+
+    meta: dict[str, str]
+    rss: tuple[float, float, float] | None
+    last_t: float
+    last_workload_t: float
+    config: dict[str, Any]
+    totals: dict[str, Any]
+    started_epoch: float
+
+    @property
+    def detection(self) -> dict[str, Any]:
+        # The dumped config is read as plain keys, not through Config.model_validate: a store
+        # from an older soakd, another box or a hand edit need not validate today, and its
+        # summary must still be built.
+        raw = self.config.get("detection")
+        return raw if isinstance(raw, dict) else {}
+
+
+def _store_facts(run_dir: Path) -> StoreFacts:
     try:
-        reader = StoreReader(run_dir / rundir.SAMPLES)
+        reader = RunStore(run_dir / rundir.SAMPLES, strict=False)
     except FileNotFoundError:
-        raise CommandError(f"not a soakd run directory (no samples.db): {run_dir}") from None
+        raise RunDirError(f"not a soakd run directory (no samples.db): {run_dir}") from None
     try:
         meta = reader.meta()
         rss = reader.bounds("rss_bytes")
@@ -142,74 +144,76 @@ def build_summary(
         totals = json.loads(meta.get("workload_totals", "{}"))
         started_epoch = float(meta["started_epoch"])
     except (KeyError, ValueError, TypeError, json.JSONDecodeError):
-        raise CommandError(f"samples.db in {run_dir} has no valid run metadata") from None
+        raise StoreError(f"samples.db in {run_dir} has no valid run metadata") from None
     if not isinstance(config, dict) or not isinstance(totals, dict):
-        raise CommandError(f"samples.db in {run_dir} has malformed run metadata")
-    raw_detection = config.get("detection")
-    detection: dict[str, Any] = raw_detection if isinstance(raw_detection, dict) else {}
-    on_leak = on_leak or str(detection.get("on_leak", "fail"))
+        raise StoreError(f"samples.db in {run_dir} has malformed run metadata")
+    return StoreFacts(meta, rss, last_t, latest_wl_t, config, totals, started_epoch)
 
-    leaks: dict[tuple[str, str], dict[str, Any]] = {}
-    suspects: dict[tuple[str, str], dict[str, Any]] = {}
-    breaches: list[dict[str, Any]] = []
+
+# -- what the events say -------------------------------------------------------------------
+@dataclass
+class EventFacts:
+    """What summary.json takes from events.jsonl: the leak ledger, breaches, the failure, the
+    warm-up end, stalls and the ``run.finished`` event."""
+
+    ledger: LeakLedger = field(default_factory=LeakLedger)
+    breaches: list[dict[str, Any]] = field(default_factory=list)
     failed: dict[str, Any] | None = None
     finished: dict[str, Any] | None = None
     warmup_end: float | None = None
-    last_event_t = 0.0
-    stalls = 0
+    last_event_t: float = 0.0
+    stalls: int = 0
+
+
+def _breach(ev: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "rule": str(ev.get("rule")),
+        "value": _num(ev.get("value")),
+        "limit": _num(ev.get("limit")),
+        "action": ev.get("action") if ev.get("action") == "abort" else "alert",
+        "at_s": _num(ev.get("at_s")),
+        "metric": ev.get("metric"),
+    }
+
+
+def _event_facts(run_dir: Path) -> EventFacts:
+    facts = EventFacts()
     for ev in rundir.read_events(run_dir / rundir.EVENTS):
         name = ev["event"]
-        last_event_t = max(last_event_t, _num(ev.get("t")))
-        key = (str(ev.get("kind")), str(ev.get("key", ev.get("site") or ev.get("type"))))
-        if name == "leak.confirmed":
-            leaks[key] = _leak_entry(ev)
-            suspects.pop(key, None)
-        elif name == "leak.suspected" and key not in leaks:
-            suspects[key] = _leak_entry(ev)
-        elif name == "leak.cleared":
-            leaks.pop(key, None)
-            suspects.pop(key, None)
-        elif name == "threshold.breached":
-            breaches.append(
-                {
-                    "rule": str(ev.get("rule")),
-                    "value": _num(ev.get("value")),
-                    "limit": _num(ev.get("limit")),
-                    "action": ev.get("action") if ev.get("action") == "abort" else "alert",
-                    "at_s": _num(ev.get("at_s")),
-                    "metric": ev.get("metric"),
-                }
-            )
-        elif name == "target.failed" and failed is None:
-            failed = {"reason": ev.get("reason"), "message": ev.get("message")}
+        facts.last_event_t = max(facts.last_event_t, _num(ev.get("t")))
+        if facts.ledger.apply(name, ev) is not None:
+            continue
+        if name == "threshold.breached":
+            facts.breaches.append(_breach(ev))
+        elif name == "target.failed" and facts.failed is None:
+            facts.failed = {"reason": ev.get("reason"), "message": ev.get("message")}
         elif name == "detection.warmup_end":
-            warmup_end = _num(ev.get("warmup_end_s"))
+            facts.warmup_end = _num(ev.get("warmup_end_s"))
         elif name == "workload.stalled":
-            stalls += 1
+            facts.stalls += 1
         elif name == "run.finished":
-            finished = ev
+            facts.finished = ev
+    return facts
 
-    final = dict(final or {})
-    if not final and finished is not None:
-        final = {k: finished[k] for k in ("verdict", "duration_s", "ended_at") if k in finished}
+
+def _final_word(
+    final: Mapping[str, Any] | None, finished: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The supervisor's last word, else what its ``run.finished`` event said (or nothing)."""
+    out = dict(final or {})
+    if not out and finished is not None:
+        out = {k: finished[k] for k in ("verdict", "duration_s", "ended_at") if k in finished}
         # events.jsonl may be foreign or hand-edited: keep only what fits the summary's schema
-        if not isinstance(final.get("verdict"), str) or final["verdict"] not in VERDICT_EXIT:
-            final.pop("verdict", None)
-        if not isinstance(final.get("ended_at"), str):
-            final.pop("ended_at", None)
-        final["finished"] = True
-    interrupted = not final
-    duration = _num(final.get("duration_s"), max(last_t, last_event_t, latest_wl_t))
-    leak_list = _attributed(list(leaks.values()))
-    workload = _workload(totals, duration)
-    verdict = final.get("verdict") or decide_verdict(
-        failed=failed is not None,
-        aborted=any(b["action"] == "abort" for b in breaches),
-        leaks=bool(leak_list) and on_leak == "fail",
-        iterations=workload["iterations"] if meta.get("driven", "1") == "1" else -1,
-    )
-    since = warmup_end if warmup_end is not None else _num(detection.get("warmup"), 0.0)
-    reader = StoreReader(run_dir / rundir.SAMPLES)
+        if not isinstance(out.get("verdict"), str) or out["verdict"] not in VERDICT_EXIT:
+            out.pop("verdict", None)
+        if not isinstance(out.get("ended_at"), str):
+            out.pop("ended_at", None)
+        out["finished"] = True
+    return out
+
+
+def _memory(run_dir: Path, rss: tuple[float, float, float] | None, since: float) -> dict[str, Any]:
+    reader = RunStore(run_dir / rundir.SAMPLES, strict=False)
     try:  # bounded reads: the slopes need a few hundred averaged points, not every sample
         rss_points = reader.buckets("rss_bytes", since) or reader.buckets("rss_bytes", 0.0)
         heap_points = reader.buckets("heap_bytes", since) or reader.buckets("heap_bytes", 0.0)
@@ -217,35 +221,62 @@ def build_summary(
         raise _unreadable_store(run_dir, exc) from None
     finally:
         reader.close()
+    return {
+        "rss_start_bytes": int(rss[0]) if rss else 0,
+        "rss_end_bytes": int(rss[1]) if rss else 0,
+        "rss_peak_bytes": int(rss[2]) if rss else 0,
+        "rss_slope_bytes_per_h": round(slope_per_h(rss_points), 1),
+        "heap_slope_bytes_per_h": round(slope_per_h(heap_points), 1),
+    }
+
+
+# -- the summary ---------------------------------------------------------------------------
+def build_summary(
+    run_dir: Path, final: Mapping[str, Any] | None = None, *, on_leak: str | None = None
+) -> dict[str, Any]:
+    """The summary of the run in ``run_dir``; ``final`` is the supervisor's last word, if any."""
+    store = _store_facts(run_dir)
+    on_leak = on_leak or str(store.detection.get("on_leak", "fail"))
+    events = _event_facts(run_dir)
+    word = _final_word(final, events.finished)
+    duration = _num(
+        word.get("duration_s"), max(store.last_t, events.last_event_t, store.last_workload_t)
+    )
+    leaks: list[LeakRecord] = events.ledger.confirmed()
+    workload = _workload(store.totals, duration)
+    verdict = word.get("verdict") or decide_verdict(
+        failed=events.failed is not None,
+        aborted=any(b["action"] == "abort" for b in events.breaches),
+        leaks=bool(leaks) and on_leak == "fail",
+        iterations=workload["iterations"] if store.meta.get("driven", "1") == "1" else -1,
+    )
+    warmup_end = events.warmup_end
+    since = warmup_end if warmup_end is not None else _num(store.detection.get("warmup"), 0.0)
+    memory = _memory(run_dir, store.rss, since)
+    started = store.started_epoch
     summary: dict[str, Any] = {
         "schema": SCHEMA,
-        "run_id": meta.get("run_id", run_dir.name),
-        "started_at": meta.get("started_at", _iso(started_epoch)),
-        "ended_at": final.get("ended_at") or _iso(started_epoch + duration),
+        "run_id": store.meta.get("run_id", run_dir.name),
+        "started_at": store.meta.get("started_at", iso_utc(started)),
+        "ended_at": word.get("ended_at") or iso_utc(started + duration),
         "duration_s": round(duration, 3),
         "verdict": verdict,
         "exit_code": VERDICT_EXIT.get(str(verdict), EXIT_INTERNAL),
-        "target": meta.get("target", "?"),
+        "target": store.meta.get("target", "?"),
         "workload": workload,
-        "memory": {
-            "rss_start_bytes": int(rss[0]) if rss else 0,
-            "rss_end_bytes": int(rss[1]) if rss else 0,
-            "rss_peak_bytes": int(rss[2]) if rss else 0,
-            "rss_slope_bytes_per_h": round(slope_per_h(rss_points), 1),
-            "heap_slope_bytes_per_h": round(slope_per_h(heap_points), 1),
-        },
-        "leaks": leak_list,
-        "breaches": breaches,
+        "memory": memory,
+        "leaks": leaks,
+        "breaches": events.breaches,
         # extras (the contract allows additions): what a person triaging needs next
-        "suspects": _attributed(list(suspects.values())),
+        "suspects": events.ledger.suspects(),
         "detection": {"warmup_end_s": warmup_end, "on_leak": on_leak},
-        "failure": failed,
-        "interrupted": interrupted,
-        "workload_stalls": stalls,
-        "last_sample_s": round(last_t, 3),
+        "failure": events.failed,
+        "interrupted": not word,
+        "workload_stalls": events.stalls,
+        "last_sample_s": round(store.last_t, 3),
     }
-    if "reason" in final:
-        summary["stop_reason"] = final["reason"]
+    if "reason" in word:
+        summary["stop_reason"] = word["reason"]
     return summary
 
 

@@ -1,9 +1,16 @@
-"""Human units: durations (``90s``, ``10m``, ``6h``) and sizes (``512KiB``, ``2GiB``, ``10MB``)."""
+"""Human units: durations (``90s``, ``10m``, ``6h``) and sizes (``512KiB``, ``2GiB``, ``10MB``).
+
+Parsing for config values, and the one formatting of a value in its unit that reports,
+``status``, ``compare`` and the progress line share.
+"""
 
 from __future__ import annotations
 
 import math
 import re
+from typing import Literal
+
+Unit = Literal["bytes", "count", "ratio", "ms", "per_s", "number"]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_FACTORS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -74,3 +81,23 @@ def format_size(size: float) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} GiB"  # pragma: no cover - loop always returns
+
+
+def format_value(value: float | None, unit: Unit) -> str:
+    """A value in the unit a person reads: ``1.5 MiB``, ``12``, ``3.2%``, ``45 ms``."""
+    if value is None or not math.isfinite(value):
+        return "n/a" if value is None or math.isnan(value) else ("∞" if value > 0 else "-∞")
+    if unit == "bytes":
+        if abs(value) >= 1024**4:  # beyond GiB a size is absurd; stay short and exact
+            return f"{value:.3g} B"
+        sign = "-" if value < 0 else ""
+        return sign + format_size(abs(value))
+    if unit == "ratio":
+        return f"{value * 100:.2f}%"
+    if unit == "ms":
+        return f"{value:.0f} ms" if abs(value) >= 10 else f"{value:.2f} ms"
+    if unit == "per_s":
+        return f"{value:.2f}/s"
+    if unit == "count":
+        return f"{value:.0f}" if abs(value) >= 10 or value == int(value) else f"{value:.1f}"
+    return f"{value:.4g}"

@@ -13,29 +13,10 @@ from typing import Any
 
 import pytest
 
+from soakd.testing.profile import FAST
+
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = str(Path(__file__).resolve().parent / "targets")
-
-# Fast cadence for tests: every sampler ticks within a second, warm-up is short.
-FAST = """
-[sampling]
-process_interval = "250ms"
-system_interval = "500ms"
-heap_interval = "500ms"
-types_interval = "2s"
-sites_interval = "1s"
-analysis_interval = "1s"
-checkpoint_interval = "1s"
-[workload]
-users = 2
-interval = "1s"
-[workload.think_time]
-distribution = "constant"
-mean = "5ms"
-[run]
-stop_timeout = "5s"
-start_timeout = "30s"
-"""
 
 
 def soakd_cmd(*args: str) -> list[str]:

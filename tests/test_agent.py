@@ -26,6 +26,7 @@ import soakd
 from soakd.agent import Agent, AgentClient, AgentError, serve
 from soakd.agent.allocations import SiteResolver, default_excluded
 from soakd.agent.objects import count_tasks_any_thread, type_name
+from soakd.agent.protocol import OPS, HeapSample, SitesResult, TracingState, dispatch, encode
 from soakd.agent.server import AgentServer
 from soakd.snapshots import diff_snapshots, read_snapshot
 
@@ -367,3 +368,40 @@ def test_python_m_soakd_agent_usage_errors() -> None:
 
 def test_tracing_is_off_after_the_agent_tests() -> None:
     assert not tracemalloc.is_tracing()
+
+
+# -- the protocol: one dispatcher, typed answers that read as their JSON ------------------------
+
+
+def test_answers_survive_the_wire_and_read_like_their_json(
+    tracing_agent: Agent, tmp_path: Path
+) -> None:
+    heap = dispatch(tracing_agent, "heap", {}, tasks=lambda: 3)
+    sites = tracing_agent.sites(str(tmp_path / "s.json.gz"), "baseline", t=1.0)
+    answers = [
+        dispatch(tracing_agent, "ping", {}, tasks=lambda: 0),
+        heap,
+        tracing_agent.types(),
+        sites,
+        TracingState(True),
+        SitesResult.not_tracing(624),
+    ]
+    for answer in answers:
+        assert not isinstance(answer, int)
+        wire = json.loads(json.dumps(encode(answer)))
+        assert type(answer).from_json(wire).to_json() == wire  # type: ignore[attr-defined]
+        assert dict(answer) == wire
+    assert isinstance(heap, HeapSample) and heap.tasks == heap["tasks"] == 3.0
+    assert sites["snapshot_path"] == sites.snapshot_path == str(tmp_path / "s.json.gz")
+    assert read_snapshot(sites.snapshot_path).role == "baseline"
+    assert dispatch(tracing_agent, "tasks", {}, tasks=lambda: 7) == 7
+
+
+def test_dispatch_refuses_unknown_ops_and_malformed_sites_params() -> None:
+    agent = Agent()
+    assert set(OPS) == {"ping", "heap", "sites", "types", "tasks", "start_tracing", "stop_tracing"}
+    with pytest.raises(ValueError, match="unknown op 'stop'"):
+        dispatch(agent, "stop", {}, tasks=lambda: 0)
+    for bad in ({"role": 1}, {"t": float("nan")}, {"t": True}, {"snapshot_path": 5}):
+        with pytest.raises(TypeError):
+            dispatch(agent, "sites", bad, tasks=lambda: 0)

@@ -18,7 +18,7 @@ from soakd.commands.compare import (
     compare_metric,
     run,
 )
-from soakd.errors import CommandError
+from soakd.errors import CommandError, RunDirError
 
 THROUGHPUT = next(m for m in METRICS if m.name == "workload.throughput_per_s")
 ERROR_RATE = next(m for m in METRICS if m.name == "workload.error_rate")
@@ -163,7 +163,7 @@ def test_bad_input_is_a_command_error(tmp_path: Path, runs: Path) -> None:
     with pytest.raises(CommandError, match="no baseline runs found"):
         run(_args(cand, other.parent))
     (cand / "summary.json").write_text('{"throughput": ' + "9" * 5000 + "}")
-    with pytest.raises(CommandError, match="is not valid JSON"):
+    with pytest.raises(RunDirError, match="is not valid JSON"):
         run(_args(cand, runs))
     with pytest.raises(CommandError, match="--threshold"):
         run(_args(cand, runs, threshold=float("nan")))

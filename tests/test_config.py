@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
-from soakd.config import Config, load_config, parse_set
+from soakd.config import (
+    LEAK_KINDS,
+    Config,
+    DetectionConfig,
+    SamplingConfig,
+    load_config,
+    parse_set,
+)
+from soakd.detection import LeakKind
 from soakd.errors import ConfigError
 from soakd.units import format_duration, format_size, parse_duration, parse_size
 
@@ -132,3 +141,31 @@ def test_bad_rules(tmp_path: Path, body: str, needle: str) -> None:
         load_config(path)
     assert needle in str(info.value)
     assert str(path) in str(info.value)
+
+
+def test_leak_kinds_are_the_detectors() -> None:
+    assert get_args(LeakKind) == LEAK_KINDS
+    assert LEAK_KINDS == ("heap", "native", "objects", "fds", "threads", "tasks")
+
+
+def test_detection_keys_are_described() -> None:
+    assert all(field.description for field in DetectionConfig.model_fields.values())
+
+
+@pytest.mark.parametrize(
+    ("analysis", "heap", "fast"),
+    [(10.0, 2.0, 5.0), (10.0, 8.0, 8.0), (10.0, 20.0, 10.0), (30.0, 2.0, 15.0)],
+)
+def test_fast_analysis_interval(analysis: float, heap: float, fast: float) -> None:
+    sampling = SamplingConfig(analysis_interval=analysis, heap_interval=heap)
+    assert sampling.fast_analysis_interval == fast
+
+
+def test_a_bad_union_value_names_its_key_once(tmp_path: Path) -> None:
+    path = tmp_path / "soakd.toml"
+    path.write_text("[workload]\nerror_events = [{kind = []}]\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    (line,) = str(err.value).splitlines()  # one line, not one per member of the union
+    assert f"{path}: workload.error_events[0].kind = []: " in line
+    assert "valid string" in line and "valid integer" in line

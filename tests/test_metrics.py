@@ -14,7 +14,7 @@ import aiohttp
 import anyio
 import pytest
 
-from soakd.errors import CommandError
+from soakd.errors import ConfigError
 from soakd.sinks.metrics import (
     BUCKETS_S,
     CONTENT_TYPE,
@@ -225,7 +225,7 @@ async def test_bind_failure_names_the_address() -> None:
     port = holder.getsockname()[1]
     try:
         srv = MetricsServer(f"127.0.0.1:{port}", "r", "t")
-        with pytest.raises(CommandError) as info:
+        with pytest.raises(ConfigError) as info:
             await srv.start()
         assert info.value.exit_code == 2
         assert f"127.0.0.1:{port}" in str(info.value)
@@ -237,7 +237,7 @@ async def test_bind_failure_names_the_address() -> None:
 def test_parse_bind_and_escape() -> None:
     assert parse_bind("127.0.0.1:9464") == ("127.0.0.1", 9464)
     assert parse_bind("[::1]:0") == ("::1", 0)
-    with pytest.raises(CommandError, match="expected HOST:PORT"):
+    with pytest.raises(ConfigError, match="expected HOST:PORT"):
         parse_bind("9464")
     assert escape_label('a\\b"c\nd') == 'a\\\\b\\"c\\nd'
 

@@ -29,7 +29,7 @@ from soakd.pytest_plugin import (
     to_toml,
 )
 from soakd.sinks.store import SampleStore
-from tests.conftest import ROOT, TARGETS
+from tests.conftest import FAST, ROOT, TARGETS
 
 pytest_plugins = ["pytester"]
 
@@ -191,6 +191,14 @@ def test_short_soak_profile_is_valid_and_never_slower_than_defaults(
     if duration <= 25:
         assert config.sampling.process_interval == 0.25
         assert config.workload.interval == 1.0
+
+
+def test_fast_test_preset_runs_at_the_short_soak_profile_floor(tmp_path: Path) -> None:
+    fast = _validated(tmp_path, tomllib.loads(FAST))
+    floor = _validated(tmp_path, short_soak_profile(1.0))
+    assert fast.sampling == floor.sampling
+    assert fast.workload.interval == floor.workload.interval
+    assert fast.run.stop_timeout == floor.run.stop_timeout
 
 
 def test_rounds_one_leaves_detection_alone() -> None:

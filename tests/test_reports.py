@@ -18,11 +18,12 @@ from typing import Any
 
 import pytest
 
-from soakd.errors import CommandError
+from soakd.errors import RunDirError
 from soakd.reporting import load_run, write_reports
-from soakd.reporting.common import leak_entries, source_context
+from soakd.reporting.common import leak_entries
+from soakd.reporting.format import source_context
 from soakd.reporting.svg import Chart, downsample, nice_ticks
-from soakd.sinks.store import SampleStore
+from soakd.store import SampleStore
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 LEAK_SOURCE = """\
@@ -524,7 +525,7 @@ def test_write_reports_on_dir_without_store(tmp_path: Path) -> None:
     md = (tmp_path / "report.md").read_text()
     assert "**Verdict: unknown**" in md
     assert "warm-up ended at 1m30s" in md  # from the event: the summary had none
-    with pytest.raises(CommandError, match="run directory not found"):
+    with pytest.raises(RunDirError, match="run directory not found"):
         write_reports(tmp_path / "nope", {})
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from soakd.commands import diff as diff_command
-from soakd.errors import CommandError
+from soakd.errors import CommandError, SnapshotError
 from soakd.snapshots import (
     MAX_DECOMPRESSED_BYTES,
     Snapshot,
@@ -84,7 +84,7 @@ def test_write_replaces_atomically_and_accepts_valid_mappings(tmp_path: Path) ->
 
 
 def test_write_refuses_a_mapping_it_could_not_read_back(tmp_path: Path) -> None:
-    with pytest.raises(CommandError, match=r"sites\[0\]\.size must be an integer"):
+    with pytest.raises(SnapshotError, match=r"sites\[0\]\.size must be an integer"):
         write_snapshot(tmp_path / "x.json.gz", _doc(sites=[{**_doc()["sites"][0], "size": "1"}]))
     assert not list(tmp_path.iterdir())
 
@@ -162,7 +162,7 @@ def test_hostile_files_are_refused_with_exit_2_naming_the_file(
 ) -> None:
     path = tmp_path / "evil.json.gz"
     make(path)
-    with pytest.raises(CommandError) as caught:
+    with pytest.raises(SnapshotError) as caught:
         read_snapshot(path)
     assert caught.value.exit_code == 2
     text = str(caught.value)
@@ -255,7 +255,7 @@ def test_diff_command_table_and_json(tmp_path: Path) -> None:
 
 def test_diff_command_errors_are_command_errors(tmp_path: Path) -> None:
     a, _ = _write_pair(tmp_path)
-    with pytest.raises(CommandError, match="no such file"):
+    with pytest.raises(SnapshotError, match="no such file"):
         diff_command.run(_args(a, str(tmp_path / "missing.json.gz")))
     with pytest.raises(CommandError, match="--top must be"):
         diff_command.run(_args(a, a, top=0))

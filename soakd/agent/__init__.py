@@ -14,13 +14,14 @@ import os
 import time
 import tracemalloc
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
 
 from soakd.agent.allocations import SiteResolver, collect_traces
 from soakd.agent.heap import HeapSampler
 from soakd.agent.objects import TypeCounter, count_tasks
-from soakd.agent.server import AgentClient, AgentError, serve
+from soakd.agent.protocol import AgentError, HeapSample, SitesResult, TypesSample
+from soakd.agent.server import AgentClient, serve
 
 __all__ = ["SNAPSHOT_SITES", "Agent", "AgentClient", "AgentError", "serve"]
 
@@ -29,7 +30,12 @@ SNAPSHOT_SITES = 500
 
 
 class Agent:
-    """Heap, allocation-site, type and task statistics of the current process."""
+    """Heap, allocation-site, type and task statistics of the current process.
+
+    Holds a :class:`~soakd.agent.allocations.SiteResolver` (traces to sites), a
+    :class:`~soakd.agent.heap.HeapSampler` and a :class:`~soakd.agent.objects.TypeCounter`;
+    answers are the typed values of :mod:`soakd.agent.protocol`.
+    """
 
     def __init__(
         self,
@@ -64,7 +70,7 @@ class Agent:
         if tracemalloc.is_tracing():
             tracemalloc.stop()
 
-    def heap(self) -> dict[str, float]:
+    def heap(self) -> HeapSample:
         """Cheap heap numbers (see :mod:`soakd.agent.heap` for what ``heap_bytes`` means)."""
         return self._heap.sample()
 
@@ -72,47 +78,31 @@ class Agent:
         """Unfinished asyncio tasks of the running loop; call on the loop's thread."""
         return count_tasks()
 
-    def types(self) -> dict[str, int]:
+    def types(self) -> TypesSample:
         """Live gc-tracked objects per type name: the top ``max_types`` plus growers."""
-        return self._types.sample()
+        return TypesSample(self._types.sample())
 
     def sites(
         self, snapshot_path: str | None = None, role: str = "latest", *, t: float | None = None
-    ) -> dict[str, Any]:
-        """Group the live traces by site; optionally write a ``soakd.snapshot/1`` file.
-
-        Returns ``{"sites": [{"site", "traceback", "line", "size", "count"}] (top max_sites by
-        size), "traced_bytes", "overhead_bytes", "blocks", "skipped_bytes" (soakd's own),
-        "own_blocks" (soakd's own small blocks, which ``sys.getallocatedblocks()`` counts),
-        "pause_s" (the GIL-holding copy), "group_s", "tracing"}``. ``t`` (seconds since the
-        run started) is recorded in the snapshot.
-        """
+    ) -> SitesResult:
+        """Group the live traces by site (top ``max_sites`` by size); optionally write a
+        ``soakd.snapshot/1`` file, which records ``t`` (seconds since the run started)."""
         taken_at = datetime.now(UTC).isoformat()
         if not tracemalloc.is_tracing():
-            return {
-                "sites": [],
-                "traced_bytes": 0,
-                "overhead_bytes": tracemalloc.get_tracemalloc_memory(),
-                "blocks": 0,
-                "skipped_bytes": 0,
-                "own_blocks": 0,
-                "pause_s": 0.0,
-                "group_s": 0.0,
-                "tracing": False,
-            }
+            return SitesResult.not_tracing(tracemalloc.get_tracemalloc_memory())
         groups = collect_traces(self._resolver)
         self._heap.calibrate(groups.traced_bytes, groups.blocks)
-        result: dict[str, Any] = {
-            "sites": [g.to_json() for g in groups.by_site()[: self.max_sites]],
-            "traced_bytes": groups.traced_bytes,
-            "overhead_bytes": tracemalloc.get_tracemalloc_memory(),
-            "blocks": groups.blocks,
-            "skipped_bytes": groups.skipped_bytes,
-            "own_blocks": groups.own_blocks,
-            "pause_s": groups.pause_s,
-            "group_s": groups.group_s,
-            "tracing": True,
-        }
+        result = SitesResult(
+            sites=tuple(groups.by_site()[: self.max_sites]),
+            traced_bytes=groups.traced_bytes,
+            overhead_bytes=tracemalloc.get_tracemalloc_memory(),
+            blocks=groups.blocks,
+            skipped_bytes=groups.skipped_bytes,
+            own_blocks=groups.own_blocks,
+            pause_s=groups.pause_s,
+            group_s=groups.group_s,
+            tracing=True,
+        )
         if snapshot_path is not None:
             from soakd.snapshots import Snapshot, write_snapshot
 
@@ -126,6 +116,6 @@ class Agent:
                 sites=tuple(groups.by_traceback[:SNAPSHOT_SITES]),
             )
             del groups
-            result["snapshot_path"] = os.fspath(write_snapshot(snapshot_path, snapshot))
-            result["write_s"] = time.perf_counter() - started
+            path = os.fspath(write_snapshot(snapshot_path, snapshot))
+            result = replace(result, snapshot_path=path, write_s=time.perf_counter() - started)
         return result

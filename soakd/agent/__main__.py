@@ -19,7 +19,8 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
-from soakd.agent.server import ENV_DISABLED, serve
+from soakd.agent.env import ENV_DISABLED
+from soakd.agent.server import serve
 
 _USAGE = (
     "usage: python -m soakd.agent [--socket PATH] [--frames N] [--trace]"

@@ -24,6 +24,8 @@ import sys
 import tracemalloc
 from collections.abc import Callable
 
+from soakd.agent.protocol import HeapSample
+
 __all__ = ["DEFAULT_MEAN_BLOCK", "HeapSampler"]
 
 # Typical CPython 3.11 mean over a service's live blocks (measured: 60–120 B).
@@ -70,20 +72,24 @@ class HeapSampler:
             self.mean_block = traced_bytes / blocks
             self.calibrated = True
 
-    def sample(self) -> dict[str, float]:
+    def sample(self) -> HeapSample:
         blocks = sys.getallocatedblocks()
         tracing = tracemalloc.is_tracing()
         traced = tracemalloc.get_traced_memory()[0] if tracing else 0
-        out = {
-            "heap_bytes": float(traced) if tracing else blocks * self.mean_block,
-            "heap_estimated": 0.0 if tracing else 1.0,
-            "heap_blocks": float(blocks),
-            "traced_bytes": float(traced),
-            "tracemalloc_overhead_bytes": float(tracemalloc.get_tracemalloc_memory()),
-            "gc_garbage": float(len(gc.garbage)),
-            "gc_collections": float(sum(s["collections"] for s in gc.get_stats())),
-        }
+        overhead = tracemalloc.get_tracemalloc_memory()
+        garbage = len(gc.garbage)
+        collections = sum(s["collections"] for s in gc.get_stats())
+        malloc_bytes = None
         if self._mallinfo is not None:
             info = self._mallinfo()
-            out["malloc_bytes"] = float(info.uordblks + info.hblkhd)  # heap chunks + mmap'd
-        return out
+            malloc_bytes = float(info.uordblks + info.hblkhd)  # heap chunks + mmap'd
+        return HeapSample(
+            heap_bytes=float(traced) if tracing else blocks * self.mean_block,
+            heap_estimated=0.0 if tracing else 1.0,
+            heap_blocks=float(blocks),
+            traced_bytes=float(traced),
+            tracemalloc_overhead_bytes=float(overhead),
+            gc_garbage=float(garbage),
+            gc_collections=float(collections),
+            malloc_bytes=malloc_bytes,
+        )

@@ -1,15 +1,15 @@
 """External mode: serve an :class:`~soakd.agent.Agent` over a unix socket to a watcher outside.
 
 Protocol: one JSON object per line each way. Request ``{"op": OP, ...}`` with OP one of
-``ping``, ``heap``, ``sites`` (optional ``snapshot_path``, ``role``, ``t``), ``types``, ``tasks``,
-``start_tracing``, ``stop_tracing`` (``heap`` also carries ``tasks``); response
+:data:`soakd.agent.protocol.OPS` (answered by :func:`soakd.agent.protocol.dispatch`); response
 ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "message"}``. Requests of one
 connection are answered in order; the agent runs one request at a time across connections.
 
-The socket is ``$SOAKD_AGENT_SOCKET`` or ``/tmp/soakd-agent-<pid>.sock``, mode 0600: it is bound
-inside a fresh 0700 directory, chmod'ed, then renamed into place, so no other user ever gets a
-window to connect. Peers running as another (non-root) user are refused anyway (SO_PEERCRED).
-It is removed by :meth:`AgentServer.close`, at interpreter exit, and never by a forked child.
+The socket is ``$SOAKD_AGENT_SOCKET`` or ``soakd-agent-<pid>.sock`` in the temp directory (see
+:mod:`soakd.agent.env`), mode 0600: it is bound inside a fresh 0700 directory, chmod'ed, then
+renamed into place, so no other user ever gets a window to connect. Peers running as another
+(non-root) user are refused anyway (SO_PEERCRED). It is removed by :meth:`AgentServer.close`,
+at interpreter exit, and never by a forked child.
 
 Limits of ``tasks`` here: the server thread is not the loop's thread, so it finds running loops
 through their tasks and asks each loop to count on its own thread; a loop blocked for more
@@ -22,46 +22,55 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
-import math
 import os
 import selectors
 import socket
 import stat
 import struct
-import sys
 import tempfile
 import threading
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from soakd.agent.env import ENV_DISABLED, ENV_SOCKET, default_socket_path
 from soakd.agent.objects import count_tasks_any_thread
+from soakd.agent.protocol import (
+    OPS,
+    AgentError,
+    HeapSample,
+    Hello,
+    SitesResult,
+    TracingState,
+    TypesSample,
+    dispatch,
+    encode,
+)
 from soakd.errors import SoakdError
 
 if TYPE_CHECKING:
     from soakd.agent import Agent
 
-__all__ = ["AgentClient", "AgentError", "AgentServer", "default_socket_path", "serve"]
+__all__ = [
+    "ENV_DISABLED",
+    "ENV_SOCKET",
+    "AgentClient",
+    "AgentError",
+    "AgentServer",
+    "default_socket_path",
+    "serve",
+]
 
-ENV_SOCKET = "SOAKD_AGENT_SOCKET"
-ENV_DISABLED = "SOAKD_AGENT_DISABLED"
+_A = TypeVar("_A")
 _MAX_REQUEST = 64 * 1024
 _MAX_RESPONSE = 64 * 1024 * 1024
-_OPS = ("ping", "heap", "sites", "types", "tasks", "start_tracing", "stop_tracing")
-
-
-class AgentError(SoakdError):
-    """The agent could not be served or did not answer as it should."""
-
-
-def default_socket_path(pid: int | None = None) -> str:
-    """``$SOAKD_AGENT_SOCKET`` or ``/tmp/soakd-agent-<pid>.sock``."""
-    configured = os.environ.get(ENV_SOCKET)
-    if configured:
-        return configured
-    return os.path.join(tempfile.gettempdir(), f"soakd-agent-{pid or os.getpid()}.sock")
 
 
 class AgentServer:
-    """A background thread answering agent requests on a unix socket."""
+    """A background thread answering agent requests on a unix socket.
+
+    Collaborators: the :class:`~soakd.agent.Agent` it serves, through
+    :func:`soakd.agent.protocol.dispatch`; one thread per connection, one request at a time.
+    """
 
     def __init__(self, agent: Agent, path: str) -> None:
         self.agent = agent
@@ -142,44 +151,14 @@ class AgentServer:
             request = json.loads(line)
         except ValueError as exc:
             return {"ok": False, "error": f"request is not JSON: {exc}"}
-        if not isinstance(request, dict) or request.get("op") not in _OPS:
-            return {"ok": False, "error": f"unknown op; expected one of {', '.join(_OPS)}"}
+        if not isinstance(request, dict) or request.get("op") not in OPS:
+            return {"ok": False, "error": f"unknown op; expected one of {', '.join(OPS)}"}
         try:
             with self._lock:
-                return {"ok": True, "result": self._dispatch(request)}
+                answer = dispatch(self.agent, request["op"], request, tasks=count_tasks_any_thread)
+                return {"ok": True, "result": encode(answer)}
         except (ValueError, TypeError, OSError, SoakdError) as exc:
             return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-
-    def _dispatch(self, request: dict[str, Any]) -> Any:
-        op = request["op"]
-        agent = self.agent
-        if op == "ping":
-            return {"pid": os.getpid(), "tracing": agent.tracing, "argv": sys.argv[:8]}
-        if op == "heap":
-            # Same shape as the worker's answer: the supervisor reads tasks from the heap sample.
-            return {**agent.heap(), "tasks": float(count_tasks_any_thread())}
-        if op == "types":
-            return agent.types()
-        if op == "tasks":
-            return count_tasks_any_thread()
-        if op == "start_tracing":
-            agent.start_tracing()
-            return {"tracing": agent.tracing}
-        if op == "stop_tracing":
-            agent.stop_tracing()
-            return {"tracing": agent.tracing}
-        path = request.get("snapshot_path")
-        role = request.get("role", "latest")
-        t = request.get("t")
-        if path is not None and not isinstance(path, str):
-            raise TypeError("snapshot_path must be a string or null")
-        if not isinstance(role, str):
-            raise TypeError("role must be a string")
-        if t is not None and (
-            not isinstance(t, int | float) or isinstance(t, bool) or not math.isfinite(t)
-        ):
-            raise TypeError("t must be a finite number or null")
-        return agent.sites(path, role, t=None if t is None else float(t))
 
 
 def _bind_private(path: str) -> tuple[socket.socket, int]:
@@ -270,7 +249,11 @@ def serve(
 
 
 class AgentClient:
-    """Synchronous client with the Agent's method names; every call is bounded by a timeout."""
+    """Synchronous client with the Agent's method names and typed answers.
+
+    Holds one connection to the socket at ``path``, reopened after a failure; every call is
+    bounded by ``timeout`` (``sites_timeout`` for ``sites``, which copies every trace).
+    """
 
     def __init__(self, path: str, timeout: float = 10.0, sites_timeout: float = 60.0) -> None:
         self.path = path
@@ -294,40 +277,49 @@ class AgentClient:
         self._sock = None
         self._stream = None
 
-    def ping(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._call({"op": "ping"})
-        return result
+    def ping(self) -> Hello:
+        return self._ask({"op": "ping"}, Hello.from_json)
 
     @property
     def tracing(self) -> bool:
-        return bool(self.ping()["tracing"])
+        return self.ping().tracing
 
-    def heap(self) -> dict[str, float]:
-        return _floats(self._call({"op": "heap"}))
+    def heap(self) -> HeapSample:
+        return self._ask({"op": "heap"}, HeapSample.from_json)
 
     def tasks(self) -> int:
         return int(self._call({"op": "tasks"}))
 
-    def types(self) -> dict[str, int]:
-        result = self._call({"op": "types"})
-        if not isinstance(result, dict):
-            raise AgentError(f"agent at {self.path} sent a malformed types answer")
-        return {str(k): int(v) for k, v in result.items()}
+    def types(self) -> TypesSample:
+        return self._ask({"op": "types"}, TypesSample.from_json)
 
-    def start_tracing(self) -> None:
-        self._call({"op": "start_tracing"})
+    def start_tracing(self) -> TracingState:
+        return self._ask({"op": "start_tracing"}, TracingState.from_json)
 
-    def stop_tracing(self) -> None:
-        self._call({"op": "stop_tracing"})
+    def stop_tracing(self) -> TracingState:
+        return self._ask({"op": "stop_tracing"}, TracingState.from_json)
 
     def sites(
         self, snapshot_path: str | None = None, role: str = "latest", *, t: float | None = None
-    ) -> dict[str, Any]:
+    ) -> SitesResult:
         request = {"op": "sites", "snapshot_path": snapshot_path, "role": role, "t": t}
-        result = self._call(request, self.sites_timeout)
-        if not isinstance(result, dict):
-            raise AgentError(f"agent at {self.path} sent a malformed sites answer")
-        return result
+        return self._ask(request, SitesResult.from_json, self.sites_timeout)
+
+    def _ask(
+        self,
+        request: dict[str, Any],
+        decode: Callable[[Mapping[str, Any]], _A],
+        timeout: float | None = None,
+    ) -> _A:
+        result = self._call(request, timeout)
+        try:
+            if not isinstance(result, dict):
+                raise TypeError(type(result).__name__)
+            return decode(result)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise AgentError(
+                f"agent at {self.path} sent a malformed {request['op']} answer: {exc!r}"
+            ) from None
 
     def _call(self, request: dict[str, Any], timeout: float | None = None) -> Any:
         try:
@@ -363,9 +355,3 @@ class AgentClient:
         if not reply.get("ok"):
             raise AgentError(f"agent at {self.path}: {reply.get('error', 'unknown error')}")
         return reply.get("result")
-
-
-def _floats(value: Any) -> dict[str, float]:
-    if not isinstance(value, dict):
-        raise AgentError("malformed heap answer")
-    return {str(k): float(v) for k, v in value.items()}

@@ -20,16 +20,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from soakd.errors import CommandError
-from soakd.reporting.common import (
-    SUMMARY,
-    dig,
-    load_summary_file,
-    num,
-    rebuild_or_read_summary,
-    text,
-)
-from soakd.reporting.svg import Unit, format_value
+from soakd.coerce import dig, num, text
+from soakd.errors import CommandError, SoakdError
+from soakd.reporting.rundata import load_summary_file, rebuild_or_read_summary
+from soakd.rundir import SAMPLES, SUMMARY
+from soakd.units import Unit, format_value
 
 EXIT_REGRESSION = 6
 
@@ -119,7 +114,7 @@ def collect_baselines(
     for base in args_baselines:
         if not base.is_dir():
             raise CommandError(f"baseline not found or not a directory: {base}")
-        if (base / SUMMARY).is_file() or (base / "samples.db").is_file():
+        if (base / SUMMARY).is_file() or (base / SAMPLES).is_file():
             if base.resolve() not in seen:
                 seen.add(base.resolve())
                 out.append((base, _run_summary(base)))
@@ -130,7 +125,7 @@ def collect_baselines(
                 continue
             try:
                 summary = load_summary_file(child)
-            except CommandError:
+            except SoakdError:
                 continue  # one broken run among many must not block the comparison
             if summary.get("target") == target:
                 found.append((child, summary))

@@ -9,16 +9,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from soakd.coerce import text
 from soakd.errors import CommandError
-from soakd.reporting import REPORT_HTML, REPORT_MD, write_reports
-from soakd.reporting.common import (
-    SAMPLES,
-    SUMMARY,
-    check_run_dir,
-    open_store,
-    rebuild_or_read_summary,
-    text,
-)
+from soakd.reporting import write_reports
+from soakd.reporting.rundata import rebuild_or_read_summary
+from soakd.rundir import REPORT_HTML, REPORT_MD, SAMPLES, SUMMARY, check_run_dir
+from soakd.store import RunStore
+from soakd.summary import write_summary
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -36,20 +33,15 @@ def run(args: argparse.Namespace) -> int:
     run_dir: Path = args.run_dir
     check_run_dir(run_dir)
     if (run_dir / SAMPLES).is_file():
-        open_store(run_dir / SAMPLES).close()  # a foreign or broken store: one clear message
+        RunStore(run_dir / SAMPLES).close()  # a foreign or broken store: one clear message
     summary = rebuild_or_read_summary(run_dir)
     if summary:
         try:
-            from soakd.summary import write_summary
-        except ImportError:
-            pass  # without the summary module there is nothing newer to write
-        else:
-            try:
-                write_summary(run_dir, summary)
-            except OSError as exc:
-                raise CommandError(
-                    f"cannot write {run_dir / SUMMARY}: {text(exc.strerror or exc, 200)}"
-                ) from None
+            write_summary(run_dir, summary)
+        except OSError as exc:
+            raise CommandError(
+                f"cannot write {run_dir / SUMMARY}: {text(exc.strerror or exc, 200)}"
+            ) from None
     write_reports(run_dir, summary)
     if summary:
         print(run_dir / SUMMARY)

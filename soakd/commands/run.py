@@ -14,7 +14,7 @@ import anyio
 import psutil
 
 from soakd.config import load_config
-from soakd.errors import CommandError
+from soakd.errors import CommandError, RunDirError
 from soakd.rundir import create_run_dir
 from soakd.units import parse_duration
 
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         supervisor = Supervisor(config, run_dir, duration)
     except (OSError, sqlite3.Error) as exc:  # e.g. a full disk: the store cannot be created
-        raise CommandError(
+        raise RunDirError(
             f"cannot write the run directory {run_dir.path}: {exc}; "
             "free some space or choose another --run-dir"
         ) from None

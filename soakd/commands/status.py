@@ -15,24 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from soakd.analysis.trend import slope_per_hour
+from soakd.coerce import num, text
 from soakd.errors import CommandError
-from soakd.reporting.common import (
-    EVENTS,
-    SAMPLES,
-    SUMMARY,
-    LeakEntry,
-    Store,
-    breach_entries,
-    check_run_dir,
-    leak_entries,
-    load_events,
-    load_summary_file,
-    num,
-    text,
-)
-from soakd.reporting.svg import Unit, format_value
-from soakd.rundir import iter_events
-from soakd.units import format_duration
+from soakd.reporting.common import LeakEntry, breach_entries, leak_entries
+from soakd.reporting.rundata import CORE_SERIES, load_events, load_summary_file
+from soakd.rundir import EVENTS, SAMPLES, SUMMARY, check_run_dir, iter_events
+from soakd.store import RunStore
+from soakd.units import Unit, format_duration, format_value
 
 SLOPE_WINDOW_S = 600.0
 STALE_AFTER_S = 120.0  # nothing written for this long and no run.finished: the supervisor died
@@ -109,10 +98,10 @@ def collect_status(run_dir: Path, now: float | None = None) -> dict[str, Any]:
     elapsed = rss = heap = slope = None
     method = "n/a"
     if (run_dir / SAMPLES).is_file():
-        store = Store(run_dir / SAMPLES)
+        store = RunStore(run_dir / SAMPLES)
         try:
             meta = store.meta()
-            elapsed = store.last_t()
+            elapsed = store.last_t(CORE_SERIES)
             rss = store.last_value("rss_bytes")
             heap = store.last_value("heap_bytes")
             since = None if elapsed is None else elapsed - SLOPE_WINDOW_S

@@ -6,20 +6,13 @@ import json
 from collections.abc import Mapping, Sequence
 from html import escape
 
-from soakd.reporting.common import (
-    Growth,
-    LeakEntry,
-    RunData,
-    breach_entries,
-    dig,
-    format_metric,
-    leak_entries,
-    num,
-    source_context,
-    text,
-)
-from soakd.reporting.svg import Chart, Marker, Point, Unit, format_value
-from soakd.units import format_duration
+from soakd.coerce import dig, num, text
+from soakd.reporting.common import LeakEntry, breach_entries, leak_entries
+from soakd.reporting.format import format_metric, source_context
+from soakd.reporting.rundata import RunData
+from soakd.reporting.svg import Chart, Marker
+from soakd.store import Point, SeriesGrowth
+from soakd.units import Unit, format_duration, format_value
 
 HALF = 526  # two charts side by side in the 1100 px page
 
@@ -183,7 +176,7 @@ def _plots(run: RunData, markers: Sequence[Marker]) -> str:
     return "".join(parts)
 
 
-def _growth_section(run: RunData, title: str, growth: Sequence[Growth], unit: Unit) -> str:
+def _growth_section(run: RunData, title: str, growth: Sequence[SeriesGrowth], unit: Unit) -> str:
     top = list(growth[:8])
     if not top:
         return f"<h2>{escape(title)}</h2><p class='muted'>none recorded</p>"

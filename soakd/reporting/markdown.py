@@ -5,20 +5,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from soakd.reporting.common import (
-    LeakEntry,
-    RunData,
-    breach_entries,
-    compact_json,
-    dig,
-    format_metric,
-    leak_entries,
-    num,
-    source_context,
-    text,
-)
-from soakd.reporting.svg import Unit, format_value
-from soakd.units import format_duration
+from soakd.coerce import compact_json, dig, num, text
+from soakd.reporting.common import LeakEntry, breach_entries, leak_entries
+from soakd.reporting.format import format_metric, source_context
+from soakd.reporting.rundata import RunData
+from soakd.units import Unit, format_duration, format_value
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~])")
 

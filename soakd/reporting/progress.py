@@ -8,7 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from soakd.reporting.common import num
+from soakd.coerce import num
+from soakd.leaks import LeakLedger
 from soakd.reporting.svg import format_value
 from soakd.sinks.base import RunObserver
 from soakd.units import format_duration
@@ -25,8 +26,7 @@ class ProgressState:
     error_rate: float | None = None
     rss_bytes: float | None = None
     heap_bytes: float | None = None
-    suspects: set[tuple[str, str, str]] = field(default_factory=set)
-    confirmed: set[tuple[str, str, str]] = field(default_factory=set)
+    leaks: LeakLedger = field(default_factory=LeakLedger)
     breaches: int = 0
 
     def render(self, width: int = 120) -> str:
@@ -38,18 +38,15 @@ class ProgressState:
             f"err {format_value(self.error_rate, 'ratio')}",
             f"rss {format_value(self.rss_bytes, 'bytes')}",
             f"heap {format_value(self.heap_bytes, 'bytes')}",
-            f"suspects {len(self.suspects)}",
+            f"suspects {len(self.leaks.suspect_events())}",
         ]
-        if self.confirmed:
-            parts.append(f"LEAKS {len(self.confirmed)}")
+        confirmed = len(self.leaks.confirmed_events())
+        if confirmed:
+            parts.append(f"LEAKS {confirmed}")
         if self.breaches:
             parts.append(f"breaches {self.breaches}")
         line = " | ".join(parts)
         return line if len(line) <= width else line[: max(0, width - 1)] + "…"
-
-
-def _leak_key(fields: Mapping[str, Any]) -> tuple[str, str, str]:
-    return (str(fields.get("kind")), str(fields.get("site")), str(fields.get("type")))
 
 
 class Progress(RunObserver):
@@ -103,15 +100,8 @@ class Progress(RunObserver):
             self.state.error_rate = error_rate
 
     def on_event(self, event: str, fields: Mapping[str, Any]) -> None:
-        key = _leak_key(fields)
-        if event == "leak.suspected":
-            self.state.suspects.add(key)
-        elif event == "leak.confirmed":
-            self.state.suspects.discard(key)
-            self.state.confirmed.add(key)
-        elif event == "leak.cleared":
-            self.state.suspects.discard(key)
-            self.state.confirmed.discard(key)
+        if self.state.leaks.apply(event, fields) is not None:
+            pass
         elif event == "threshold.breached":
             self.state.breaches += 1
         else:

@@ -1,4 +1,8 @@
-"""Server-side SVG line charts: no JavaScript, no network, every string escaped."""
+"""Server-side SVG line charts: no JavaScript, no network, every string escaped.
+
+Points, min/max buckets and value formatting come from :mod:`soakd.store` and
+:mod:`soakd.units` (re-exported here for the report modules).
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,23 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
-from typing import Literal
 
-from soakd.units import format_duration, format_size
+from soakd.store import Bucket, Point, buckets_to_points
+from soakd.units import Unit, format_duration, format_value
 
-Point = tuple[float, float]
-Unit = Literal["bytes", "count", "ratio", "ms", "per_s", "number"]
+__all__ = [
+    "Bucket",
+    "Chart",
+    "Marker",
+    "Point",
+    "Unit",
+    "buckets_to_points",
+    "downsample",
+    "format_value",
+    "nice_ticks",
+    "time_ticks",
+    "value_ticks",
+]
 
 PALETTE = (
     "#1f77b4",
@@ -36,35 +51,6 @@ class Marker:
     t: float
     label: str
     kind: str  # warmup | suspected | confirmed | breach
-
-
-@dataclass(frozen=True)
-class Bucket:
-    t_lo: float
-    t_hi: float
-    v_min: float
-    v_max: float
-    v_avg: float
-
-
-def buckets_to_points(buckets: Sequence[Bucket]) -> list[Point]:
-    """Two points per bucket (min and max), ordered by the local direction of the series.
-
-    Emitting min then max on a rising stretch (max then min on a falling one) keeps monotone
-    series monotone on screen while spikes inside a bucket stay visible.
-    """
-    out: list[Point] = []
-    for i, b in enumerate(buckets):
-        if b.v_min == b.v_max or b.t_lo == b.t_hi:
-            out.append(((b.t_lo + b.t_hi) / 2, b.v_avg if b.v_min != b.v_max else b.v_min))
-            continue
-        prev_avg = buckets[i - 1].v_avg if i > 0 else b.v_avg
-        next_avg = buckets[i + 1].v_avg if i + 1 < len(buckets) else b.v_avg
-        if next_avg - prev_avg >= 0:
-            out += [(b.t_lo, b.v_min), (b.t_hi, b.v_max)]
-        else:
-            out += [(b.t_lo, b.v_max), (b.t_hi, b.v_min)]
-    return out
 
 
 def downsample(points: Sequence[Point], max_points: int = 1500) -> list[Point]:
@@ -136,26 +122,6 @@ def value_ticks(lo: float, hi: float, unit: Unit, count: int = 4) -> list[float]
     while max(abs(lo), abs(hi)) / scale >= 1024 and scale < 1024.0**3:
         scale *= 1024
     return [t * scale for t in nice_ticks(lo / scale, hi / scale, count)]
-
-
-def format_value(value: float | None, unit: Unit) -> str:
-    """A value in the unit a person reads: ``1.5 MiB``, ``12``, ``3.2%``, ``45 ms``."""
-    if value is None or not math.isfinite(value):
-        return "n/a" if value is None or math.isnan(value) else ("∞" if value > 0 else "-∞")
-    if unit == "bytes":
-        if abs(value) >= 1024**4:  # beyond GiB a size is absurd; stay short and exact
-            return f"{value:.3g} B"
-        sign = "-" if value < 0 else ""
-        return sign + format_size(abs(value))
-    if unit == "ratio":
-        return f"{value * 100:.2f}%"
-    if unit == "ms":
-        return f"{value:.0f} ms" if abs(value) >= 10 else f"{value:.2f} ms"
-    if unit == "per_s":
-        return f"{value:.2f}/s"
-    if unit == "count":
-        return f"{value:.0f}" if abs(value) >= 10 or value == int(value) else f"{value:.1f}"
-    return f"{value:.4g}"
 
 
 def _tick_label(value: float, unit: Unit) -> str:

@@ -7,7 +7,12 @@ from typing import Any
 
 
 class RunObserver:
-    """Receives a run's facts as they happen. Methods must not block (the supervisor's loop)."""
+    """Receives a run's facts as they happen. Methods must not block (the supervisor's loop).
+
+    They may raise: the supervisor isolates each observer (:func:`soakd.sinks.observers.fan_out`),
+    so an exception costs that one call, never the run or the other observers. Register a new
+    observer in :data:`soakd.sinks.observers.OBSERVERS`; event names are in :mod:`soakd.events`.
+    """
 
     async def start(self) -> None:
         """Open resources (servers, sessions)."""

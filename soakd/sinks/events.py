@@ -53,7 +53,12 @@ class _Sink:
 
 
 class EventLog:
-    """Emits events to events.jsonl, stdout and registered listeners."""
+    """Emits events to events.jsonl, stdout and registered listeners.
+
+    Collaborators: structlog (the processor pipeline), a :class:`_Sink` writing the file and
+    stdout, and the listeners (the supervisor's observer fan-out). Event names are catalogued
+    in :mod:`soakd.events`.
+    """
 
     def __init__(
         self,
@@ -86,15 +91,13 @@ class EventLog:
         return self._sink.write_errors
 
     def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(event, fields)`` after each event is written; it must not raise."""
         self._listeners.append(listener)
 
     def emit(self, event: str, level: str = "info", **fields: Any) -> None:
         getattr(self._log, level)(event, level=level, **fields)
         for listener in self._listeners:
-            try:
-                listener(event, fields)
-            except Exception:  # a sink's bug must not stop the run
-                pass
+            listener(event, fields)  # observers are isolated by sinks.observers.fan_out
 
     def close(self) -> None:
         if self._file is not None:

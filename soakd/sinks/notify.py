@@ -19,6 +19,7 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
+from soakd.leaks import LeakLedger, leak_label
 from soakd.sinks.base import RunObserver
 from soakd.units import format_size
 
@@ -139,14 +140,12 @@ def format_status(
     return line[:_MAX_STATUS]
 
 
-def _finding_key(fields: Mapping[str, Any]) -> str:
-    kind = str(fields.get("kind") or "?")
-    where = fields.get("site") or fields.get("type")
-    return f"{kind} at {where}" if where else kind
-
-
 class Notifier(RunObserver):
-    """Reports a run's state to systemd (Type=notify units); silent when not under systemd."""
+    """Reports a run's state to systemd (Type=notify units); silent when not under systemd.
+
+    Collaborators: :class:`SdNotify` (the datagram socket) and a :class:`LeakLedger` (the
+    verdict so far); a watchdog task pings while process samples arrive.
+    """
 
     def __init__(
         self,
@@ -167,8 +166,7 @@ class Notifier(RunObserver):
         self._iterations: int | None = None
         self._errors: int | None = None
         self._rss: float | None = None
-        self._suspected: dict[str, None] = {}  # insertion-ordered sets
-        self._confirmed: dict[str, None] = {}
+        self._leaks = LeakLedger()
         self._final: str | None = None
         self._aborting: str | None = None
         self._target_failed: str | None = None
@@ -257,16 +255,8 @@ class Notifier(RunObserver):
             self.sd.send("STOPPING=1", f"STATUS=stopping ({reason}): {self.status_line()}")
             return
         changed = True
-        if event == "leak.suspected":
-            self._suspected[_finding_key(fields)] = None
-        elif event == "leak.confirmed":
-            key = _finding_key(fields)
-            self._suspected.pop(key, None)
-            self._confirmed[key] = None
-        elif event == "leak.cleared":
-            key = _finding_key(fields)
-            self._suspected.pop(key, None)
-            self._confirmed.pop(key, None)
+        if self._leaks.apply(event, fields) is not None:
+            pass
         elif event == "threshold.breached" and fields.get("action") == "abort":
             self._aborting = str(fields.get("rule") or fields.get("metric") or "rule")
         elif event == "target.failed":
@@ -286,12 +276,13 @@ class Notifier(RunObserver):
             return f"target failed ({self._target_failed})"
         if self._aborting is not None:
             return f"aborted by {self._aborting}"
-        if self._confirmed:
-            first = next(iter(self._confirmed))
-            more = len(self._confirmed) - 1
-            return f"leak: {first}" + (f" (+{more} more)" if more else "")
-        if self._suspected:
-            return f"pass, {len(self._suspected)} leak suspect(s)"
+        confirmed = self._leaks.confirmed_events()
+        if confirmed:
+            more = len(confirmed) - 1
+            return f"leak: {leak_label(confirmed[0])}" + (f" (+{more} more)" if more else "")
+        suspects = self._leaks.suspect_events()
+        if suspects:
+            return f"pass, {len(suspects)} leak suspect(s)"
         return "pass"
 
     def status_line(self) -> str:

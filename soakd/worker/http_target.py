@@ -9,9 +9,10 @@ from typing import Any
 import aiohttp
 
 from soakd.config import HttpTarget
+from soakd.errors import SoakdError
 
 
-class HTTPStatusError(Exception):
+class HTTPStatusError(SoakdError):
     """A response with status ≥ 400; classified by status in the error counts."""
 
     def __init__(self, status: int) -> None:

@@ -1,7 +1,9 @@
 """Worker entry point (``python -m soakd.worker``), started by the supervisor.
 
-Environment: ``SOAKD_CHANNEL_FD`` (our end of the socketpair) and ``SOAKD_CONFIG`` (the run's
-config.json). The worker dies with the supervisor: PR_SET_PDEATHSIG plus EOF on the channel.
+Environment (names in :mod:`soakd.worker`): ``SOAKD_CHANNEL_FD`` (our end of the socketpair)
+and ``SOAKD_CONFIG`` (the run's config.json). The worker dies with the supervisor:
+PR_SET_PDEATHSIG plus EOF on the channel. It answers the agent operations of
+:mod:`soakd.agent.protocol`, and ``stop``.
 """
 
 from __future__ import annotations
@@ -13,14 +15,20 @@ import signal
 import socket
 import sys
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING
 
 import anyio
+import anyio.from_thread
 
+from soakd.agent.protocol import dispatch, encode
 from soakd.channel import Channel, ChannelClosed, Message
 from soakd.config import Config
 from soakd.errors import EXIT_TARGET_FAILED
+from soakd.worker import ENV_CHANNEL_FD, ENV_CONFIG, ENV_SUPERVISOR_PID
 from soakd.worker.target import TargetError, open_target
+
+if TYPE_CHECKING:
+    from soakd.workload.engine import Engine
 
 PR_SET_PDEATHSIG = 1
 
@@ -36,6 +44,10 @@ def _die_with_parent(parent: int) -> None:
 
 
 class Worker:
+    """Drives the target with the workload :class:`~soakd.workload.engine.Engine` and answers
+    the supervisor over the :class:`~soakd.channel.Channel` with its
+    :class:`~soakd.agent.Agent`."""
+
     def __init__(self, config: Config, channel: Channel) -> None:
         from soakd.agent import Agent
 
@@ -44,7 +56,7 @@ class Worker:
         s = config.sampling
         self.agent = Agent(frames=s.frames, max_sites=s.max_sites, max_types=s.max_types)
         self.stop = anyio.Event()
-        self.engine: Any = None
+        self.engine: Engine | None = None
 
     async def run(self) -> int:
         if self.config.sampling.enabled and self.config.sampling.tracemalloc == "always":
@@ -122,37 +134,24 @@ class Worker:
         if rid is not None:
             await self.channel.send({"id": rid, "ok": True, "result": result})
 
-    async def _dispatch(self, op: str, message: Message) -> Any:
-        agent = self.agent
+    async def _dispatch(self, op: str, message: Message) -> object:
         if op == "stop":
             self.stop.set()
             return None
-        if op == "ping":
-            return {"pid": os.getpid()}
-        if op == "heap":
-            result = dict(await anyio.to_thread.run_sync(agent.heap))
-            result["tasks"] = agent.tasks()  # the loop's tasks: read on the loop thread
-            return result
-        if op == "types":
-            return await anyio.to_thread.run_sync(agent.types)
-        if op == "sites":
-            path = message.get("snapshot_path")
-            role = str(message.get("role", "latest"))
-            t = message.get("t")
-            at = float(t) if isinstance(t, int | float) else None
-            return await anyio.to_thread.run_sync(lambda: agent.sites(path, role, t=at))
-        if op == "start_tracing":
-            agent.start_tracing()
-            return None
-        if op == "stop_tracing":
-            agent.stop_tracing()
-            return None
-        raise ValueError(f"unknown op {op!r}")
+        agent = self.agent
+
+        def loop_tasks() -> int:
+            return anyio.from_thread.run_sync(agent.tasks)  # the loop's tasks: on its thread
+
+        answer = await anyio.to_thread.run_sync(
+            lambda: dispatch(agent, op, message, tasks=loop_tasks)
+        )
+        return encode(answer)
 
 
 async def _amain() -> int:
-    fd = int(os.environ["SOAKD_CHANNEL_FD"])
-    with open(os.environ["SOAKD_CONFIG"], encoding="utf-8") as fh:
+    fd = int(os.environ[ENV_CHANNEL_FD])
+    with open(os.environ[ENV_CONFIG], encoding="utf-8") as fh:
         raw = json.load(fh)
     config = Config.model_validate(raw["config"]).model_copy(update={"base_dir": raw["base_dir"]})
     sock = socket.socket(fileno=fd)
@@ -164,7 +163,7 @@ async def _amain() -> int:
 
 
 def main() -> int:
-    parent = int(os.environ.get("SOAKD_SUPERVISOR_PID", os.getppid()))
+    parent = int(os.environ.get(ENV_SUPERVISOR_PID, os.getppid()))
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
     try:

@@ -12,10 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from soakd.config import TargetConfig
+from soakd.errors import EXIT_TARGET_FAILED, SoakdError
 
 
-class TargetError(Exception):
-    """The target cannot be imported or built (exit 5)."""
+class TargetError(SoakdError):
+    """The target cannot be imported or built (exit 5); ``reason`` names the stage."""
+
+    exit_code = EXIT_TARGET_FAILED
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)

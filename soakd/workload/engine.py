@@ -15,7 +15,8 @@ Stages run in sequence by elapsed time; each sets ``users`` or ``rate`` (a step,
 the last stage's level holds until the run stops. Latency is recorded for successful iterations
 only (fast failures would otherwise flatter it); time to first event and to milestones is
 recorded whenever the event was seen. Memory is bounded: fixed-size histograms, a capped number
-of error classes and kinds, nothing kept per iteration.
+of error classes and kinds, nothing kept per iteration; the counting and the dicts it is reported
+in are :mod:`soakd.workload.stats`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import inspect
 import math
 import random
 import time
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,10 +36,11 @@ from anyio.abc import TaskGroup
 
 from soakd.config import ThinkTime, WorkloadConfig
 from soakd.workload.corpus import Corpus, CorpusEntry
-from soakd.workload.histogram import LatencyHistogram
 from soakd.workload.matchers import EventMatcher, MatcherSet
+from soakd.workload.stats import MAX_ERROR_CLASSES, Window, interval_stats, run_totals
 
 __all__ = [
+    "MAX_ERROR_CLASSES",
     "Engine",
     "IterationFn",
     "Level",
@@ -50,13 +52,9 @@ __all__ = [
 
 IterationFn = Callable[[str], Any]
 
-MAX_ERROR_CLASSES = 32  # distinct error classes kept, "other" included
-MAX_KINDS = 64  # distinct query kinds kept, "other" included
-OTHER = "other"
 _MAX_LABEL = 64
 _STAGE_POLL_S = 0.1  # stage boundaries are re-checked at least this often
 _ARRIVAL_BURST = 64  # arrivals issued back to back before yielding to the event loop
-_CI_CONFIDENCE = 0.95
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,121 +126,6 @@ def _label(text: str) -> str:
     return text if len(text) <= _MAX_LABEL else text[: _MAX_LABEL - 1] + "…"
 
 
-class _KindStats:
-    __slots__ = ("errors", "first_event", "iterations", "latency")
-
-    def __init__(self) -> None:
-        self.iterations = 0
-        self.errors = 0
-        self.latency = LatencyHistogram()
-        self.first_event = LatencyHistogram()
-
-    def merge(self, other: _KindStats) -> None:
-        self.iterations += other.iterations
-        self.errors += other.errors
-        self.latency.merge(other.latency)
-        self.first_event.merge(other.first_event)
-
-    def reset(self) -> None:
-        self.iterations = self.errors = 0
-        self.latency.reset()
-        self.first_event.reset()
-
-
-class _Window:
-    """Statistics over a span of time (one interval, or the whole run)."""
-
-    __slots__ = (
-        "cancelled",
-        "errors",
-        "errors_by_class",
-        "events",
-        "first_event",
-        "iterations",
-        "kinds",
-        "latency",
-        "milestones",
-        "missed_starts",
-    )
-
-    def __init__(self, milestones: Iterable[str]) -> None:
-        self.iterations = 0
-        self.errors = 0
-        self.cancelled = 0
-        self.missed_starts = 0
-        self.events = 0
-        self.errors_by_class: dict[str, int] = {}
-        self.latency = LatencyHistogram()
-        self.first_event = LatencyHistogram()
-        self.milestones = {name: LatencyHistogram() for name in milestones}
-        self.kinds: dict[str, _KindStats] = {}
-
-    def kind(self, name: str) -> _KindStats:
-        stats = self.kinds.get(name)
-        if stats is None:
-            if len(self.kinds) >= MAX_KINDS - 1 and name != OTHER:
-                return self.kind(OTHER)
-            stats = self.kinds[name] = _KindStats()
-        return stats
-
-    def add_error(self, cls: str, n: int = 1) -> None:
-        by = self.errors_by_class
-        if cls not in by and len(by) >= MAX_ERROR_CLASSES - 1:
-            cls = OTHER  # the last slot is kept for "other"
-        by[cls] = by.get(cls, 0) + n
-
-    def merge(self, other: _Window) -> None:
-        self.iterations += other.iterations
-        self.errors += other.errors
-        self.cancelled += other.cancelled
-        self.missed_starts += other.missed_starts
-        self.events += other.events
-        for cls, n in other.errors_by_class.items():
-            self.add_error(cls, n)
-        self.latency.merge(other.latency)
-        self.first_event.merge(other.first_event)
-        for name, hist in other.milestones.items():
-            self.milestones[name].merge(hist)
-        for name, stats in other.kinds.items():
-            self.kind(name).merge(stats)
-
-    def reset(self) -> None:
-        self.iterations = self.errors = self.cancelled = self.missed_starts = self.events = 0
-        self.errors_by_class.clear()
-        self.latency.reset()
-        self.first_event.reset()
-        for hist in self.milestones.values():
-            hist.reset()
-        for stats in self.kinds.values():  # kept: kinds are few and recur every interval
-            stats.reset()
-
-    def copy(self) -> _Window:
-        out = _Window(self.milestones)
-        out.merge(self)
-        return out
-
-
-def _r(x: float) -> float:
-    return round(x, 3)
-
-
-def _pcts(h: LatencyHistogram) -> dict[str, float]:
-    return {
-        "p50": _r(h.percentile(50)),
-        "p90": _r(h.percentile(90)),
-        "p99": _r(h.percentile(99)),
-        "max": _r(h.max),
-    }
-
-
-def _ci(h: LatencyHistogram) -> dict[str, list[float] | None]:
-    out: dict[str, list[float] | None] = {}
-    for q in (50, 99):
-        ci = h.percentile_ci(q, _CI_CONFIDENCE)
-        out[f"p{q}"] = None if ci is None else [_r(ci[0]), _r(ci[1])]
-    return out
-
-
 def _own_cancellation() -> bool:
     """True when an enclosing scope (not the target) is cancelling this task."""
     if anyio.current_effective_deadline() == -math.inf:
@@ -255,7 +138,13 @@ def _own_cancellation() -> bool:
 
 
 class Engine:
-    """Drives ``call(query)`` under the configured load and keeps bounded statistics."""
+    """Drives ``call(query)`` under the configured load and keeps bounded statistics.
+
+    Collaborators: the :class:`~soakd.config.WorkloadConfig` (levels, stages, think time,
+    timeouts, matchers), the iteration function ``call``, the :class:`Corpus` it picks queries
+    from, and ``clock`` for measurements and stage timing. Statistics go to two
+    :class:`~soakd.workload.stats.Window`: the current interval's and the run's totals.
+    """
 
     _changed: anyio.Event  # set and replaced whenever the level changes or the run stops
 
@@ -277,8 +166,8 @@ class Engine:
         self._milestones = tuple(
             (name, EventMatcher(spec)) for name, spec in cfg.milestones.items()
         )
-        self._window = _Window(cfg.milestones)
-        self._totals = _Window(cfg.milestones)
+        self._window = Window(cfg.milestones)
+        self._totals = Window(cfg.milestones)
         self._interval_start = clock()
         self._run_start: float | None = None
         self._run_end: float | None = None
@@ -333,36 +222,14 @@ class Engine:
         histograms (``LatencyHistogram.to_dict()``, a few hundred bytes)."""
         now = self._clock()
         w = self._window
-        span = max(now - self._interval_start, 0.0)
-        out: dict[str, Any] = {
-            "interval_s": _r(span),
-            "iterations": w.iterations,
-            "errors": w.errors,
-            "errors_by_class": dict(w.errors_by_class),
-            "missed_starts": w.missed_starts,
-            "cancelled": w.cancelled,
-            "in_flight": self._in_flight,
-            "users": len(self._alive),
-            "rate": self._rate,
-            "throughput_per_s": _r(w.iterations / span) if span > 0 else 0.0,
-            "error_rate": w.errors / w.iterations if w.iterations else 0.0,
-            "events": w.events,
-            "latency_ms": _pcts(w.latency),
-            "first_event_ms": _pcts(w.first_event),
-            "milestones_ms": {
-                name: {
-                    "p50": _r(h.percentile(50)),
-                    "p99": _r(h.percentile(99)),
-                    "count": h.count,
-                }
-                for name, h in w.milestones.items()
-            },
-        }
-        if histograms:
-            # Sparse soakd.hist/1: lets sinks build exact cumulative histograms (Prometheus)
-            # and `soakd report` re-merge stored intervals into exact run percentiles.
-            out["latency_hist"] = w.latency.to_dict()
-            out["first_event_hist"] = w.first_event.to_dict()
+        out = interval_stats(
+            w,
+            max(now - self._interval_start, 0.0),
+            in_flight=self._in_flight,
+            users=len(self._alive),
+            rate=self._rate,
+            histograms=histograms,
+        )
         self._totals.merge(w)
         w.reset()
         self._interval_start = now
@@ -377,45 +244,7 @@ class Engine:
         else:
             end = self._run_end if self._run_end is not None else self._clock()
             duration = max(end - self._run_start, 0.0)
-        out: dict[str, Any] = {
-            "iterations": t.iterations,
-            "errors": t.errors,
-            "error_rate": t.errors / t.iterations if t.iterations else 0.0,
-            "throughput_per_s": _r(t.iterations / duration) if duration > 0 else 0.0,
-            "latency_ms": _pcts(t.latency),
-            "first_event_ms": _pcts(t.first_event),
-            "duration_s": _r(duration),
-            "missed_starts": t.missed_starts,
-            "cancelled": t.cancelled,
-            "events": t.events,
-            "errors_by_class": dict(t.errors_by_class),
-            "latency_ci_ms": _ci(t.latency),
-            "first_event_ci_ms": _ci(t.first_event),
-            "milestones_ms": {
-                name: {**_pcts(h), "count": h.count} for name, h in t.milestones.items()
-            },
-            "by_kind": {
-                kind: {
-                    "iterations": k.iterations,
-                    "errors": k.errors,
-                    "error_rate": k.errors / k.iterations if k.iterations else 0.0,
-                    "latency_ms": {
-                        "p50": _r(k.latency.percentile(50)),
-                        "p99": _r(k.latency.percentile(99)),
-                    },
-                    "first_event_ms": {
-                        "p50": _r(k.first_event.percentile(50)),
-                        "p99": _r(k.first_event.percentile(99)),
-                    },
-                }
-                for kind, k in t.kinds.items()
-                if k.iterations
-            },
-        }
-        if histograms:
-            out["latency_hist"] = t.latency.to_dict()
-            out["first_event_hist"] = t.first_event.to_dict()
-        return out
+        return run_totals(t, duration, histograms=histograms)
 
     # -- load ------------------------------------------------------------------------------
 
@@ -577,33 +406,4 @@ class Engine:
         else:
             if error is None and scope.cancel_called:
                 error = "timeout"
-        self._record(entry.kind, error, clock() - t0, first, hits, events)
-
-    def _record(
-        self,
-        kind: str,
-        error: str | None,
-        elapsed: float,
-        first: float | None,
-        hits: dict[str, float],
-        events: int,
-    ) -> None:
-        w = self._window
-        k = w.kind(kind)
-        w.iterations += 1
-        k.iterations += 1
-        w.events += events
-        if error is None:
-            ms = elapsed * 1000.0
-            w.latency.record(ms)
-            k.latency.record(ms)
-        else:
-            w.errors += 1
-            k.errors += 1
-            w.add_error(error)
-        if first is not None:
-            ms = first * 1000.0
-            w.first_event.record(ms)
-            k.first_event.record(ms)
-        for name, seconds in hits.items():
-            w.milestones[name].record(seconds * 1000.0)
+        self._window.record(entry.kind, error, clock() - t0, first, hits, events)

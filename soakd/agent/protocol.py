@@ -1,0 +1,291 @@
+"""The agent's operations and their answers: one dispatcher for the worker and the socket server.
+
+An operation is a JSON object ``{"op": OP, ...params}``; its answer is the ``to_json()`` of one
+of the frozen dataclasses below (``tasks`` answers a bare integer). The worker answers over its
+channel to the supervisor (:mod:`soakd.worker.main`), an external target over a unix socket
+(:mod:`soakd.agent.server`); both call :func:`dispatch`, and both clients decode with
+``from_json``. Each answer also reads like its JSON object (``answer["heap_bytes"]``), so code
+written against the wire form keeps working.
+
+Adding an operation: a name in :data:`Op` and :data:`OPS`, a branch in :func:`dispatch`, an
+answer class if it needs one, and a method on :class:`soakd.agent.stats.StatsSource`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+from soakd.errors import SoakdError
+from soakd.snapshots import SnapshotSite
+
+if TYPE_CHECKING:
+    from soakd.agent import Agent
+
+__all__ = [
+    "OPS",
+    "AgentError",
+    "Answer",
+    "HeapSample",
+    "Hello",
+    "Op",
+    "SitesResult",
+    "TracingState",
+    "TypesSample",
+    "dispatch",
+    "encode",
+    "sites_params",
+]
+
+Op = Literal["ping", "heap", "sites", "types", "tasks", "start_tracing", "stop_tracing"]
+OPS: Final[tuple[Op, ...]] = (
+    "ping", "heap", "sites", "types", "tasks", "start_tracing", "stop_tracing",
+)  # fmt: skip
+
+
+class AgentError(SoakdError):
+    """The agent could not be served or did not answer as it should."""
+
+
+class _WireView(Mapping[str, Any]):
+    """Read access by JSON key to an answer's wire form (``answer["sites"]``)."""
+
+    __slots__ = ()
+
+    def to_json(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_json()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_json())
+
+    def __len__(self) -> int:
+        return len(self.to_json())
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Hello(_WireView):
+    """``ping``: who answers, and whether it traces."""
+
+    pid: int
+    tracing: bool
+    argv: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pid": self.pid, "tracing": self.tracing, "argv": list(self.argv)}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> Hello:
+        return cls(
+            pid=int(raw["pid"]),
+            tracing=bool(raw.get("tracing")),
+            argv=tuple(str(a) for a in raw.get("argv") or ()),
+        )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class HeapSample(_WireView):
+    """``heap``: the cheap heap numbers (meanings in :mod:`soakd.agent.heap`) and the tasks."""
+
+    heap_bytes: float
+    heap_estimated: float  # 1.0: heap_bytes is blocks × mean block size, not traced bytes
+    heap_blocks: float
+    traced_bytes: float
+    tracemalloc_overhead_bytes: float
+    gc_garbage: float
+    gc_collections: float
+    malloc_bytes: float | None = None  # glibc only
+    tasks: float | None = None  # added by the dispatcher, which knows the loop's thread
+
+    def to_json(self) -> dict[str, float]:
+        out = {
+            "heap_bytes": self.heap_bytes,
+            "heap_estimated": self.heap_estimated,
+            "heap_blocks": self.heap_blocks,
+            "traced_bytes": self.traced_bytes,
+            "tracemalloc_overhead_bytes": self.tracemalloc_overhead_bytes,
+            "gc_garbage": self.gc_garbage,
+            "gc_collections": self.gc_collections,
+        }
+        if self.malloc_bytes is not None:
+            out["malloc_bytes"] = self.malloc_bytes
+        if self.tasks is not None:
+            out["tasks"] = self.tasks
+        return out
+
+    @classmethod
+    def from_json(cls, raw: Any) -> HeapSample:
+        def opt(key: str) -> float | None:
+            value = raw.get(key)
+            return None if value is None else float(value)
+
+        return cls(
+            heap_bytes=float(raw["heap_bytes"]),
+            heap_estimated=float(raw["heap_estimated"]),
+            heap_blocks=float(raw["heap_blocks"]),
+            traced_bytes=float(raw["traced_bytes"]),
+            tracemalloc_overhead_bytes=float(raw["tracemalloc_overhead_bytes"]),
+            gc_garbage=float(raw["gc_garbage"]),
+            gc_collections=float(raw["gc_collections"]),
+            malloc_bytes=opt("malloc_bytes"),
+            tasks=opt("tasks"),
+        )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class TypesSample(_WireView):
+    """``types``: live gc-tracked objects per type name; reads as that mapping."""
+
+    counts: Mapping[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, int]:
+        return dict(self.counts)
+
+    @classmethod
+    def from_json(cls, raw: Any) -> TypesSample:
+        return cls({str(k): int(v) for k, v in raw.items()})
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class SitesResult(_WireView):
+    """``sites``: the live traces grouped by site, and what the grouping cost.
+
+    ``own_blocks`` are soakd's own small blocks (which ``sys.getallocatedblocks()`` counts),
+    ``pause_s`` the GIL-holding copy of the traces; ``snapshot_path`` and ``write_s`` are set
+    only when a snapshot file was asked for.
+    """
+
+    sites: tuple[SnapshotSite, ...]  # the top ``max_sites`` by size
+    traced_bytes: int
+    overhead_bytes: int
+    blocks: int
+    skipped_bytes: int  # soakd's own
+    own_blocks: int
+    pause_s: float
+    group_s: float
+    tracing: bool
+    snapshot_path: str | None = None
+    write_s: float | None = None
+
+    @classmethod
+    def not_tracing(cls, overhead_bytes: int) -> SitesResult:
+        """The answer while tracemalloc is off: no sites, nothing paused."""
+        return cls((), 0, overhead_bytes, 0, 0, 0, 0.0, 0.0, tracing=False)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "sites": [site.to_json() for site in self.sites],
+            "traced_bytes": self.traced_bytes,
+            "overhead_bytes": self.overhead_bytes,
+            "blocks": self.blocks,
+            "skipped_bytes": self.skipped_bytes,
+            "own_blocks": self.own_blocks,
+            "pause_s": self.pause_s,
+            "group_s": self.group_s,
+            "tracing": self.tracing,
+        }
+        if self.snapshot_path is not None:
+            out["snapshot_path"] = self.snapshot_path
+        if self.write_s is not None:
+            out["write_s"] = self.write_s
+        return out
+
+    @classmethod
+    def from_json(cls, raw: Any) -> SitesResult:
+        write_s = raw.get("write_s")
+        path = raw.get("snapshot_path")
+        return cls(
+            sites=tuple(
+                SnapshotSite(
+                    site=str(s["site"]),
+                    traceback=tuple(str(f) for f in s.get("traceback") or ()),
+                    line=None if s.get("line") is None else str(s["line"]),
+                    size=int(s["size"]),
+                    count=int(s["count"]),
+                )
+                for s in raw.get("sites") or ()
+            ),
+            traced_bytes=int(raw.get("traced_bytes", 0)),
+            overhead_bytes=int(raw.get("overhead_bytes", 0)),
+            blocks=int(raw.get("blocks", 0)),
+            skipped_bytes=int(raw.get("skipped_bytes", 0)),
+            own_blocks=int(raw.get("own_blocks", 0)),
+            pause_s=float(raw.get("pause_s", 0.0)),
+            group_s=float(raw.get("group_s", 0.0)),
+            tracing=bool(raw.get("tracing", True)),
+            snapshot_path=None if path is None else str(path),
+            write_s=None if write_s is None else float(write_s),
+        )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class TracingState(_WireView):
+    """``start_tracing`` / ``stop_tracing``: whether tracemalloc traces now."""
+
+    tracing: bool
+
+    def to_json(self) -> dict[str, bool]:
+        return {"tracing": self.tracing}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> TracingState:
+        return cls(bool(raw["tracing"]))
+
+
+Answer = Hello | HeapSample | TypesSample | SitesResult | TracingState | int
+
+
+def encode(answer: Answer) -> Any:
+    """The JSON value sent for ``answer``."""
+    return answer if isinstance(answer, int) else answer.to_json()
+
+
+def sites_params(params: Mapping[str, Any]) -> tuple[str | None, str, float | None]:
+    """``(snapshot_path, role, t)`` of a ``sites`` request; TypeError when malformed."""
+    path = params.get("snapshot_path")
+    role = params.get("role", "latest")
+    t = params.get("t")
+    if path is not None and not isinstance(path, str):
+        raise TypeError("snapshot_path must be a string or null")
+    if not isinstance(role, str):
+        raise TypeError("role must be a string")
+    if t is not None and (
+        not isinstance(t, int | float) or isinstance(t, bool) or not math.isfinite(t)
+    ):
+        raise TypeError("t must be a finite number or null")
+    return path, role, None if t is None else float(t)
+
+
+def dispatch(
+    agent: Agent, op: str, params: Mapping[str, Any], *, tasks: Callable[[], int]
+) -> Answer:
+    """Run one operation on ``agent``; blocking, so call it off the event loop.
+
+    ``tasks`` counts the target's asyncio tasks from this thread (how depends on who hosts the
+    agent). Raises ValueError for an unknown ``op``, TypeError for malformed ``params``.
+    """
+    if op == "ping":
+        return Hello(pid=os.getpid(), tracing=agent.tracing, argv=tuple(sys.argv[:8]))
+    if op == "heap":
+        # The supervisor reads the task count from the heap sample: one request per interval.
+        return replace(agent.heap(), tasks=float(tasks()))
+    if op == "types":
+        return agent.types()
+    if op == "tasks":
+        return tasks()
+    if op == "start_tracing":
+        agent.start_tracing()
+        return TracingState(agent.tracing)
+    if op == "stop_tracing":
+        agent.stop_tracing()
+        return TracingState(agent.tracing)
+    if op == "sites":
+        path, role, t = sites_params(params)
+        return agent.sites(path, role, t=t)
+    raise ValueError(f"unknown op {op!r}")

@@ -1,0 +1,111 @@
+"""Where the supervisor gets the target's statistics: one protocol, two sources.
+
+A Python target runs in soakd's worker, which answers over the worker channel
+(:class:`WorkerStats`); an external target (``-- CMD`` or ``--pid``) answers through the agent
+it loaded, over a unix socket, with a blocking client run in a thread (:class:`AgentStats`).
+Both return the typed answers of :mod:`soakd.agent.protocol`.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Protocol
+
+import anyio
+
+from soakd.agent.protocol import HeapSample, Hello, SitesResult, TracingState, TypesSample
+from soakd.agent.server import AgentClient
+from soakd.channel import WorkerLink
+
+__all__ = ["TRACING_TIMEOUT_S", "AgentStats", "StatsSource", "WorkerStats"]
+
+# Starting or stopping tracemalloc is quick, but stopping frees every trace.
+TRACING_TIMEOUT_S: Final = 10.0
+
+
+class StatsSource(Protocol):
+    """The agent operations the supervisor asks for, answered by the target's process."""
+
+    async def ping(self) -> Hello: ...
+
+    async def heap(self) -> HeapSample: ...
+
+    async def types(self) -> TypesSample: ...
+
+    async def tasks(self) -> int: ...
+
+    async def sites(self, snapshot_path: str | None, role: str, t: float | None) -> SitesResult:
+        """Group the traces by site and write the snapshot ``snapshot_path`` (``t``: run time)."""
+        ...
+
+    async def start_tracing(self) -> TracingState: ...
+
+    async def stop_tracing(self) -> TracingState: ...
+
+
+class WorkerStats:
+    """Statistics from soakd's worker over its :class:`~soakd.channel.WorkerLink`.
+
+    Each sampling request is bounded by ``timeout`` (the sampling job's), a tracing switch by
+    :data:`TRACING_TIMEOUT_S`; the link raises ChannelClosed, TimeoutError or RuntimeError.
+    """
+
+    def __init__(self, link: WorkerLink, timeout: float) -> None:
+        self._link = link
+        self._timeout = timeout
+
+    async def ping(self) -> Hello:
+        return Hello.from_json(await self._link.request("ping", self._timeout))
+
+    async def heap(self) -> HeapSample:
+        return HeapSample.from_json(await self._link.request("heap", self._timeout))
+
+    async def types(self) -> TypesSample:
+        return TypesSample.from_json(await self._link.request("types", self._timeout))
+
+    async def tasks(self) -> int:
+        return int(await self._link.request("tasks", self._timeout))
+
+    async def sites(self, snapshot_path: str | None, role: str, t: float | None) -> SitesResult:
+        result = await self._link.request(
+            "sites", self._timeout, snapshot_path=snapshot_path, role=role, t=t
+        )
+        return SitesResult.from_json(result)
+
+    async def start_tracing(self) -> TracingState:
+        return TracingState.from_json(await self._link.request("start_tracing", TRACING_TIMEOUT_S))
+
+    async def stop_tracing(self) -> TracingState:
+        return TracingState.from_json(await self._link.request("stop_tracing", TRACING_TIMEOUT_S))
+
+
+class AgentStats:
+    """Statistics from the agent inside an external target, through an :class:`AgentClient`.
+
+    The client blocks, so every call runs in a worker thread; its own timeouts bound it.
+    """
+
+    def __init__(self, client: AgentClient) -> None:
+        self.client = client
+
+    async def ping(self) -> Hello:
+        return await anyio.to_thread.run_sync(self.client.ping)
+
+    async def heap(self) -> HeapSample:
+        return await anyio.to_thread.run_sync(self.client.heap)
+
+    async def types(self) -> TypesSample:
+        return await anyio.to_thread.run_sync(self.client.types)
+
+    async def tasks(self) -> int:
+        return await anyio.to_thread.run_sync(self.client.tasks)
+
+    async def sites(self, snapshot_path: str | None, role: str, t: float | None) -> SitesResult:
+        return await anyio.to_thread.run_sync(
+            lambda: self.client.sites(snapshot_path=snapshot_path, role=role, t=t)
+        )
+
+    async def start_tracing(self) -> TracingState:
+        return await anyio.to_thread.run_sync(self.client.start_tracing)
+
+    async def stop_tracing(self) -> TracingState:
+        return await anyio.to_thread.run_sync(self.client.stop_tracing)

@@ -1,0 +1,162 @@
+"""The :class:`Detector` facade: feed samples, analyse at a run-relative time, read findings."""
+
+from __future__ import annotations
+
+from soakd.analysis.verdicts import SeriesVerdict, VerdictParams
+from soakd.detection.corroboration import native_verdict, site_verdict
+from soakd.detection.findings import (
+    Finding,
+    FindingState,
+    StateMachine,
+    certainty,
+    finding_of,
+    refresh_evidence,
+)
+from soakd.detection.kinds import SignalKind
+from soakd.detection.params import DetectionParams
+from soakd.detection.tracks import SiteInfo, Track, TrackTable
+from soakd.detection.warmup import WarmupJudge
+from soakd.detection.windows import Thresholds, judge_window
+
+__all__ = ["Detector"]
+
+# Heap-kind signals first: native and objects decisions look at them.
+_ANALYSIS_ORDER: tuple[SignalKind, ...] = (
+    "site",
+    "heap",
+    "rss",
+    "fds",
+    "threads",
+    "tasks",
+    "type",
+)
+
+
+class Detector:
+    """Bounded per-series state and the leak findings derived from it.
+
+    Collaborators, built from ``params``: the :class:`TrackTable` (series), the
+    :class:`WarmupJudge` (warm-up end), the :class:`StateMachine` (findings) and the
+    :class:`Thresholds` (verdict parameters per kind of series).
+    """
+
+    def __init__(self, params: DetectionParams | None = None) -> None:
+        self.params = params or DetectionParams()
+        self._th = Thresholds.from_params(self.params)
+        self._tracks = TrackTable(self.params)
+        self._warmup = WarmupJudge(self._tracks, self.params, self._th)
+        self._machine = StateMachine(self._tracks, self.params, self._th)
+
+    @property
+    def dropped(self) -> int:
+        """Samples refused: out of order or not finite."""
+        return self._tracks.dropped
+
+    # -- feeding ---------------------------------------------------------------------------
+
+    def add(
+        self,
+        signal: SignalKind,
+        key: str,
+        t: float,
+        value: float,
+        info: SiteInfo | None = None,
+        count: float | None = None,
+    ) -> None:
+        """Record one sample; out-of-order or non-finite samples are counted in ``dropped``.
+
+        ``count``: for a site, its live blocks (checks that its growth shows in the process).
+        """
+        self._tracks.add(signal, key, t, value, info, count)
+
+    def mark_discontinuity(self, signal: SignalKind, t: float) -> None:
+        """Judge ``signal``'s series only from ``t`` on (e.g. tracemalloc was restarted)."""
+        self._tracks.mark_discontinuity(signal, t)
+
+    # -- judging ---------------------------------------------------------------------------
+
+    def warmup_end(self) -> float | None:
+        """When warm-up ended (seconds since start), or None while it has not been decided."""
+        return self._warmup.end
+
+    def analyze(self, now: float) -> list[Finding]:
+        """Judge every series at ``now``; returns the findings whose state changed."""
+        warmup = self._warmup.decide(now)
+        if warmup is None:
+            return []
+        changes: list[tuple[Track, FindingState]] = []
+        for signal in _ANALYSIS_ORDER:
+            for track in self._tracks.of(signal):
+                vp, min_window = self._th.for_signal(signal, self.params)
+                if signal == "rss":
+                    rss_warmup = self._warmup.decide_rss(now)
+                    if rss_warmup is None:
+                        continue
+                    verdict = self._judge(track, now, max(warmup, rss_warmup), vp, min_window)
+                    verdict = native_verdict(self._tracks, verdict, now, self._th)
+                else:
+                    verdict = self._judge(track, now, warmup, vp, min_window)
+                if signal == "site":
+                    verdict = site_verdict(self._tracks, track, verdict, now, self.params, self._th)
+                track.verdict = verdict
+                change = self._machine.step(track, verdict, now)
+                if change is not None:
+                    changes.append((track, change))
+        refresh_evidence(self._tracks)
+        return [finding_of(track, state) for track, state in changes]
+
+    def _judge(
+        self, track: Track, now: float, warmup: float, vp: VerdictParams, min_window: float
+    ) -> SeriesVerdict:
+        return judge_window(track, now, warmup, vp, min_window, self.params)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def findings(self) -> list[Finding]:
+        """Current suspected and confirmed findings, most certain first."""
+        active = [t for t in self._tracks if t.active]
+        site_active = any(t.signal == "site" for t in active)
+        out = [
+            finding_of(t, "confirmed" if t.state == "confirmed" else "suspected")
+            for t in active
+            if not (site_active and t.signal == "heap")
+        ]
+        out.sort(key=certainty)
+        return out
+
+    def last_verdict(self, signal: SignalKind, key: str | None = None) -> SeriesVerdict | None:
+        """The latest verdict on one series (``key`` defaults to the signal's name)."""
+        track = self._tracks.get(signal, key)
+        return track.verdict if track is not None else None
+
+    def tracked(self, signal: SignalKind) -> int:
+        """How many series of ``signal`` are held."""
+        return self._tracks.count(signal)
+
+    def suspicious(self, now: float) -> bool:
+        """True when heap, malloc, RSS or object counts rise and no site explains it yet.
+
+        Meant for starting tracemalloc on suspicion: more eager than a confirmed finding (a
+        shorter window, from the floor on; malloc and RSS at ``suspect_rss_slope_bytes_per_h``).
+        """
+        p = self.params
+        if now < p.warmup_floor_s:
+            return False
+        if any(t.active for t in self._tracks.of("site")):
+            return False
+        window = min(p.suspect_window_s, p.min_window_s)
+        # Until the warm-up end is decided, the window just before now: waiting for a full
+        # window after the floor would start tracing (and so attribution) that much later.
+        warmup = self._warmup.end if self._warmup.end is not None else now - window
+        levels: tuple[tuple[SignalKind, VerdictParams], ...] = (
+            ("heap", self._th.heap),
+            ("malloc", self._th.suspect_rss),  # large objects barely move the block count
+            ("rss", self._th.suspect_rss),
+        )
+        for signal, vp in levels:
+            track = self._tracks.get(signal)
+            if track is None:
+                continue
+            if self._judge(track, now, warmup, vp, window).is_leak:
+                return True
+        return any(t.verdict is not None and t.verdict.is_leak for t in self._tracks.of("type"))

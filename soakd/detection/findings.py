@@ -1,0 +1,220 @@
+"""Findings: the per-series state machine (suspected → confirmed → cleared), the
+:class:`Finding` it reports, its evidence and the certainty order findings are listed in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from soakd.analysis.verdicts import SeriesVerdict
+from soakd.detection.kinds import KIND_RANK, LeakKind, SignalKind
+from soakd.detection.params import HOUR, DetectionParams
+from soakd.detection.tracks import Track, TrackTable
+from soakd.detection.windows import Thresholds
+
+__all__ = [
+    "Finding",
+    "FindingState",
+    "StateMachine",
+    "certainty",
+    "finding_of",
+    "refresh_evidence",
+]
+
+FindingState = Literal["suspected", "confirmed", "cleared"]
+
+_MAX_EVIDENCE = 8
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A suspected, confirmed or cleared leak of one series."""
+
+    state: FindingState
+    kind: LeakKind
+    key: str
+    site: str | None
+    traceback: tuple[str, ...]
+    line: str | None
+    type: str | None
+    slope_per_h: float
+    slope_low_per_h: float
+    unit: Literal["bytes", "count"]
+    growth: float
+    p_value: float
+    first_detected_s: float
+    analyses: int
+    signals: tuple[str, ...]
+
+    def as_leak(self) -> dict[str, object]:
+        """The summary.json ``leaks[]`` entry (schema soakd.summary/1)."""
+        return {
+            "kind": self.kind,
+            "site": self.site,
+            "traceback": list(self.traceback),
+            "type": self.type,
+            "slope_per_h": self.slope_per_h,
+            "unit": self.unit,
+            "growth": self.growth,
+            "p_value": self.p_value,
+            "first_detected_s": self.first_detected_s,
+        }
+
+
+class StateMachine:
+    """Advances each track's finding on a decisive verdict.
+
+    A finding is suspected on the first leak verdict, confirmed after ``confirm_after``
+    consecutive ones spanning a quarter of the shortest window judged, and cleared after
+    ``confirm_after`` consecutive decisive non-leak verdicts. Collaborators: the
+    :class:`TrackTable` (other findings hold back ``objects`` and the bare heap level),
+    :class:`DetectionParams` and :class:`Thresholds` (the shortest windows).
+    """
+
+    def __init__(self, tracks: TrackTable, params: DetectionParams, th: Thresholds) -> None:
+        self._tracks = tracks
+        self._params = params
+        self._th = th
+
+    def step(self, track: Track, verdict: SeriesVerdict, now: float) -> FindingState | None:
+        """Advance one track's state machine; returns the new state when it changed."""
+        if not verdict.decisive:
+            return None
+        confirm = self._params.confirm_after
+        if verdict.is_leak:
+            track.streak += 1
+            if track.streak == 1:
+                track.streak_since = now
+            track.misses = 0
+            track.leak_verdict = verdict
+            # Persistence in time too, however often analyses run: a one-off step near the
+            # window's end reads as growth for a few analyses, until the flat part after it shows.
+            persisted = track.streak >= confirm and (
+                confirm == 1 or now - track.streak_since >= self._confirm_span(track.signal)
+            )
+            if persisted and track.signal == "heap":
+                since = track.first_detected_s if track.state != "none" else now
+                persisted = not self._awaiting_attribution(since, now)
+            if track.state == "none":
+                if track.signal == "type" and self._heap_active():
+                    return None
+                track.state = "confirmed" if persisted else "suspected"
+                track.first_detected_s = now
+                track.leak_analyses = 1
+                return track.state
+            track.leak_analyses += 1
+            if track.state == "suspected" and persisted:
+                track.state = "confirmed"
+                return "confirmed"
+            return None
+        track.streak = 0
+        if track.state == "none":
+            return None
+        track.misses += 1
+        if track.misses >= confirm:
+            track.state = "none"
+            track.misses = 0
+            return "cleared"
+        return None
+
+    def _heap_active(self) -> bool:
+        heap_kind: tuple[SignalKind, ...] = ("site", "heap")
+        return any(t.active for s in heap_kind for t in self._tracks.of(s))
+
+    def _awaiting_attribution(self, since: float, now: float) -> bool:
+        """True while sites are traced, none has a finding, and the wait has not run out."""
+        if now - since >= self._params.attribution_wait_s:
+            return False
+        if any(t.active for t in self._tracks.of("site")):
+            return False
+        return any(
+            (last := t.series.last) is not None and now - last[0] <= self._params.gap_s
+            for t in self._tracks.of("site")
+        )
+
+    def _confirm_span(self, signal: SignalKind) -> float:
+        """How long a streak of leak verdicts must last before it confirms a finding."""
+        _, min_window = self._th.for_signal(signal, self._params)
+        return 0.25 * min(min_window, self._params.min_window_s)
+
+
+def finding_of(track: Track, state: FindingState) -> Finding:
+    """The finding a track reports, from its latest leak verdict."""
+    v = track.leak_verdict or track.verdict
+    assert v is not None  # a state change always follows a verdict
+    info = track.info
+    kind: LeakKind
+    site: str | None = None
+    traceback: tuple[str, ...] = ()
+    line: str | None = None
+    type_name: str | None = None
+    unit: Literal["bytes", "count"] = "count"
+    if track.signal == "site":
+        kind, unit = "heap", "bytes"
+        site = (info.site if info is not None else None) or track.key
+        traceback = info.traceback if info is not None and info.traceback else (track.key,)
+        line = info.line if info is not None else None
+    elif track.signal == "heap":
+        kind, unit = "heap", "bytes"
+    elif track.signal == "rss" or track.signal == "malloc":  # (malloc is never judged)
+        kind, unit = "native", "bytes"
+    elif track.signal == "type":
+        kind, type_name = "objects", track.key
+    else:
+        kind = track.signal  # fds, threads, tasks: the leak kind is the signal's name
+    return Finding(
+        state=state,
+        kind=kind,
+        key=track.key,
+        site=site,
+        traceback=traceback,
+        line=line,
+        type=type_name,
+        slope_per_h=v.slope * HOUR,
+        slope_low_per_h=v.slope_low * HOUR,
+        unit=unit,
+        growth=v.growth,
+        p_value=v.p_value,
+        first_detected_s=track.first_detected_s,
+        analyses=track.leak_analyses,
+        signals=track.signals,
+    )
+
+
+def certainty(f: Finding) -> tuple[int, int, float, float]:
+    """Sort key: confirmed first, then kind; most-grown first for bytes, lowest p for counts."""
+    rank = KIND_RANK[f.kind] + (1 if f.kind == "heap" and f.site is None else 0)
+    if f.unit == "bytes":
+        return (0 if f.state == "confirmed" else 1, rank, -f.growth, f.p_value)
+    return (0 if f.state == "confirmed" else 1, rank, f.p_value, -f.growth)
+
+
+def refresh_evidence(tracks: TrackTable) -> None:
+    """Each active finding's ``signals``: its own verdict plus agreeing series."""
+    leaking = [t for t in tracks if t.verdict is not None and t.verdict.is_leak]
+    for track in tracks:
+        if not track.active and track.leak_verdict is None:
+            continue
+        own = [_describe(track)]
+        related: tuple[str, ...]
+        if track.signal in ("site", "heap"):
+            related = ("site", "heap", "rss", "type")
+        elif track.signal == "rss":
+            related = ("heap",)
+        else:
+            related = (track.signal,)
+        others = [_describe(t) for t in leaking if t is not track and t.signal in related]
+        if track.signal == "rss" and track.verdict is not None:
+            heap = tracks.get("heap")
+            if heap is not None and heap.verdict is not None:
+                others = [_describe(heap)]
+        track.signals = tuple((own + others)[:_MAX_EVIDENCE])
+
+
+def _describe(track: Track) -> str:
+    v = track.verdict
+    name = track.signal if track.key == track.signal else f"{track.signal}:{track.key}"
+    if v is None:
+        return name
+    return f"{name} {v.pattern} {v.slope * HOUR:+.3g}/h p={v.p_value:.2g}"

@@ -1,0 +1,159 @@
+"""The detector's bounded memory: one :class:`Track` per series, held in a :class:`TrackTable`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+from soakd.analysis.series import BoundedSeries
+from soakd.analysis.verdicts import SeriesVerdict
+from soakd.detection.kinds import SIGNALS, SignalKind
+from soakd.detection.params import DetectionParams
+
+__all__ = ["SiteInfo", "Track", "TrackState", "TrackTable"]
+
+TrackState = Literal["none", "suspected", "confirmed"]
+
+
+@dataclass(frozen=True)
+class SiteInfo:
+    """Where an allocation site is: reported site, traceback (innermost first), source line."""
+
+    site: str | None
+    traceback: tuple[str, ...] = ()
+    line: str | None = None
+
+
+@dataclass
+class Track:
+    """One series (a signal and its key), its segment bookkeeping and its finding's state.
+
+    Written by :class:`TrackTable` (samples, gaps) and by the finding state machine
+    (``state``, streaks, verdicts, evidence).
+    """
+
+    signal: SignalKind
+    key: str
+    series: BoundedSeries
+    info: SiteInfo | None = None
+    segment_start: float = -math.inf
+    splice_from: float = -math.inf  # first of the latest burst of discontinuities
+    typical_dt: float = 0.0
+    state: TrackState = "none"
+    streak: int = 0  # consecutive leak verdicts
+    streak_since: float = 0.0  # when the streak began
+    misses: int = 0  # consecutive decisive non-leak verdicts while suspected/confirmed
+    leak_analyses: int = 0
+    first_detected_s: float = 0.0
+    verdict: SeriesVerdict | None = None  # latest
+    leak_verdict: SeriesVerdict | None = None  # latest that said leak
+    signals: tuple[str, ...] = field(default_factory=tuple)
+    counts: BoundedSeries | None = None  # site tracks: live blocks at the site
+
+    @property
+    def active(self) -> bool:
+        return self.state != "none"
+
+
+class TrackTable:
+    """Every series by signal and key, bounded per signal; gaps and discontinuities.
+
+    Collaborator: :class:`DetectionParams` (bounds, ``gap_s``, ``max_points``). Groups keep
+    insertion order, which fixes the order findings are listed in before they are sorted.
+    """
+
+    def __init__(self, params: DetectionParams) -> None:
+        self.params = params
+        self._groups: dict[SignalKind, dict[str, Track]] = {}
+        self.restarted: dict[SignalKind, float] = {}  # latest discontinuity per signal
+        self.dropped = 0  # samples refused: out of order or not finite
+
+    def __contains__(self, signal: SignalKind) -> bool:
+        """Whether ``signal`` has ever had a series (a group outlives eviction)."""
+        return signal in self._groups
+
+    def get(self, signal: SignalKind, key: str | None = None) -> Track | None:
+        """One series; ``key`` defaults to the signal's name (the level series)."""
+        return self._groups.get(signal, {}).get(key if key is not None else signal)
+
+    def of(self, signal: SignalKind) -> Iterator[Track]:
+        """Every series of ``signal``."""
+        yield from self._groups.get(signal, {}).values()
+
+    def __iter__(self) -> Iterator[Track]:
+        """Every series, signal by signal in the order they first appeared."""
+        for group in self._groups.values():
+            yield from group.values()
+
+    def count(self, signal: SignalKind) -> int:
+        return len(self._groups.get(signal, {}))
+
+    def add(
+        self,
+        signal: SignalKind,
+        key: str,
+        t: float,
+        value: float,
+        info: SiteInfo | None = None,
+        count: float | None = None,
+    ) -> None:
+        """Record one sample; out-of-order or non-finite samples are counted in ``dropped``."""
+        if signal not in SIGNALS:
+            raise ValueError(f"unknown signal {signal!r}: expected one of {sorted(SIGNALS)}")
+        if not (math.isfinite(t) and math.isfinite(value)):
+            self.dropped += 1
+            return
+        group = self._groups.setdefault(signal, {})
+        track = group.get(key)
+        if track is None:
+            track = Track(signal, key, BoundedSeries(self.params.max_points))
+            group[key] = track
+            limit = self.params.max_sites if signal == "site" else self.params.max_types
+            if len(group) > limit:
+                self._evict(group, limit, t)
+                if key not in group:
+                    return
+        last = track.series.last
+        if last is not None:
+            dt = t - last[0]
+            if dt < 0.0:
+                self.dropped += 1
+                return
+            if dt >= max(self.params.gap_s, 5.0 * track.typical_dt):
+                # A long pause (tracing restarted, site back in the top N): bytes counted before
+                # it are not comparable with those after, so judge only the new segment.
+                track.segment_start = t
+            else:
+                track.typical_dt = (
+                    dt if track.typical_dt == 0.0 else 0.8 * track.typical_dt + 0.2 * dt
+                )
+        if info is not None:
+            track.info = info
+        track.series.append(t, value)
+        if count is not None and math.isfinite(count):
+            if track.counts is None:
+                track.counts = BoundedSeries(self.params.max_points)
+            track.counts.append(t, count)
+
+    def mark_discontinuity(self, signal: SignalKind, t: float) -> None:
+        """Judge ``signal``'s series only from ``t`` on (e.g. tracemalloc was restarted)."""
+        self.restarted[signal] = max(self.restarted.get(signal, -math.inf), t)
+        for track in self.of(signal):
+            if t - track.segment_start > self.params.gap_s:
+                track.splice_from = t  # a new burst (several marks while soakd's tables grow)
+            track.segment_start = max(track.segment_start, t)
+
+    def _evict(self, group: dict[str, Track], limit: int, now: float) -> None:
+        """Shrink a group to 3/4 of its limit (amortised); keep findings, fresh and big series."""
+        stale_before = now - self.params.gap_s
+
+        def keep_score(track: Track) -> tuple[bool, bool, float]:
+            last = track.series.last
+            fresh = last is not None and last[0] >= stale_before
+            return track.active, fresh, last[1] if last is not None else -math.inf
+
+        ranked = sorted(group.values(), key=keep_score, reverse=True)
+        for track in ranked[max(1, (limit * 3) // 4) :]:
+            del group[track.key]

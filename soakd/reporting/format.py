@@ -1,0 +1,47 @@
+"""What the reports quote beside a value: a rule's value in its metric's unit, a site's code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from soakd.coerce import text
+from soakd.units import format_value
+
+MAX_SOURCE_BYTES = 8 << 20
+
+
+def format_metric(metric: object, value: float | None) -> str:
+    """A rule's value or limit in the metric's unit (sizes as MiB, rates as %)."""
+    name = str(metric)
+    if name.endswith("_bytes"):
+        return format_value(value, "bytes")
+    if name == "error_rate":
+        return format_value(value, "ratio")
+    if name.endswith("_ms"):
+        return format_value(value, "ms")
+    return "n/a" if value is None else f"{value:g}"
+
+
+def source_context(site: str | None, radius: int = 3) -> list[tuple[int, str]] | None:
+    """The lines around ``file.py:N`` when that Python file exists here, else None.
+
+    Only ``.py`` files of bounded size are read: a foreign run dir must not be able to make
+    a report quote arbitrary files of this box.
+    """
+    if not site:
+        return None
+    path_s, sep, line_s = site.rpartition(":")
+    if not sep or not line_s.isdigit() or len(line_s) > 9 or not path_s.endswith(".py"):
+        return None
+    lineno = int(line_s)
+    path = Path(path_s)
+    try:
+        if not path.is_absolute() or not path.is_file() or path.stat().st_size > MAX_SOURCE_BYTES:
+            return None
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except (OSError, ValueError):
+        return None
+    if not 1 <= lineno <= len(lines):
+        return None
+    lo, hi = max(1, lineno - radius), min(len(lines), lineno + radius)
+    return [(n, text(lines[n - 1], 300)) for n in range(lo, hi + 1)]

@@ -1,0 +1,255 @@
+"""The samplers: the target process, the box, the heap, live object types, allocation sites.
+
+Each is a small callable the scheduler runs at its cadence (``supervisor/schedule.py``).
+Blocking reads (psutil) run in threads; statistics from inside the target come through the
+:class:`StatsSource`, which is None until the target (or its agent) can answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Callable
+
+import anyio
+import psutil
+
+from soakd.agent.stats import StatsSource
+from soakd.config import SamplingConfig
+from soakd.detection import SiteInfo
+from soakd.rundir import RunDir
+from soakd.supervisor.analysis import AnalysisLoop
+from soakd.supervisor.recorder import RunRecorder
+from soakd.supervisor.state import RunState
+from soakd.supervisor.thresholds import Thresholds
+from soakd.supervisor.tracing import TracingPolicy
+
+STALL_ENV = "SOAKD_FAULT_STALL_SAMPLING_AFTER"  # test hook: process sampling hangs after N s
+GetStats = Callable[[], StatsSource | None]
+
+
+class ProcessSampler:
+    """RSS, VMS, fds, threads, CPU and children of the target (USS every tenth sample).
+
+    Collaborators: ``process`` (the psutil handle of the watched process), the recorder, the
+    analysis (rss/fds/threads series), the thresholds, and ``after`` (the stall check).
+    """
+
+    def __init__(
+        self,
+        state: RunState,
+        process: Callable[[], psutil.Process | None],
+        recorder: RunRecorder,
+        analysis: AnalysisLoop,
+        thresholds: Thresholds,
+        after: Callable[[float], None],
+    ) -> None:
+        self._state = state
+        self._process = process
+        self._recorder = recorder
+        self._analysis = analysis
+        self._thresholds = thresholds
+        self._after = after
+        self._count = 0
+        self._stall_after = float(os.environ.get(STALL_ENV, "inf"))
+
+    def read(self) -> dict[str, float]:
+        p = self._process()
+        assert p is not None
+        with p.oneshot():
+            mem = p.memory_info()
+            values: dict[str, float] = {
+                "rss_bytes": mem.rss,
+                "vms_bytes": mem.vms,
+                "fds": p.num_fds(),
+                "threads": p.num_threads(),
+                "cpu_percent": p.cpu_percent(),
+                "cpu_seconds": sum(p.cpu_times()[:2]),
+            }
+            try:
+                children = p.children(recursive=True)
+            except psutil.Error:
+                children = []
+            values["children"] = len(children)
+        if self._count % 10 == 0:  # USS walks smaps: affordable every tenth sample
+            with contextlib.suppress(psutil.Error):
+                values["uss_bytes"] = p.memory_full_info().uss
+        self._count += 1
+        return values
+
+    async def __call__(self) -> None:
+        if self._state.now() > self._stall_after:
+            await anyio.sleep(math.inf)  # test hook: a stalled sampler must trip the watchdog
+        values = await anyio.to_thread.run_sync(self.read)
+        t = self._state.now()
+        self._recorder.record(t, values)
+        self._analysis.feed_process(t, values)
+        self._thresholds.observe(t, values)
+        self._thresholds.evaluate()
+        self._after(t)
+
+
+class SystemSampler:
+    """The box: memory in use, memory available, load average."""
+
+    def __init__(self, state: RunState, recorder: RunRecorder, thresholds: Thresholds) -> None:
+        self._state = state
+        self._recorder = recorder
+        self._thresholds = thresholds
+
+    @staticmethod
+    def read() -> dict[str, float]:
+        vm = psutil.virtual_memory()
+        return {
+            "system_memory_percent": 100.0 * (vm.total - vm.available) / vm.total,
+            "system_available_bytes": vm.available,
+            "load_avg": os.getloadavg()[0],
+        }
+
+    async def __call__(self) -> None:
+        values = await anyio.to_thread.run_sync(self.read)
+        t = self._state.now()
+        self._recorder.record(t, values)
+        self._thresholds.observe(t, values)
+        self._thresholds.evaluate()
+
+
+class HeapSampler:
+    """The target's Python heap, malloc's bytes in use and its asyncio tasks, via the agent."""
+
+    def __init__(
+        self,
+        state: RunState,
+        stats: GetStats,
+        recorder: RunRecorder,
+        analysis: AnalysisLoop,
+        thresholds: Thresholds,
+    ) -> None:
+        self._state = state
+        self._stats = stats
+        self._recorder = recorder
+        self._analysis = analysis
+        self._thresholds = thresholds
+
+    async def __call__(self) -> None:
+        stats = self._stats()
+        if stats is None:
+            return
+        before = self._analysis.groupings
+        result = (await stats.heap()).to_json()
+        # The agent's grouping of traces holds temporary blocks: a heap sample taken while it
+        # ran is stored but not judged (it would read as churn, or as growth of the target).
+        judged = self._analysis.quiet(before)
+        values = {k: float(v) for k, v in result.items() if isinstance(v, int | float)}
+        t = self._state.now()
+        self._recorder.record(t, values)
+        self._analysis.feed_heap(t, values, judged)
+        self._thresholds.observe(t, values)
+
+
+class TypeSampler:
+    """Live objects per type in the target (the ``objects`` leak kind)."""
+
+    def __init__(
+        self, state: RunState, stats: GetStats, recorder: RunRecorder, analysis: AnalysisLoop
+    ) -> None:
+        self._state = state
+        self._stats = stats
+        self._recorder = recorder
+        self._analysis = analysis
+
+    async def __call__(self) -> None:
+        stats = self._stats()
+        if stats is None:
+            return
+        counts = (await stats.types()).counts
+        if not counts:
+            return
+        t = self._state.now()
+        self._recorder.record(t, {f"type:{k}": float(v) for k, v in counts.items()})
+        self._analysis.feed_types(t, {k: float(v) for k, v in counts.items()})
+
+
+class SiteSampler:
+    """Traced bytes and blocks per allocation site, and a snapshot of them, while tracing.
+
+    Scheduled at the heap cadence but run at ``sites_interval``, except for a while after
+    tracing starts: the traces are few then (only allocations made since), so a sample is
+    cheap, and a leaking line gets enough points for a verdict in well under a minute.
+    """
+
+    def __init__(
+        self,
+        state: RunState,
+        sampling: SamplingConfig,
+        run: RunDir,
+        stats: GetStats,
+        recorder: RunRecorder,
+        analysis: AnalysisLoop,
+        tracing: TracingPolicy,
+    ) -> None:
+        self._state = state
+        self._sampling = sampling
+        self._run = run
+        self._stats = stats
+        self._recorder = recorder
+        self._analysis = analysis
+        self._tracing = tracing
+        self.last_t = -math.inf
+        self.taken = 0  # snapshots written
+
+    async def due(self) -> None:
+        """The scheduled run: sample if due at the current cadence (10 % early is on time)."""
+        s = self._sampling
+        now = self._state.now()
+        every = (
+            min(s.sites_interval, s.heap_interval)
+            if self._tracing.fresh(now)
+            else (s.sites_interval)
+        )
+        if now - self.last_t >= 0.9 * every:
+            await self.sample()
+
+    async def sample(self, role: str = "latest") -> None:
+        if not self._tracing.tracing:
+            return
+        self.last_t = self._state.now()
+        self._analysis.groupings += 1  # odd while a grouping runs in the target
+        try:
+            await self._sample(role)
+        finally:
+            self._analysis.groupings += 1
+
+    async def _sample(self, role: str) -> None:
+        stats = self._stats()
+        if stats is None:
+            return
+        if self.taken == 0 and role == "latest":
+            role = "baseline"
+        path = self._run.snapshots / f"{role}.json.gz"
+        result = await stats.sites(str(path), role, round(self._state.now(), 3))
+        t = self._state.now()
+        self.taken += 1
+        values: dict[str, float] = {}
+        for site in result.sites:
+            key = site.site
+            values[f"site:{key}"] = float(site.size)
+            values[f"site_count:{key}"] = float(site.count)
+            self._recorder.record_site(key, site.traceback, site.line)
+            info = SiteInfo(site=key, traceback=site.traceback, line=site.line)
+            self._analysis.feed_site(t, info, float(site.size), float(site.count))
+        values["traced_bytes"] = float(result.traced_bytes)
+        # Counted by the agent from the traces, so that the target's allocations made while
+        # the grouping ran stay in the heap level.
+        self._analysis.agent_blocks = float(result.own_blocks)
+        values["agent_blocks"] = self._analysis.agent_blocks
+        values["heap_pause_s"] = float(result.pause_s)
+        self._recorder.record(t, values)
+        self._recorder.emit(
+            "snapshot.saved",
+            path=str(path),
+            role=role,
+            traced_bytes=values["traced_bytes"],
+            pause_s=values["heap_pause_s"],
+        )

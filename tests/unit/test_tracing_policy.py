@@ -1,0 +1,66 @@
+"""The tracing policy: when attribution starts, holds and stops, with explicit times."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from soakd.config import DetectionConfig, SamplingConfig
+from soakd.detection import DetectionParams, Finding
+from soakd.supervisor.tracing import FAST_SITES_S, TracingPolicy
+
+
+def finding(kind: str = "heap", state: str = "confirmed", site: str | None = "app.py:3",
+            first: float = 0.0) -> Finding:  # fmt: skip
+    fields: dict[str, Any] = dict(
+        state=state, kind=kind, key=site or kind, site=site, traceback=(), line=None, type=None,
+        slope_per_h=1e6, slope_low_per_h=5e5, unit="bytes", growth=1e5, p_value=1e-4,
+        first_detected_s=first, analyses=3, signals=(),
+    )  # fmt: skip
+    return Finding(**fields)
+
+
+def policy(window: str = "30m", **sampling: Any) -> TracingPolicy:
+    s = SamplingConfig(**sampling)
+    params = DetectionParams.from_config(DetectionConfig(window=window), s)
+    return TracingPolicy.from_config(s, params)
+
+
+def test_hold_is_twelve_site_samples_or_two_minutes_of_window() -> None:
+    assert policy(sites_interval="10s").hold_s == 120.0
+    assert policy(sites_interval="20s").hold_s == 240.0
+    assert policy(window="60s", sites_interval="1s").hold_s == 60.0
+
+
+def test_starts_on_suspicion_or_an_unattributed_heap_finding() -> None:
+    p = policy()
+    assert p.decide(70.0, suspicious=False, findings=[]) is None
+    assert p.decide(70.0, suspicious=True, findings=[]) == "start"
+    assert p.decide(70.0, False, [finding(site=None, state="suspected")]) == "start"
+    assert p.decide(70.0, False, [finding("fds", site=None)]) is None
+
+
+def test_never_starts_in_other_modes_or_without_heap_statistics() -> None:
+    assert policy(tracemalloc="off").decide(70.0, True, []) is None
+    assert policy(tracemalloc="always").decide(70.0, True, []) is None
+    assert policy(enabled=False).decide(70.0, True, []) is None
+
+
+def test_holds_then_stops_attributed_or_cleared() -> None:
+    p = policy()
+    p.started(100.0)
+    assert p.fresh(100.0 + FAST_SITES_S - 1) and not p.fresh(100.0 + FAST_SITES_S)
+    site = finding(first=150.0)
+    assert p.decide(219.0, False, []) is None  # within the hold
+    assert p.decide(221.0, True, []) is None  # still suspicious
+    assert p.decide(221.0, False, [site]) is None  # a young site finding is watched
+    assert p.decide(271.0, False, [site]) == "attributed"
+    assert p.decide(221.0, False, []) == "cleared"
+
+
+def test_keeps_tracing_while_a_heap_finding_lacks_its_site() -> None:
+    p = policy()
+    p.started(0.0)
+    assert p.decide(500.0, False, [finding(site=None)]) is None
+    assert p.decide(500.0, False, [finding(state="suspected", first=0.0)]) is None
+    assert p.decide(500.0, False, [finding("objects", site=None)]) is None
+    assert p.decide(500.0, False, [finding("fds", site=None)]) == "cleared"
