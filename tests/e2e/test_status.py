@@ -17,7 +17,7 @@ import pytest
 from soakd.commands.status import collect_status, newest_run, run, run_state, slope_per_h
 from soakd.errors import CommandError
 from soakd.reporting.progress import Progress, ProgressState
-from tests.test_reports import build_run
+from tests.e2e.test_reports import build_run
 
 
 def test_status_of_a_running_soak(tmp_path: Path) -> None:

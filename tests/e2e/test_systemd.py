@@ -17,7 +17,7 @@ from soakd.config import GuardConfig, RunConfig
 from soakd.errors import EXIT_ABORTED, EXIT_LEAK, EXIT_TARGET_FAILED, EXIT_USAGE
 from soakd.units import parse_size
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "systemd"
 CHECK = ROOT / ".ci" / "check-units"
 

@@ -19,7 +19,7 @@ from soakd.detection import LeakKind
 from soakd.errors import ConfigError
 from soakd.units import format_duration, format_size, parse_duration, parse_size
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(

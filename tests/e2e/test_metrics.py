@@ -318,7 +318,7 @@ async def test_real_prometheus_scrapes_soakd(server: MetricsServer, tmp_path: Pa
         log.close()
 
 
-CONFIG = Path(__file__).resolve().parent.parent / "config"
+CONFIG = Path(__file__).resolve().parents[2] / "config"
 
 _RULE_TESTS = """
 rule_files: [{rules}]

@@ -71,7 +71,7 @@ def test_bad_set_and_duration(tmp_path: Path) -> None:
 
 
 def test_check_config_accepts_the_default_file() -> None:
-    proc = run_soakd("check-config", "config/soakd.toml", cwd=Path(__file__).parent.parent)
+    proc = run_soakd("check-config", "config/soakd.toml", cwd=Path(__file__).parents[2])
     assert proc.returncode == 0, proc.stderr
     assert "OK" in proc.stdout
 
