@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from html import escape
 
 from soakd.coerce import dig, num, text
+from soakd.events import TIMELINE_EVENTS
 from soakd.reporting.common import LeakEntry, breach_entries, leak_entries
 from soakd.reporting.format import format_metric, source_context
 from soakd.reporting.rundata import RunData
@@ -272,18 +273,7 @@ def _breaches(run: RunData) -> str:
     )
 
 
-_TIMELINE = (
-    "run.started",
-    "worker.started",
-    "worker.ready",
-    "worker.exited",
-    "target.failed",
-    "tracing.started",
-    "tracing.stopped",
-    "alert.failed",
-    "run.stopping",
-    "run.finished",
-)
+_TIMELINE = TIMELINE_EVENTS
 
 
 def _timeline(run: RunData) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 from soakd.coerce import dig, num, text
 from soakd.errors import SoakdError, SummaryError
+from soakd.events import REPORT_EVENTS
 from soakd.rundir import (
     CONFIG,
     EVENTS,
@@ -46,27 +47,7 @@ CORE_SERIES = (
     "first_event_p99_ms",
 )
 # Events worth keeping in memory; the rest (workload.interval, ...) live in samples.db too.
-KEPT_EVENTS = frozenset(
-    {
-        "run.started",
-        "run.stopping",
-        "run.finished",
-        "worker.started",
-        "worker.ready",
-        "worker.exited",
-        "target.failed",
-        "tracing.started",
-        "tracing.stopped",
-        "snapshot.saved",
-        "leak.suspected",
-        "leak.confirmed",
-        "leak.cleared",
-        "threshold.breached",
-        "alert.sent",
-        "alert.failed",
-        "detection.warmup_end",
-    }
-)
+KEPT_EVENTS: frozenset[str] = REPORT_EVENTS
 
 
 @dataclass(frozen=True)
