@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -48,6 +49,33 @@ def start_soakd(
         soakd_cmd(*args), cwd=cwd, env=env or soak_env(), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+
+
+def soak_until(
+    *args: str,
+    until: Callable[[list[dict[str, Any]]], Any],
+    timeout: float,
+    cwd: Path,
+    run_dir: Path,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``soakd run ARGS`` until ``until(events)`` holds, then SIGTERM it and wait.
+
+    For tests that wait on a detection: the run's ``-d`` is only a ceiling, so a loaded machine
+    makes the test slower, never wrong. A stopped run exits with its verdict so far.
+    """
+    proc = start_soakd(*args, cwd=cwd)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            if until(events(run_dir)):
+                break
+            time.sleep(0.2)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TARGETS, event_names, run_soakd, soak_env, wait_for, write_config
+from tests.conftest import (
+    TARGETS,
+    event_names,
+    run_soakd,
+    soak_env,
+    soak_until,
+    wait_for,
+    write_config,
+)
 
 APPS = str(Path(TARGETS) / "external_apps.py")
 DETECT_FAST = """
@@ -88,9 +96,13 @@ def test_command_that_cannot_start_exits_5(tmp_path: Path) -> None:
 def test_agent_in_the_watched_app_reports_a_heap_leak_with_its_site(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, DETECT_FAST)
     run = tmp_path / "run"
-    proc = run_soakd(
-        "run", "-c", str(cfg), "-d", "50s", "--run-dir", str(run), "--",
-        sys.executable, "-m", "soakd.agent", APPS, "heap", "200", cwd=tmp_path, timeout=150,
+    proc = soak_until(
+        "run", "-c", str(cfg), "-d", "150s", "--run-dir", str(run), "--",
+        sys.executable, "-m", "soakd.agent", APPS, "heap", "200",
+        until=lambda evs: [
+            e for e in evs if e["event"] == "leak.confirmed" and e["kind"] == "heap" and e["site"]
+        ],
+        timeout=150, cwd=tmp_path, run_dir=run,
     )  # fmt: skip
     summary = _summary(run)
     assert "agent.connected" in event_names(run)

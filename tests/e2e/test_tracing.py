@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import events, run_soakd, write_config
+from tests.conftest import events, soak_until, write_config
 
 
 @pytest.mark.slow
@@ -26,7 +26,11 @@ confirm_after = 2
 """,
     )
     run = tmp_path / "run"
-    proc = run_soakd("run", "-c", str(cfg), "-d", "75s", "--run-dir", str(run), cwd=tmp_path)
+    proc = soak_until(
+        "run", "-c", str(cfg), "-d", "240s", "--run-dir", str(run),
+        until=lambda evs: [e for e in evs if e["event"] == "tracing.stopped"],
+        timeout=240, cwd=tmp_path, run_dir=run,
+    )  # fmt: skip
     assert proc.returncode == 3, proc.stderr[-2000:]
     evs = events(run)
     started = [e for e in evs if e["event"] == "tracing.started"]
