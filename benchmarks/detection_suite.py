@@ -23,9 +23,11 @@ and ``--pause`` also run ``benchmarks/overhead.py`` and ``benchmarks/pause.py`` 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -190,6 +192,9 @@ class Outcome:
     cleared: int
     wall_s: float
     run_dir: Path
+    # Workload after the first minute relative to the first minute (what soakd's attribution
+    # costs the target once it runs): throughput ratio, p99 latency ratio.
+    drift: tuple[float | None, float | None] = (None, None)
 
     @property
     def found(self) -> bool:
@@ -283,9 +288,34 @@ def score(scenario: Scenario, run_dir: Path, code: int, wall: float, fast: bool)
         cleared=sum(1 for e in evs if e["event"] == "leak.cleared"),
         wall_s=wall,
         run_dir=run_dir,
+        drift=workload_drift(run_dir),
     )
     outcome.onset = scenario.onset_s * (FAST_SCALE if fast else 1.0)
     return outcome
+
+
+FIRST_MINUTE_S = 60.0
+DRIFT_GOALS = (0.95, 1.25)  # throughput at least, p99 at most: after / first minute
+
+
+def workload_drift(run_dir: Path) -> tuple[float | None, float | None]:
+    """Median interval throughput and p99 after the first minute over the first minute's."""
+    db_path = run_dir / "samples.db"
+    if not db_path.exists():
+        return None, None
+    out: list[float | None] = []
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
+        for series in ("throughput_per_s", "latency_p99_ms"):
+            rows = db.execute(
+                "SELECT t, value FROM samples WHERE series = ? ORDER BY t", (series,)
+            ).fetchall()
+            first = [v for t, v in rows if t <= FIRST_MINUTE_S and v > 0]
+            after = [v for t, v in rows if t > FIRST_MINUTE_S and v > 0]
+            if len(first) < 2 or not after:
+                out.append(None)
+            else:
+                out.append(statistics.median(after) / statistics.median(first))
+    return out[0], out[1]
 
 
 def _fmt(value: float | None, spec: str = ".0f") -> str:
@@ -299,7 +329,7 @@ def _mark(ok: bool | None) -> str:
 def print_table(outcomes: list[Outcome]) -> None:
     header = (f"{'scenario':<14}{'truth':<9}{'verdict':<9}{'exit':>4}  {'top kind':<9}"
               f"{'kind':<5}{'site':<5}{'warmup':>7}{'trace':>7}{'confirm':>8}{'ttd':>6}"
-              f"{'alarms':>7}  what")  # fmt: skip
+              f"{'alarms':>7}{'it/s×':>7}{'p99×':>6}  what")  # fmt: skip
     print(header)
     print("-" * len(header))
     for o in outcomes:
@@ -309,7 +339,8 @@ def print_table(outcomes: list[Outcome]) -> None:
         print(f"{s.name:<14}{truth:<9}{o.verdict:<9}{o.exit_code:>4}  {o.top_kind or '-':<9}"
               f"{kind:<5}{_mark(o.site_ok) if s.leaky else '-':<5}{_fmt(o.warmup_end_s):>7}"
               f"{_fmt(o.tracing_s):>7}{_fmt(o.confirmed_s):>8}{_fmt(o.detection_s):>6}"
-              f"{o.alarms:>7}  {s.what}")  # fmt: skip
+              f"{o.alarms:>7}{_fmt(o.drift[0], '.2f'):>7}{_fmt(o.drift[1], '.2f'):>6}"
+              f"  {s.what}")  # fmt: skip
 
 
 def print_scores(outcomes: list[Outcome]) -> bool:
@@ -341,6 +372,15 @@ def print_scores(outcomes: list[Outcome]) -> bool:
               f"(goal ≤ 90 s): {'met' if goal_10k else 'NOT met'}")  # fmt: skip
     ok = found == len(leaky) and fps == 0 and goal_10k
     ok = ok and (not sited or sites / len(sited) >= 0.9)
+    tps = [o.drift[0] for o in outcomes if o.drift[0] is not None]
+    p99s = [o.drift[1] for o in outcomes if o.drift[1] is not None]
+    if tps and p99s:
+        low, high = DRIFT_GOALS
+        drift_ok = min(tps) >= low and max(p99s) <= high
+        met = "met" if drift_ok else "NOT met"
+        print(f"workload after minute 1  throughput ×{min(tps):.2f}..×{max(tps):.2f}, "
+              f"p99 ×{min(p99s):.2f}..×{max(p99s):.2f} of the first minute "
+              f"(goal ≥ {low} and ≤ {high} on every scenario: {met})")  # fmt: skip
     print(f"goals                  {'met' if ok else 'NOT met'}")
     return ok
 

@@ -166,6 +166,7 @@ class WorkloadConfig(_Model):
 
 
 TracingMode = Literal["always", "on-suspicion", "off"]
+ProfilerMode = Literal["sampled", "off"]
 
 
 class SamplingConfig(_Model):
@@ -180,10 +181,27 @@ class SamplingConfig(_Model):
     analysis_interval: Duration = 10.0
     checkpoint_interval: Duration = 30.0
     job_timeout: Duration = 20.0  # a sampling job that takes longer is abandoned and recorded
+    # Allocation sites: the sampled profiler, always on; tracemalloc ("always": the exact mode)
+    # takes over while it traces. "on-suspicion" applies only where the profiler is off or
+    # unavailable (its C extension not built), as the fallback.
+    profiler: ProfilerMode = "sampled"
+    profiler_interval: Size = 512 * 1024  # mean bytes allocated between two samples
     tracemalloc: TracingMode = "on-suspicion"
     frames: int = Field(default=8, ge=1, le=100)
     max_sites: int = Field(default=50, ge=1, le=10_000)  # sites per heap sample sent over
     max_types: int = Field(default=50, ge=1, le=10_000)
+
+    @field_validator("profiler_interval")
+    @classmethod
+    def _profiler_interval(cls, value: int) -> int:
+        if not 4096 <= value <= 1024**3:
+            raise ValueError(f"must be between 4KiB and 1GiB, got {value} bytes")
+        return value
+
+    @property
+    def profiler_on(self) -> bool:
+        """The sampled profiler is asked for (whether the target can run it is its answer)."""
+        return self.enabled and self.profiler == "sampled"
 
     @property
     def fast_analysis_interval(self) -> float:

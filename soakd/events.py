@@ -21,6 +21,7 @@ __all__ = [
     "EventName",
     "RunFinished",
     "TargetFailed",
+    "TargetPerturbed",
 ]
 
 EventName = Literal[
@@ -40,12 +41,15 @@ EventName = Literal[
     "target.attached",
     "target.failed",
     "agent.connected",
+    "target.perturbed",
     # the workload
     "workload.interval",
     "workload.stalled",
     "workload.resumed",
     # detection and attribution
     "detection.warmup_end",
+    "attribution.ready",
+    "attribution.fallback",
     "tracing.started",
     "tracing.stopped",
     "snapshot.saved",
@@ -86,6 +90,7 @@ REPORT_EVENTS: Final[frozenset[EventName]] = frozenset(
         "alert.sent",
         "alert.failed",
         "detection.warmup_end",
+        "target.perturbed",
     }
 )
 
@@ -120,6 +125,17 @@ class TargetFailed(TypedDict):
 
     reason: str | None
     message: str | None
+
+
+class TargetPerturbed(TypedDict):
+    """A ``target.perturbed`` event: soakd worked in the target from ``start`` to ``end``
+    (run-relative seconds) because of ``cause`` (tracemalloc, types, snapshot, sites); the
+    workload intervals it overlaps are not judged. Extra detail fields may follow."""
+
+    cause: str
+    start: float
+    end: float
+    duration_ms: float
 
 
 class RunFinished(TypedDict):

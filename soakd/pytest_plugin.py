@@ -28,6 +28,11 @@ allocation sites when snapshots exist, and the kept run directory) when:
 - the p50 time to the first ``status`` event (the ``first_status`` milestone; the first event
   of any type when the target yields no status) exceeds ``max_first_event_ms``.
 
+The workload limits judge the intervals soakd did not perturb (``workload.unperturbed`` in
+summary.json: intervals overlapped by soakd's own work in the target, such as exact tracing or a
+gc type walk, are left out) whenever the run recorded them; the failure message then says how
+many seconds, intervals and iterations were left out, and what soakd's work was.
+
 Rounds and warm-up. ``rounds=N`` splits ONE soak's workload span — from ``worker.ready`` to
 ``run.stopping`` — into N equal rounds. The first round is the warm-up: soakd's own
 ``detection.warmup`` is set to one round, and RSS growth is judged as

@@ -9,6 +9,12 @@ Semantics, per rule:
 - ``above`` fires on ``value > limit``, ``below`` on ``value < limit``.
 - ``for``: the condition must hold on every sample from the one where it became true through
   one at least ``for`` seconds later; a shorter burst resets. ``for = 0`` fires on one sample.
+- Gaps: soakd's own work in the target (:mod:`soakd.perturbation`) makes some workload
+  intervals unfit to judge; they are not observed, and :meth:`RuleEngine.exclude` tells the
+  engine the span had no data for those metrics. A gap neither confirms nor resets a breach:
+  the condition still holds across it, but its seconds do not count towards ``for`` (the
+  condition must be *seen* to hold ``for`` seconds). A windowed mean averages the samples
+  observed in the window. Rules on other metrics (rss_bytes, fds, leak, ...) never see gaps.
 - A rule fires once, then re-arms only after a sample where the condition no longer holds.
 - ``throughput_drop`` is derived from ``throughput_per_s``: ``1 - throughput / reference``,
   where the reference is the median throughput over the first ``window`` (or 5 min) after grace.
@@ -112,6 +118,7 @@ class _RuleState:
         "last_value",
         "limit",
         "metric",
+        "paused",
         "reference",
         "reference_s",
         "since",
@@ -131,6 +138,7 @@ class _RuleState:
         self.grace_s = rule.grace if rule.grace is not None else grace_s
         self.armed = True
         self.since: float | None = None
+        self.paused = 0.0  # seconds since ``since`` that were excluded (no data)
         self.last_t = -math.inf
         self.last_value: float | None = None
         self._samples: deque[tuple[float, float]] = deque()
@@ -158,14 +166,24 @@ class _RuleState:
         holds = value > self.limit if self.above else value < self.limit
         if not holds:
             self.since = None
+            self.paused = 0.0
             self.armed = True
             return None
         if self.since is None:
             self.since = t
-        if self.armed and t - self.since >= self.for_s:
+            self.paused = 0.0
+        if self.armed and t - self.since - self.paused >= self.for_s:
             self.armed = False
             return Breach(self.label, self.metric, value, self.limit, self.action, t)
         return None
+
+    def exclude(self, start: float, end: float) -> None:
+        """No data over ``[start, end]``: a pending ``for`` neither advances nor resets."""
+        if self.since is None:
+            return
+        lo = max(start, self.since)
+        if end > lo:
+            self.paused += end - lo
 
     def _drop(self, t: float, throughput: float) -> float | None:
         if self.reference is None:
@@ -235,6 +253,17 @@ class RuleEngine:
                 continue  # leak is fed by observe_leak only
             for state in states:
                 self._feed(state, t, value)
+
+    def exclude(self, start: float, end: float, metrics: Iterable[str]) -> None:
+        """``metrics`` had no usable sample over ``[start, end]`` (soakd perturbed the target):
+        the time does not count towards a rule's ``for`` (see the module's "Gaps")."""
+        if not (math.isfinite(start) and math.isfinite(end)) or end <= start:
+            return
+        for metric in metrics:
+            if metric == "leak":
+                continue
+            for state in self._by_metric.get(metric, ()):
+                state.exclude(start, end)
 
     def observe_leak(self, t: float, kind: str, *, confirmed: bool = True) -> None:
         """A leak of ``kind`` was confirmed (or, with ``confirmed=False``, cleared) at ``t``."""

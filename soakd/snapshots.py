@@ -12,7 +12,14 @@ another box, and reading it must not run code)::
      "sites": [{"site": "/abs/app.py:42",        # innermost frame not in the stdlib or soakd
                 "traceback": ["/abs/app.py:42", "/abs/main.py:7"],   # innermost first
                 "line": "cache.append(item)",    # stripped source line, or null
-                "size": 4096, "count": 16}]}     # bytes and blocks still allocated there
+                "size": 4096, "count": 16,       # bytes and blocks still allocated there
+                "variance": 1.2e9}],             # only when sampled: the estimate's variance
+     "sampling": {"interval": 524288}}           # only when sampled (absent: exact tracing)
+
+When ``sampling`` is present, the snapshot comes from soakd's sampled allocation profiler: each
+entry's ``size`` and ``count`` are unbiased estimates (rounded to integers), ``variance`` is the
+variance of the size estimate, and ``traced_bytes`` is the estimated total. Without it, the
+figures are tracemalloc's exact ones (readers of the first version see the same fields).
 
 ``sites`` holds the largest groups of live allocations sharing one *traceback* (so one ``site``
 may appear in several entries, one per distinct caller chain); :meth:`Snapshot.by_site` merges
@@ -71,15 +78,19 @@ class SnapshotSite:
     line: str | None
     size: int
     count: int
+    variance: float = 0.0  # of ``size``, when it is a sampled estimate; 0: exact
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "site": self.site,
             "traceback": list(self.traceback),
             "line": self.line,
             "size": self.size,
             "count": self.count,
         }
+        if self.variance:
+            out["variance"] = round(self.variance, 1)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +104,7 @@ class Snapshot:
     frames: int
     sites: tuple[SnapshotSite, ...]
     schema: str = SCHEMA
+    sampling_interval: int | None = None  # bytes; None: exact (tracemalloc)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -103,6 +115,9 @@ class Snapshot:
             "traced_bytes": self.traced_bytes,
             "frames": self.frames,
             "sites": [site.to_json() for site in self.sites],
+            **(
+                {"sampling": {"interval": self.sampling_interval}} if self.sampling_interval else {}
+            ),
         }
 
     def by_site(self) -> list[SnapshotSite]:
@@ -123,6 +138,8 @@ class DiffRow:
     count_a: int
     count_b: int
     count_diff: int
+    # Half-width of the 95 % interval of ``size_diff`` when either side is sampled; 0: exact.
+    noise: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -135,6 +152,7 @@ class DiffRow:
             "count_a": self.count_a,
             "count_b": self.count_b,
             "count_diff": self.count_diff,
+            **({"noise": round(self.noise)} if self.noise else {}),
         }
 
 
@@ -216,6 +234,7 @@ def diff_snapshots(
         size_b = new.size if new else 0
         count_a = old.count if old else 0
         count_b = new.count if new else 0
+        variance = (old.variance if old else 0.0) + (new.variance if new else 0.0)
         rows.append(
             DiffRow(
                 site=ref.site,
@@ -227,6 +246,7 @@ def diff_snapshots(
                 count_a=count_a,
                 count_b=count_b,
                 count_diff=count_b - count_a,
+                noise=1.96 * math.sqrt(variance),
             )
         )
     rows.sort(key=lambda r: (-r.size_diff, -r.count_diff, r.site))
@@ -244,15 +264,16 @@ def group_sites(sites: Iterable[SnapshotSite], group_by: GroupBy) -> list[Snapsh
         key = _key(s, group_by)
         acc = merged.get(key)
         if acc is None:
-            merged[key] = [s, s.size, s.count]
+            merged[key] = [s, s.size, s.count, s.variance]
         else:
             if s.size > acc[0].size:
                 acc[0] = s  # the heaviest caller chain represents the site
             acc[1] += s.size
             acc[2] += s.count
+            acc[3] += s.variance  # the entries' estimates are independent
     out = [
-        SnapshotSite(site=s.site, traceback=s.traceback, line=s.line, size=size, count=count)
-        for s, size, count in merged.values()
+        SnapshotSite(s.site, s.traceback, s.line, size, count, variance)
+        for s, size, count, variance in merged.values()
     ]
     out.sort(key=lambda s: (-s.size, s.site))
     return out
@@ -304,8 +325,25 @@ def _parse_document(doc: object) -> Snapshot:
         raise _Invalid(f"sites has {len(raw_sites)} entries, more than {_MAX_SITES}")
     sites = tuple(_parse_site(entry, i) for i, entry in enumerate(raw_sites))
     return Snapshot(
-        taken_at=taken_at, t=t, role=role, traced_bytes=traced, frames=frames, sites=sites
+        taken_at=taken_at,
+        t=t,
+        role=role,
+        traced_bytes=traced,
+        frames=frames,
+        sites=sites,
+        sampling_interval=_sampling_interval(doc.get("sampling")),
     )
+
+
+def _sampling_interval(raw: object) -> int | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise _Invalid(f"sampling must be an object or absent, got {_kind(raw)}")
+    interval = _int(raw, "interval", "sampling.interval")
+    if interval < 1:
+        raise _Invalid("sampling.interval must be ≥ 1 byte")
+    return interval
 
 
 def _parse_site(entry: object, i: int) -> SnapshotSite:
@@ -331,7 +369,20 @@ def _parse_site(entry: object, i: int) -> SnapshotSite:
         line=line,
         size=_int(entry, "size", f"{where}.size"),
         count=_int(entry, "count", f"{where}.count"),
+        variance=_variance(entry, where),
     )
+
+
+def _variance(entry: dict[str, Any], where: str) -> float:
+    value = entry.get("variance", 0.0)
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise _Invalid(f"{where}.variance must be a finite number ≥ 0, got {_short(value)}")
+    return float(value)
 
 
 def _text(

@@ -29,7 +29,9 @@ from soakd.errors import (
     StoreError,
 )
 from soakd.leaks import LeakLedger, LeakRecord, leak_sort_key
+from soakd.perturbation import PerturbationLog
 from soakd.store import RunStore
+from soakd.workload.unperturbed import UnperturbedTotals
 
 __all__ = [
     "SCHEMA",
@@ -45,6 +47,7 @@ __all__ = [
 ]
 
 SCHEMA = "soakd.summary/1"
+UNPERTURBED_META = "workload_unperturbed"  # samples.db meta key, written by the supervisor
 VERDICT_EXIT = {
     "pass": EXIT_PASS,
     "leak": EXIT_LEAK,
@@ -163,6 +166,8 @@ class EventFacts:
     warmup_end: float | None = None
     last_event_t: float = 0.0
     stalls: int = 0
+    perturbation: PerturbationLog = field(default_factory=PerturbationLog)
+    attribution: dict[str, Any] | None = None
 
 
 def _breach(ev: Mapping[str, Any]) -> dict[str, Any]:
@@ -191,9 +196,41 @@ def _event_facts(run_dir: Path) -> EventFacts:
             facts.warmup_end = _num(ev.get("warmup_end_s"))
         elif name == "workload.stalled":
             facts.stalls += 1
+        elif name == "target.perturbed":
+            facts.perturbation.add_event(ev)
+        elif name == "run.started" and isinstance(ev.get("attribution"), dict):
+            facts.attribution = ev["attribution"]
         elif name == "run.finished":
             facts.finished = ev
     return facts
+
+
+def _unperturbed(meta: Mapping[str, str], log: PerturbationLog) -> UnperturbedTotals | None:
+    """The supervisor's unperturbed totals, with intervals a late span overlaps left out."""
+    raw = meta.get(UNPERTURBED_META)
+    if raw is None:
+        return None
+    try:
+        totals = UnperturbedTotals.from_dict(json.loads(raw))
+    except (ValueError, TypeError, RecursionError):
+        return None  # foreign or damaged: the summary says nothing rather than something wrong
+    totals.recheck(log.overlaps)
+    return totals
+
+
+def _perturbation(
+    log: PerturbationLog, totals: UnperturbedTotals | None, duration_s: float
+) -> dict[str, Any]:
+    """summary.json's ``perturbation``: soakd's own work in the target and what it cost the
+    judgement (intervals, seconds and iterations left out)."""
+    out = log.summary(duration_s)
+    s = totals.settled() if totals is not None else UnperturbedTotals()
+    out.update(
+        excluded_intervals=s.excluded_intervals,
+        excluded_seconds=round(s.excluded_seconds, 3),
+        excluded_iterations=s.excluded_iterations,
+    )
+    return out
 
 
 def _final_word(
@@ -244,6 +281,9 @@ def build_summary(
     )
     leaks: list[LeakRecord] = events.ledger.confirmed()
     workload = _workload(store.totals, duration)
+    unperturbed = _unperturbed(store.meta, events.perturbation)
+    if unperturbed is not None:
+        workload["unperturbed"] = unperturbed.figures()
     verdict = word.get("verdict") or decide_verdict(
         failed=events.failed is not None,
         aborted=any(b["action"] == "abort" for b in events.breaches),
@@ -274,7 +314,10 @@ def build_summary(
         "interrupted": not word,
         "workload_stalls": events.stalls,
         "last_sample_s": round(store.last_t, 3),
+        "perturbation": _perturbation(events.perturbation, unperturbed, duration),
     }
+    if events.attribution is not None:
+        summary["attribution"] = events.attribution
     if "reason" in word:
         summary["stop_reason"] = word["reason"]
     return summary

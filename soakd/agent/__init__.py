@@ -16,8 +16,10 @@ import tracemalloc
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
-from soakd.agent.allocations import SiteResolver, collect_traces
+from soakd import profiler
+from soakd.agent.allocations import SiteResolver, TraceGroups, collect_sampled, collect_traces
 from soakd.agent.heap import HeapSampler
 from soakd.agent.objects import TypeCounter, count_tasks
 from soakd.agent.protocol import AgentError, HeapSample, SitesResult, TypesSample
@@ -33,8 +35,10 @@ class Agent:
     """Heap, allocation-site, type and task statistics of the current process.
 
     Holds a :class:`~soakd.agent.allocations.SiteResolver` (traces to sites), a
-    :class:`~soakd.agent.heap.HeapSampler` and a :class:`~soakd.agent.objects.TypeCounter`;
-    answers are the typed values of :mod:`soakd.agent.protocol`.
+    :class:`~soakd.agent.heap.HeapSampler`, a :class:`~soakd.agent.objects.TypeCounter` and
+    the :class:`~soakd.profiler.SampledProfiler` (allocation sites at a cost the target does not
+    feel; tracemalloc is the exact mode, and wins while it traces). Answers are the typed values
+    of :mod:`soakd.agent.protocol`.
     """
 
     def __init__(
@@ -55,6 +59,46 @@ class Agent:
         self._resolver = SiteResolver(frames, exclude)
         self._heap = HeapSampler()
         self._types = TypeCounter(max_types)
+        self._profiler = profiler.SampledProfiler() if profiler.AVAILABLE else None
+        self._profiler_lost: str | None = profiler.UNAVAILABLE_REASON
+
+    # -- the sampled profiler ----------------------------------------------------------------
+
+    @property
+    def sampling(self) -> bool:
+        """The sampled profiler runs in this process."""
+        return self._profiler is not None and self._profiler.running
+
+    def start_profiler(self, interval: int = profiler.DEFAULT_INTERVAL) -> bool:
+        """Start the sampled profiler (idempotent); False, with the reason kept, when it cannot."""
+        if self._profiler is None:
+            return False
+        if not self._profiler.running:
+            try:
+                self._profiler.start(interval=interval, frames=self.frames)
+            except (RuntimeError, ValueError) as exc:
+                self._profiler_lost = f"sampled profiler failed to start: {exc}"
+                return False
+        return True
+
+    def stop_profiler(self) -> None:
+        if self._profiler is not None and self._profiler.running:
+            self._profiler.stop()
+
+    def profiler_status(self) -> dict[str, Any]:
+        """What attribution this process offers: ``mode`` "sampled" or "off" and why."""
+        if self._profiler is not None and self._profiler.running:
+            st = self._profiler.stats()
+            return {
+                "mode": "sampled",
+                "interval_bytes": st.interval,
+                "frames": st.frames,
+                "memory_bytes": st.memory_bytes,
+                "dropped_blocks": st.dropped_blocks,
+                "lost": None,
+            }
+        lost = self._profiler_lost or "sampled profiler not started"
+        return {"mode": "off", "interval_bytes": None, "frames": self.frames, "lost": lost}
 
     @property
     def tracing(self) -> bool:
@@ -72,7 +116,10 @@ class Agent:
 
     def heap(self) -> HeapSample:
         """Cheap heap numbers (see :mod:`soakd.agent.heap` for what ``heap_bytes`` means)."""
-        return self._heap.sample()
+        sample = self._heap.sample()
+        if self._profiler is not None and self._profiler.running:
+            sample = replace(sample, profiler_bytes=float(self._profiler.stats().memory_bytes))
+        return sample
 
     def tasks(self) -> int:
         """Unfinished asyncio tasks of the running loop; call on the loop's thread."""
@@ -85,12 +132,37 @@ class Agent:
     def sites(
         self, snapshot_path: str | None = None, role: str = "latest", *, t: float | None = None
     ) -> SitesResult:
-        """Group the live traces by site (top ``max_sites`` by size); optionally write a
-        ``soakd.snapshot/1`` file, which records ``t`` (seconds since the run started)."""
+        """Group the live allocations by site (top ``max_sites`` by size); optionally write a
+        ``soakd.snapshot/1`` file, which records ``t`` (seconds since the run started).
+
+        While tracemalloc traces, its exact traces; otherwise the sampled profiler's estimates.
+        """
         taken_at = datetime.now(UTC).isoformat()
-        if not tracemalloc.is_tracing():
+        cpu_started = time.thread_time()
+        interval: int | None = None
+        if tracemalloc.is_tracing():
+            groups = collect_traces(self._resolver)
+        elif self._profiler is not None and self._profiler.running:
+            started = time.perf_counter()
+            stacks = self._profiler.snapshot()  # holds the GIL: the target's pause
+            pause = time.perf_counter() - started
+            interval = self._profiler.stats().interval
+            groups = replace(collect_sampled(self._resolver, stacks), pause_s=pause)
+            del stacks
+        else:
             return SitesResult.not_tracing(tracemalloc.get_tracemalloc_memory())
-        groups = collect_traces(self._resolver)
+        result = self._sites_result(groups, interval, snapshot_path, role, t, taken_at)
+        return replace(result, cpu_s=time.thread_time() - cpu_started)
+
+    def _sites_result(
+        self,
+        groups: TraceGroups,
+        interval: int | None,
+        snapshot_path: str | None,
+        role: str,
+        t: float | None,
+        taken_at: str,
+    ) -> SitesResult:
         self._heap.calibrate(groups.traced_bytes, groups.blocks)
         result = SitesResult(
             sites=tuple(groups.by_site()[: self.max_sites]),
@@ -102,6 +174,7 @@ class Agent:
             pause_s=groups.pause_s,
             group_s=groups.group_s,
             tracing=True,
+            sampling_interval=interval,
         )
         if snapshot_path is not None:
             from soakd.snapshots import Snapshot, write_snapshot
@@ -112,8 +185,9 @@ class Agent:
                 t=t,
                 role=role,
                 traced_bytes=groups.traced_bytes,
-                frames=min(tracemalloc.get_traceback_limit(), 1000),
+                frames=self.frames if interval else min(tracemalloc.get_traceback_limit(), 1000),
                 sites=tuple(groups.by_traceback[:SNAPSHOT_SITES]),
+                sampling_interval=interval,
             )
             del groups
             path = os.fspath(write_snapshot(snapshot_path, snapshot))

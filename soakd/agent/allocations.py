@@ -24,9 +24,17 @@ from operator import itemgetter
 from pathlib import Path
 
 import soakd
+from soakd.profiler import StackEstimate
 from soakd.snapshots import SnapshotSite, group_sites
 
-__all__ = ["SiteGroup", "SiteResolver", "TraceGroups", "collect_traces", "default_excluded"]
+__all__ = [
+    "SiteGroup",
+    "SiteResolver",
+    "TraceGroups",
+    "collect_sampled",
+    "collect_traces",
+    "default_excluded",
+]
 
 # The traceback tracemalloc stores per trace: innermost frame first, (filename, lineno) pairs.
 RawTraceback = tuple[tuple[str, int], ...]
@@ -202,4 +210,49 @@ def collect_traces(resolver: SiteResolver) -> TraceGroups:
         own_blocks=own_blocks,
         pause_s=copied - start,
         group_s=done - copied,
+    )
+
+
+def collect_sampled(resolver: SiteResolver, stacks: Sequence[StackEstimate]) -> TraceGroups:
+    """Group the sampled profiler's live stacks like traces: sizes and counts are estimates.
+
+    The profiler hands out one entry per distinct stack, already summed in C, so this loop runs
+    over a few thousand entries at most, and ``pause_s`` is the profiler's own table walk.
+    """
+    start = time.perf_counter()
+    out: list[SiteGroup] = []
+    total = 0.0
+    blocks = 0.0
+    skipped = 0.0
+    own_blocks = 0.0
+    for stack in stacks:
+        total += stack.est_bytes
+        blocks += stack.est_blocks
+        resolved = resolver.resolve(stack.frames)
+        if resolved is None:
+            skipped += stack.est_bytes
+            if stack.est_blocks and stack.est_bytes / stack.est_blocks <= _PYMALLOC_MAX:
+                own_blocks += stack.est_blocks
+            continue
+        site, formatted, line = resolved
+        out.append(
+            SiteGroup(
+                site,
+                formatted,
+                line,
+                round(stack.est_bytes),
+                round(stack.est_blocks),
+                stack.variance,
+            )
+        )
+    out.sort(key=lambda g: -g.size)
+    done = time.perf_counter()
+    return TraceGroups(
+        by_traceback=out,
+        traced_bytes=round(total),
+        blocks=round(blocks),
+        skipped_bytes=round(skipped),
+        own_blocks=round(own_blocks),
+        pause_s=0.0,
+        group_s=done - start,
     )

@@ -13,11 +13,13 @@ from typing import Final
 
 __all__ = [
     "ENV_DISABLED",
+    "ENV_PROFILER",
     "ENV_SOCKET",
     "WATCHER_SOCKET_DIR",
     "agent_environment",
     "attached_socket_path",
     "default_socket_path",
+    "profiler_interval",
     "socket_name",
     "watcher_socket_path",
 ]
@@ -25,6 +27,8 @@ __all__ = [
 ENV_SOCKET: Final = "SOAKD_AGENT_SOCKET"
 # "1" turns serve() into a no-op: soakd's own processes set it so that they never serve.
 ENV_DISABLED: Final = "SOAKD_AGENT_DISABLED"
+# The sampled profiler's mean interval in bytes, or "off"; unset: the default interval.
+ENV_PROFILER: Final = "SOAKD_PROFILER_INTERVAL"
 # The watcher looks under /tmp itself, whatever $TMPDIR says: CMD may run with another TMPDIR.
 WATCHER_SOCKET_DIR: Final = "/tmp"
 
@@ -53,9 +57,22 @@ def attached_socket_path(pid: int, environ: Mapping[str, str] | None = None) -> 
     return env.get(ENV_SOCKET, watcher_socket_path(pid))
 
 
-def agent_environment(environ: Mapping[str, str], socket_path: str) -> dict[str, str]:
-    """``environ`` for a command that serves its agent at ``socket_path``."""
+def profiler_interval(default: int, environ: Mapping[str, str] | None = None) -> int | None:
+    """The interval ``$SOAKD_PROFILER_INTERVAL`` asks for: None for "off", ``default`` when
+    unset or not a positive integer (an agent never refuses to start over it)."""
+    raw = (os.environ if environ is None else environ).get(ENV_PROFILER, "").strip().lower()
+    if raw in ("off", "0", "none"):
+        return None
+    return int(raw) if raw.isdigit() and int(raw) > 0 else default
+
+
+def agent_environment(
+    environ: Mapping[str, str], socket_path: str, profiler: int | None = None
+) -> dict[str, str]:
+    """``environ`` for a command that serves its agent at ``socket_path``, with the sampled
+    profiler at ``profiler`` bytes (None: off)."""
     env = dict(environ)
     env.pop(ENV_DISABLED, None)
     env[ENV_SOCKET] = socket_path
+    env[ENV_PROFILER] = "off" if profiler is None else str(profiler)
     return env

@@ -71,21 +71,37 @@ class _WireView(Mapping[str, Any]):
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Hello(_WireView):
-    """``ping``: who answers, and whether it traces."""
+    """``ping``: who answers, whether tracemalloc traces and what the sampled profiler does.
+
+    ``profiler`` is the agent's :meth:`~soakd.agent.Agent.profiler_status` (``mode``
+    "sampled" or "off", ``interval_bytes``, ``frames``, ``lost``: why it is off); None from an
+    agent of the first version.
+    """
 
     pid: int
     tracing: bool
     argv: tuple[str, ...] = ()
+    profiler: Mapping[str, Any] | None = None
+
+    @property
+    def sampling(self) -> bool:
+        """The sampled profiler runs: allocation sites are available without tracemalloc."""
+        return bool(self.profiler and self.profiler.get("mode") == "sampled")
 
     def to_json(self) -> dict[str, Any]:
-        return {"pid": self.pid, "tracing": self.tracing, "argv": list(self.argv)}
+        out = {"pid": self.pid, "tracing": self.tracing, "argv": list(self.argv)}
+        if self.profiler is not None:
+            out["profiler"] = dict(self.profiler)
+        return out
 
     @classmethod
     def from_json(cls, raw: Any) -> Hello:
+        profiler = raw.get("profiler")
         return cls(
             pid=int(raw["pid"]),
             tracing=bool(raw.get("tracing")),
             argv=tuple(str(a) for a in raw.get("argv") or ()),
+            profiler=dict(profiler) if isinstance(profiler, dict) else None,
         )
 
 
@@ -102,6 +118,7 @@ class HeapSample(_WireView):
     gc_collections: float
     malloc_bytes: float | None = None  # glibc only
     tasks: float | None = None  # added by the dispatcher, which knows the loop's thread
+    profiler_bytes: float | None = None  # the sampled profiler's own tables, while it runs
 
     def to_json(self) -> dict[str, float]:
         out = {
@@ -117,6 +134,8 @@ class HeapSample(_WireView):
             out["malloc_bytes"] = self.malloc_bytes
         if self.tasks is not None:
             out["tasks"] = self.tasks
+        if self.profiler_bytes is not None:
+            out["profiler_bytes"] = self.profiler_bytes
         return out
 
     @classmethod
@@ -135,6 +154,7 @@ class HeapSample(_WireView):
             gc_collections=float(raw["gc_collections"]),
             malloc_bytes=opt("malloc_bytes"),
             tasks=opt("tasks"),
+            profiler_bytes=opt("profiler_bytes"),
         )
 
 
@@ -158,7 +178,8 @@ class SitesResult(_WireView):
 
     ``own_blocks`` are soakd's own small blocks (which ``sys.getallocatedblocks()`` counts),
     ``pause_s`` the GIL-holding copy of the traces; ``snapshot_path`` and ``write_s`` are set
-    only when a snapshot file was asked for.
+    only when a snapshot file was asked for. ``sampling_interval`` is set when the sites come
+    from the sampled profiler: sizes and counts are then estimates with a ``variance``.
     """
 
     sites: tuple[SnapshotSite, ...]  # the top ``max_sites`` by size
@@ -172,6 +193,10 @@ class SitesResult(_WireView):
     tracing: bool
     snapshot_path: str | None = None
     write_s: float | None = None
+    sampling_interval: int | None = None
+    # CPU time the agent's thread spent on this request: its work in the target, where the
+    # wall-clock times above also count waiting for the target's GIL.
+    cpu_s: float = 0.0
 
     @classmethod
     def not_tracing(cls, overhead_bytes: int) -> SitesResult:
@@ -194,6 +219,9 @@ class SitesResult(_WireView):
             out["snapshot_path"] = self.snapshot_path
         if self.write_s is not None:
             out["write_s"] = self.write_s
+        if self.sampling_interval is not None:
+            out["sampling_interval"] = self.sampling_interval
+        out["cpu_s"] = self.cpu_s
         return out
 
     @classmethod
@@ -208,6 +236,7 @@ class SitesResult(_WireView):
                     line=None if s.get("line") is None else str(s["line"]),
                     size=int(s["size"]),
                     count=int(s["count"]),
+                    variance=float(s.get("variance") or 0.0),
                 )
                 for s in raw.get("sites") or ()
             ),
@@ -221,6 +250,10 @@ class SitesResult(_WireView):
             tracing=bool(raw.get("tracing", True)),
             snapshot_path=None if path is None else str(path),
             write_s=None if write_s is None else float(write_s),
+            sampling_interval=(
+                None if raw.get("sampling_interval") is None else int(raw["sampling_interval"])
+            ),
+            cpu_s=float(raw.get("cpu_s", 0.0)),
         )
 
 
@@ -271,7 +304,12 @@ def dispatch(
     agent). Raises ValueError for an unknown ``op``, TypeError for malformed ``params``.
     """
     if op == "ping":
-        return Hello(pid=os.getpid(), tracing=agent.tracing, argv=tuple(sys.argv[:8]))
+        return Hello(
+            pid=os.getpid(),
+            tracing=agent.tracing,
+            argv=tuple(sys.argv[:8]),
+            profiler=agent.profiler_status(),
+        )
     if op == "heap":
         # The supervisor reads the task count from the heap sample: one request per interval.
         return replace(agent.heap(), tasks=float(tasks()))

@@ -224,11 +224,14 @@ def serve(
     max_sites: int = 50,
     max_types: int = 50,
     trace: bool = False,
+    profile: bool = True,
 ) -> AgentServer | None:
     """Serve this process's agent in a background thread; idempotent. Returns the server.
 
-    ``trace=True`` starts tracemalloc right away (otherwise the watcher asks for it). Returns
-    None without serving when ``$SOAKD_AGENT_DISABLED`` is ``1`` (soakd's own processes set it).
+    ``trace=True`` starts tracemalloc right away (otherwise the watcher may ask for it).
+    ``profile`` starts the sampled allocation profiler (interval: ``$SOAKD_PROFILER_INTERVAL``,
+    which may also say "off"). Returns None without serving when ``$SOAKD_AGENT_DISABLED`` is
+    ``1`` (soakd's own processes set it).
     """
     global _server
     if os.environ.get(ENV_DISABLED) == "1":
@@ -242,6 +245,13 @@ def serve(
             agent = Agent(frames=frames, max_sites=max_sites, max_types=max_types)
         if trace:
             agent.start_tracing()
+        if profile:
+            from soakd.agent.env import profiler_interval
+            from soakd.profiler import DEFAULT_INTERVAL
+
+            interval = profiler_interval(DEFAULT_INTERVAL)
+            if interval is not None:
+                agent.start_profiler(interval)
         server = AgentServer(agent, path or default_socket_path())
         atexit.register(server.close)
         _server = server

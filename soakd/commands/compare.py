@@ -5,12 +5,17 @@ target are used). The baseline is the mean of those runs. A metric regresses whe
 in its worse direction by more than --threshold (relative; an absolute floor per metric
 covers zero baselines) AND, with two or more baselines, beyond mean ± 2σ of the baselines.
 
+Workload figures (throughput, error rate, latency and first-event percentiles) are those of
+the unperturbed intervals (``workload.unperturbed``: soakd's own work in the target left out)
+when the run and every baseline have them, else the whole run's; the output says which.
+
 Exit codes: 0 no regression · 6 regression found · 2 bad input.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -66,6 +71,7 @@ class Comparison:
     change: float | None  # relative to the baseline mean; None when the mean is 0
     allowed: float | None  # the largest worse-direction change (absolute) still accepted
     regression: bool
+    basis: str = "run"  # "unperturbed": judged on intervals soakd did not perturb
 
 
 def compare_metric(
@@ -141,15 +147,53 @@ def collect_baselines(
     return out
 
 
+def has_unperturbed(summary: Mapping[str, Any]) -> bool:
+    """Whether the summary judged some of its workload without soakd's own work in it."""
+    seconds = num(dig(summary, "workload", "unperturbed", "seconds"))
+    return seconds is not None and seconds > 0
+
+
+def _unperturbed_key(metric: Metric) -> tuple[str, ...] | None:
+    if metric.key[0] != "workload":
+        return None
+    return ("workload", "unperturbed", *metric.key[1:])
+
+
 def compare(
     summary: Mapping[str, Any], baselines: Sequence[Mapping[str, Any]], threshold: float
 ) -> list[Comparison]:
+    """Each metric of ``summary`` against ``baselines``; workload metrics on the unperturbed
+    figures when every summary has them (apples with apples), else on the whole run's."""
+    runs = [summary, *baselines]
+    unperturbed = all(has_unperturbed(s) for s in runs)
     out = []
     for metric in METRICS:
-        values = [num(dig(b, *metric.key)) for b in baselines]
+        key, basis = metric.key, "run"
+        alt = _unperturbed_key(metric) if unperturbed else None
+        # per metric: a figure missing in one summary (no histograms) falls back for all
+        if alt is not None and all(num(dig(s, *alt)) is not None for s in runs):
+            key, basis = alt, "unperturbed"
+        values = [num(dig(b, *key)) for b in baselines]
         clean = [v for v in values if v is not None]
-        out.append(compare_metric(metric, num(dig(summary, *metric.key)), clean, threshold))
+        row = compare_metric(metric, num(dig(summary, *key)), clean, threshold)
+        out.append(dataclasses.replace(row, basis=basis))
     return out
+
+
+def judged_note(summary: Mapping[str, Any], rows: Sequence[Comparison]) -> str | None:
+    """ "unperturbed: X s of Y s judged" when workload metrics were compared on those figures."""
+    if not any(c.basis == "unperturbed" for c in rows):
+        return None
+    judged = num(dig(summary, "workload", "unperturbed", "seconds")) or 0.0
+    total = (
+        num(dig(summary, "workload", "duration_s"))
+        or num(summary.get("duration_s"))
+        or judged + (num(dig(summary, "workload", "unperturbed", "excluded_seconds")) or 0.0)
+    )
+    return (
+        f"unperturbed: {judged:.1f} s of {total:.1f} s judged (workload figures leave out the "
+        "intervals soakd's own work in the target overlapped, in this run and the baselines)"
+    )
 
 
 def _table(rows: Sequence[Comparison]) -> str:
@@ -163,7 +207,10 @@ def _table(rows: Sequence[Comparison]) -> str:
         change = "n/a" if c.change is None else f"{c.change * 100:+.1f}%"
         lines.append(
             (
-                c.metric,
+                # the figure actually compared: workload.unperturbed.* when judged on those
+                c.metric.replace("workload.", "workload.unperturbed.", 1)
+                if c.basis == "unperturbed"
+                else c.metric,
                 format_value(c.value, c.unit),
                 format_value(c.baseline_mean, c.unit),
                 format_value(c.baseline_std, c.unit),
@@ -227,11 +274,15 @@ def run(args: argparse.Namespace) -> int:
             "baselines": [str(p) for p, _ in baselines],
             "threshold": args.threshold,
             "regression": regression,
+            "unperturbed": judged_note(summary, rows),
             "metrics": [asdict(c) for c in rows],
         }
         print(json.dumps(payload, indent=2))
     else:
         print(f"run {run_dir} against {len(baselines)} baseline run(s):")
+        note = judged_note(summary, rows)
+        if note is not None:
+            print(note)
         print(_table(rows))
         print("REGRESSION" if regression else "no regression")
     return EXIT_REGRESSION if regression else 0

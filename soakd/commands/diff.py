@@ -65,6 +65,7 @@ def _describe(path: str, snap: Snapshot) -> dict[str, Any]:
         "t": snap.t,
         "role": snap.role,
         "traced_bytes": snap.traced_bytes,
+        "sampling_interval": snap.sampling_interval,
     }
 
 
@@ -73,26 +74,42 @@ def format_table(
 ) -> str:
     """Human-readable diff: a header per snapshot, then one row per site."""
     lines = [
-        f"A: {path_a} ({a.role}, {a.taken_at}, traced {format_size(a.traced_bytes)})",
-        f"B: {path_b} ({b.role}, {b.taken_at}, traced {format_size(b.traced_bytes)})",
+        f"A: {path_a} ({a.role}, {a.taken_at}, {_how(a)} {format_size(a.traced_bytes)})",
+        f"B: {path_b} ({b.role}, {b.taken_at}, {_how(b)} {format_size(b.traced_bytes)})",
         f"traced: {_signed_size(b.traced_bytes - a.traced_bytes)}",
         "",
     ]
+    sampled = a.sampling_interval is not None or b.sampling_interval is not None
+    if sampled:
+        lines[-1:] = [
+            "sizes are estimates from sampled allocations; ± is the growth's 95 % interval, "
+            "and growth within it may be sampling noise",
+            "",
+        ]
     if not rows:
         lines.append("no allocation sites in either snapshot")
         return "\n".join(lines) + "\n"
-    header = f"{'GROWTH':>11} {'SIZE A':>10} {'SIZE B':>10} {'BLOCKS +/-':>11}  SITE"
+    noise_col = f" {'±':>9}" if sampled else ""
+    indent = " " * (49 + len(noise_col))  # under the site column
+    header = f"{'GROWTH':>11}{noise_col} {'SIZE A':>10} {'SIZE B':>10} {'BLOCKS +/-':>11}  SITE"
     lines.append(header)
     for row in rows:
+        noise = f" {format_size(int(row.noise)):>9}" if sampled else ""
         lines.append(
-            f"{_signed_size(row.size_diff):>11} {format_size(row.size_a):>10} "
+            f"{_signed_size(row.size_diff):>11}{noise} {format_size(row.size_a):>10} "
             f"{format_size(row.size_b):>10} {row.count_diff:>+11d}  {row.site}"
         )
         if row.line:
-            lines.append(f"{'':>49}{row.line}")  # under the site column (47) + 2
+            lines.append(f"{indent}{row.line}")
         if group_by == "traceback":
-            lines.extend(f"{'':>49}at {frame}" for frame in row.traceback[1:])
+            lines.extend(f"{indent}at {frame}" for frame in row.traceback[1:])
     return "\n".join(lines) + "\n"
+
+
+def _how(snap: Snapshot) -> str:
+    if snap.sampling_interval is None:
+        return "traced"
+    return f"sampled every {format_size(snap.sampling_interval)}, estimated"
 
 
 def _signed_size(value: int) -> str:

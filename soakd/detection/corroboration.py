@@ -59,7 +59,12 @@ def site_verdict(
     cache, a pool) seems to grow at its site until all its entries are new ones, while the
     process stays flat.
     """
-    if not v.is_leak or track.counts is None:
+    if not v.is_leak:
+        return v
+    noisy = _within_sampling_noise(track, v, now, p)
+    if noisy is not None:
+        return noisy
+    if track.counts is None:
         return v
     start = now - v.duration_s
     cts, cys = track.counts.window(start, now)
@@ -96,6 +101,37 @@ def site_verdict(
         reason=(
             f"turnover: the process grows less than the site ({site_blocks * HOUR:.3g} "
             "blocks/h): entries allocated since tracing started replace older ones"
+        ),
+    )
+
+
+def _within_sampling_noise(
+    track: Track, v: SeriesVerdict, now: float, p: DetectionParams
+) -> SeriesVerdict | None:
+    """A sampled site's growth must stand out of the estimator's noise, else flat.
+
+    Each estimate is a sum over sampled blocks: its variance is known (≈ interval × bytes for
+    small blocks). The growth over the window is compared with ``z`` standard deviations of
+    the difference of its two end estimates, taken as independent: an upper bound (blocks live
+    at both ends were sampled once and cancel), so a stable site whose sampled blocks turn over
+    never reads as growth. A leak passes once it holds about z² samples' worth of new bytes.
+    """
+    if track.variances is None:
+        return None
+    start = now - v.duration_s
+    ts, vs = track.variances.window(max(start, track.segment_start), now)
+    if len(vs) < 2:
+        return None
+    growth = v.slope * (ts[-1] - ts[0])
+    noise = math.sqrt(max(vs[0], 0.0) + max(vs[-1], 0.0))
+    if growth > p.site_noise_z * noise:
+        return None
+    return replace(
+        v,
+        pattern="flat",
+        reason=(
+            f"within sampling noise: the site grew by about {growth:.3g} B over the window, "
+            f"less than {p.site_noise_z:g} standard deviations ({noise:.3g} B) of its estimate"
         ),
     )
 

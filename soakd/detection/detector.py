@@ -62,12 +62,16 @@ class Detector:
         value: float,
         info: SiteInfo | None = None,
         count: float | None = None,
+        *,
+        variance: float | None = None,
     ) -> None:
         """Record one sample; out-of-order or non-finite samples are counted in ``dropped``.
 
         ``count``: for a site, its live blocks (checks that its growth shows in the process).
+        ``variance``: for a site estimated from sampled allocations, the estimate's variance
+        (its growth must stand out of the sampling noise).
         """
-        self._tracks.add(signal, key, t, value, info, count)
+        self._tracks.add(signal, key, t, value, info, count, variance)
 
     def mark_discontinuity(self, signal: SignalKind, t: float) -> None:
         """Judge ``signal``'s series only from ``t`` on (e.g. tracemalloc was restarted)."""

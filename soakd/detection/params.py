@@ -43,8 +43,13 @@ class DetectionParams:
     suspect_window_s: float = 20.0
     # RSS growth that raises suspicion: far below the native bar, above most allocator creep.
     suspect_rss_slope_bytes_per_h: float = 16.0 * MIB
-    # Site series are exact (traced bytes at one line): a shorter window suffices.
+    # Site series are exact (traced bytes at one line) or sampled estimates whose noise is
+    # known: a shorter window suffices.
     site_min_window_s: float = 30.0
+    # A sampled site's growth over the window must exceed this many standard deviations of
+    # the estimator (one-sided: about 2 % of stable sites' fluctuations pass, and they must
+    # still pass the trend test and the process-wide corroboration).
+    site_noise_z: float = 2.0
     # Bytes per block for the heap level fed as blocks (``heap_blocks`` × this): a site's block
     # rate is compared with the process's block rate in these units.
     block_bytes: float = 80.0

@@ -51,6 +51,8 @@ class Track:
     leak_verdict: SeriesVerdict | None = None  # latest that said leak
     signals: tuple[str, ...] = field(default_factory=tuple)
     counts: BoundedSeries | None = None  # site tracks: live blocks at the site
+    # Site tracks from the sampled profiler: the variance of each size estimate.
+    variances: BoundedSeries | None = None
 
     @property
     def active(self) -> bool:
@@ -98,6 +100,7 @@ class TrackTable:
         value: float,
         info: SiteInfo | None = None,
         count: float | None = None,
+        variance: float | None = None,
     ) -> None:
         """Record one sample; out-of-order or non-finite samples are counted in ``dropped``."""
         if signal not in SIGNALS:
@@ -136,6 +139,10 @@ class TrackTable:
             if track.counts is None:
                 track.counts = BoundedSeries(self.params.max_points)
             track.counts.append(t, count)
+        if variance is not None and math.isfinite(variance):
+            if track.variances is None:
+                track.variances = BoundedSeries(self.params.max_points)
+            track.variances.append(t, variance)
 
     def mark_discontinuity(self, signal: SignalKind, t: float) -> None:
         """Judge ``signal``'s series only from ``t`` on (e.g. tracemalloc was restarted)."""

@@ -11,6 +11,7 @@ from soakd.analysis.trend import ols_fit, robust_scale
 from soakd.analysis.verdicts import SeriesVerdict, VerdictParams, classify
 from soakd.detection.kinds import SignalKind
 from soakd.detection.params import HOUR, DetectionParams
+from soakd.detection.sampled import judge_sampled
 from soakd.detection.tracks import Track
 
 __all__ = ["SUB_WINDOWS", "Thresholds", "judge_window"]
@@ -88,6 +89,10 @@ def judge_window(
     # A window one or two sampling intervals short of the minimum is long enough: samples
     # and analyses tick on separate schedules.
     min_window = max(min_window - 2.0 * track.typical_dt, 0.75 * min_window)
+    if track.variances is not None:
+        sampled = _judge_sampled_track(track, ts, ys, start, now, vp, min_window)
+        if sampled is not None:
+            return sampled
     full = prescreen(ts, ys, vp, min_window) or classify(ts, ys, vp)
     if full.pattern not in ("flat", "noise"):
         # Only a window flat or noisy overall may hide a late leak; a sawtooth or a step
@@ -110,6 +115,35 @@ def judge_window(
         # A leak that starts late makes the newest part grow faster than the whole window;
         # a structure still filling (a pool turning over since tracing started) slower.
         if sub.is_leak and sub.slope > full.slope and new_high(ys[:first], sub_ys):
+            return sub
+    return full
+
+
+def _judge_sampled_track(
+    track: Track,
+    ts: list[float],
+    ys: list[float],
+    start: float,
+    now: float,
+    vp: VerdictParams,
+    min_window: float,
+) -> SeriesVerdict | None:
+    """The window (or, when flat, its newest half or quarter: a late onset) of a sampled site;
+    None when its variances do not line up with its points (then the usual tests judge)."""
+    assert track.variances is not None
+    vts, vs = track.variances.window(start, now)
+    if vts != ts:
+        return None
+    full = judge_sampled(ts, ys, vs, vp, min_window)
+    if full.pattern != "flat":
+        return full
+    span = ts[-1] - ts[0]
+    for fraction in SUB_WINDOWS:
+        if span * fraction < min_window:
+            break
+        first = next(i for i, t in enumerate(ts) if t >= ts[-1] - span * fraction)
+        sub = judge_sampled(ts[first:], ys[first:], vs[first:], vp, min_window)
+        if sub.is_leak and new_high(ys[:first], ys[first:]):
             return sub
     return full
 

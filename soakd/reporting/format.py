@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from soakd.coerce import text
-from soakd.units import format_value
+from soakd.units import format_duration, format_value
 
 MAX_SOURCE_BYTES = 8 << 20
 
@@ -20,6 +20,15 @@ def format_metric(metric: object, value: float | None) -> str:
     if name.endswith("_ms"):
         return format_value(value, "ms")
     return "n/a" if value is None else f"{value:g}"
+
+
+def format_seconds(seconds: float | None) -> str:
+    """A span of time that may be short: ``35 ms``, ``4.2s``, ``3m05s``."""
+    if seconds is None:
+        return "n/a"
+    if seconds < 1.0:
+        return f"{seconds * 1000.0:.0f} ms"
+    return format_duration(seconds)
 
 
 def source_context(site: str | None, radius: int = 3) -> list[tuple[int, str]] | None:

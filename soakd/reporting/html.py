@@ -9,9 +9,9 @@ from html import escape
 from soakd.coerce import dig, num, text
 from soakd.events import TIMELINE_EVENTS
 from soakd.reporting.common import LeakEntry, breach_entries, leak_entries
-from soakd.reporting.format import format_metric, source_context
+from soakd.reporting.format import format_metric, format_seconds, source_context
 from soakd.reporting.rundata import RunData
-from soakd.reporting.svg import Chart, Marker
+from soakd.reporting.svg import PERTURBED_LABEL, Chart, Marker
 from soakd.store import Point, SeriesGrowth
 from soakd.units import Unit, format_duration, format_value
 
@@ -73,7 +73,8 @@ def _chart(
     width: int = 1060,
 ) -> str:
     series: dict[str, Sequence[Point]] = {n: run.series.get(n, ()) for n in names}
-    return Chart(title, series, unit, markers, labels, width=width).render()
+    shades = run.perturbed_spans
+    return Chart(title, series, unit, markers, labels, shades, width=width).render()
 
 
 def _site_label(name: str) -> str:
@@ -145,8 +146,47 @@ def _overview(run: RunData) -> str:
     ]
     return (
         '<h2>Overview</h2><div class="charts"><div><h3>Workload</h3>'
-        f"{_table(rows)}</div><div><h3>Memory</h3>{_table(mem)}</div></div>"
+        f"{_table(rows)}</div><div><h3>Memory</h3>{_table(mem)}</div>"
+        f"{_perturbation(run)}</div>"
     )
+
+
+def _perturbation(run: RunData) -> str:
+    """soakd's own work in the target by cause, and the workload judged without it."""
+    s = run.summary
+    p = s.get("perturbation")
+    if not isinstance(p, Mapping):
+        duration = num(s.get("duration_s")) or run.last_t or 0.0
+        p = run.perturbation.summary(duration)
+    rows = [
+        ("spans", _fmt(p.get("spans"), "count")),
+        ("time", escape(format_seconds(num(p.get("seconds")) or 0.0))
+         + f" ({_fmt(p.get('share'), 'ratio')} of the run)"),
+    ]  # fmt: skip
+    by_cause = p.get("by_cause")
+    for cause, c in sorted(by_cause.items() if isinstance(by_cause, Mapping) else []):
+        c = c if isinstance(c, Mapping) else {}
+        rows.append(
+            (
+                f"  {text(cause, 40)}",
+                f"{_fmt(c.get('spans'), 'count')} span(s), "
+                + escape(format_seconds(num(c.get("seconds")) or 0.0)),
+            )
+        )
+    u = dig(s, "workload", "unperturbed")
+    if isinstance(u, Mapping):
+        rows += [
+            ("judged", escape(format_duration(num(u.get("seconds")) or 0.0)) + " of the workload"
+             + f" ({_fmt(u.get('excluded_intervals'), 'count')} intervals left out)"),
+            ("throughput", _fmt(u.get("throughput_per_s"), "per_s")),
+            ("error rate", _fmt(u.get("error_rate"), "ratio")),
+        ]  # fmt: skip
+        for key, label in (("latency_ms", "latency"), ("first_event_ms", "first event")):
+            if isinstance(u.get(key), Mapping):
+                rows.append(
+                    (label, " · ".join(f"{q} {_fmt(dig(u, key, q), 'ms')}" for q in ("p50", "p99")))
+                )
+    return f"<div><h3>{escape(PERTURBED_LABEL)}</h3>{_table(rows)}</div>"
 
 
 def _plots(run: RunData, markers: Sequence[Marker]) -> str:

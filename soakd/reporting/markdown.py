@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from soakd.coerce import compact_json, dig, num, text
 from soakd.reporting.common import LeakEntry, breach_entries, leak_entries
-from soakd.reporting.format import format_metric, source_context
+from soakd.reporting.format import format_metric, format_seconds, source_context
 from soakd.reporting.rundata import RunData
 from soakd.units import Unit, format_duration, format_value
 
@@ -71,6 +72,50 @@ def _leak(leak: LeakEntry) -> list[str]:
     return out
 
 
+def _perturbation(run: RunData) -> list[str]:
+    """soakd's own work in the target, by cause, and the workload judged without it."""
+    s = run.summary
+    p: Any = s.get("perturbation")
+    if not isinstance(p, Mapping):
+        p = run.perturbation.summary(num(s.get("duration_s")) or run.last_t or 0.0)
+    out = [
+        "",
+        "## soakd's own work in the target",
+        "",
+        f"{_fmt(p.get('spans'), 'count')} span(s), {format_seconds(num(p.get('seconds')) or 0.0)}"
+        f" ({_fmt(p.get('share'), 'ratio')} of the run); the workload intervals they overlap "
+        "are left out of the unperturbed figures and of the workload rules.",
+    ]
+    by_cause = p.get("by_cause")
+    if isinstance(by_cause, Mapping) and by_cause:
+        out += ["", "| cause | spans | time |", "| --- | --- | --- |"]
+        for cause, c in sorted(by_cause.items()):
+            c = c if isinstance(c, Mapping) else {}
+            out.append(
+                f"| {md(cause, 40)} | {_fmt(c.get('spans'), 'count')} | "
+                f"{format_seconds(num(c.get('seconds')) or 0.0)} |"
+            )
+    u = dig(s, "workload", "unperturbed")
+    if isinstance(u, Mapping):
+        out += [
+            "",
+            f"Unperturbed workload: {format_seconds(num(u.get('seconds')) or 0.0)} judged, "
+            f"{format_seconds(num(u.get('excluded_seconds')) or 0.0)} in "
+            f"{_fmt(u.get('excluded_intervals'), 'count')} interval(s) "
+            f"({_fmt(u.get('excluded_iterations'), 'count')} iterations) left out.",
+            "",
+            "| metric | unperturbed |",
+            "| --- | --- |",
+            f"| throughput | {_fmt(u.get('throughput_per_s'), 'per_s')} |",
+            f"| error rate | {_fmt(u.get('error_rate'), 'ratio')} |",
+        ]
+        for key, label in (("latency_ms", "latency"), ("first_event_ms", "first event")):
+            if isinstance(u.get(key), Mapping):
+                for pct in ("p50", "p90", "p99", "max"):
+                    out.append(f"| {label} {pct} | {_fmt(dig(u, key, pct), 'ms')} |")
+    return out
+
+
 def render_markdown(run: RunData) -> str:
     """The text report for a loaded run."""
     s = run.summary
@@ -105,6 +150,7 @@ def render_markdown(run: RunData) -> str:
     for key, label in (("latency_ms", "latency"), ("first_event_ms", "first event")):
         for pct in ("p50", "p90", "p99", "max"):
             lines.append(f"| {label} {pct} | {_fmt(dig(s, w, key, pct), 'ms')} |")
+    lines += _perturbation(run)
     m = "memory"
     lines += [
         "",

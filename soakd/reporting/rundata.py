@@ -11,12 +11,14 @@ import json
 import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from soakd.coerce import dig, num, text
 from soakd.errors import SoakdError, SummaryError
 from soakd.events import REPORT_EVENTS
+from soakd.perturbation import PerturbationLog
 from soakd.rundir import (
     CONFIG,
     EVENTS,
@@ -69,6 +71,16 @@ class RunData:
 
     def events_named(self, *names: str) -> list[Mapping[str, Any]]:
         return [e for e in self.events if e.get("event") in names]
+
+    @cached_property
+    def perturbation(self) -> PerturbationLog:
+        """soakd's own work in the target, from the ``target.perturbed`` events (bounded)."""
+        return PerturbationLog.from_events(self.events)
+
+    @property
+    def perturbed_spans(self) -> list[tuple[float, float]]:
+        """The merged spans to shade on every time chart."""
+        return self.perturbation.spans
 
     @property
     def warmup_end_s(self) -> float | None:

@@ -11,10 +11,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
 
+from soakd.reporting.format import format_seconds
 from soakd.store import Bucket, Point, buckets_to_points
 from soakd.units import Unit, format_duration, format_value
 
 __all__ = [
+    "PERTURBED_LABEL",
     "Bucket",
     "Chart",
     "Marker",
@@ -42,6 +44,8 @@ PALETTE = (
 )
 MAX_CHART_POINTS = 1500
 MARKER_COLORS = {"warmup": "#888888", "suspected": "#e69500", "confirmed": "#c0392b"}
+PERTURBED_LABEL = "soakd's own work in the target"  # the legend of shaded spans
+_SHADE = 'fill="#f2a93b" fill-opacity="0.22"'
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,8 @@ class Chart:
     unit: Unit = "number"
     markers: Sequence[Marker] = ()
     labels: Mapping[str, str] | None = None  # legend text per series (full name stays in title)
+    # spans (start, end in seconds since run start) when soakd worked in the target: shaded
+    shades: Sequence[tuple[float, float]] = ()
     width: int = 760
     height: int = 230
     zero_based: bool = True
@@ -148,7 +154,8 @@ class Chart:
         # bounded and finite whatever the caller passed (the store already downsamples)
         series = {n: downsample(pts, MAX_CHART_POINTS) for n, pts in self.series.items()}
         names = [n for n, pts in series.items() if pts]
-        legend_rows = math.ceil(len(names) / 2) if names else 1
+        legend_items = len(names) + (1 if self.shades else 0)
+        legend_rows = math.ceil(legend_items / 2) if legend_items else 1
         total_h = self.height + legend_rows * 18 + 6
         plot_w = self.width - left - right
         plot_h = self.height - top - bottom
@@ -191,6 +198,14 @@ class Chart:
         def y(v: float) -> float:
             return top + plot_h - (v - v_lo) / v_span * plot_h
 
+        boxes = _shade_boxes(self.shades, t_lo, t_hi, x)
+        for x0, x1, a, b in boxes:  # behind the grid and the lines
+            parts.append(
+                f'<rect x="{x0:.1f}" y="{top}" width="{x1 - x0:.1f}" height="{plot_h}" '
+                f'{_SHADE} class="perturbed"><title>{escape(PERTURBED_LABEL)}: '
+                f"{escape(format_duration(max(0.0, a)))} + {escape(format_seconds(b - a))}"
+                "</title></rect>"
+            )
         for tick in value_ticks(v_lo, v_hi, self.unit):
             yy = y(tick)
             parts.append(
@@ -238,8 +253,43 @@ class Chart:
                 f"<title>{escape(name)}</title>{escape(_clip(label, 60))} "
                 f"(last {escape(format_value(last, self.unit))})</text></g>"
             )
+        if self.shades:
+            i = len(names)
+            lx = left + (i % 2) * (plot_w / 2)
+            ly = self.height + (i // 2) * 18
+            seen = "" if boxes else " (none in this range)"
+            parts.append(
+                f'<g class="legend legend-perturbed"><rect x="{lx:.1f}" y="{ly - 11}" width="12" '
+                f'height="8" {_SHADE}/><text x="{lx + 16:.1f}" y="{ly - 4}" class="lg">'
+                f"{escape(PERTURBED_LABEL)}{seen}</text></g>"
+            )
         parts.append("</svg>")
         return "".join(parts)
+
+
+def _shade_boxes(
+    spans: Sequence[tuple[float, float]],
+    t_lo: float,
+    t_hi: float,
+    x: Callable[[float], float],
+) -> list[tuple[float, float, float, float]]:
+    """Pixel boxes (x0, x1, start, end) of the spans within [t_lo, t_hi]: at least a pixel
+    wide, and merged when closer than a pixel, so a day of spans stays a few hundred rects."""
+    out: list[tuple[float, float, float, float]] = []
+    clean = sorted((a, b) for a, b in spans if math.isfinite(a) and math.isfinite(b) and b >= a)
+    for a, b in clean:
+        if b < t_lo or a > t_hi:
+            continue
+        a, b = max(a, t_lo), min(b, t_hi)
+        x0, x1 = x(a), x(b)
+        if x1 - x0 < 1.0:
+            x0, x1 = x0 - 0.5, x0 + 0.5
+        if out and x0 <= out[-1][1] + 1.0:
+            px0, px1, pa, pb = out[-1]
+            out[-1] = (px0, max(px1, x1), pa, max(pb, b))
+        else:
+            out.append((x0, x1, a, b))
+    return out
 
 
 def _clip(text: str, limit: int) -> str:

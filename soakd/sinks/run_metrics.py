@@ -39,6 +39,12 @@ _SAMPLE_METRICS: tuple[tuple[str, str, str, str], ...] = (
         "gauge",
         "Memory tracemalloc itself uses in the worker, bytes.",
     ),
+    (
+        "profiler_bytes",
+        "soakd_profiler_bytes",
+        "gauge",
+        "Memory the sampled allocation profiler's tables use in the target, bytes (bounded).",
+    ),
     ("uss_bytes", "soakd_uss_bytes", "gauge", "Worker unique set size in bytes."),
     ("fds", "soakd_fds", "gauge", "Worker open file descriptors."),
     ("threads", "soakd_threads", "gauge", "Worker OS threads."),

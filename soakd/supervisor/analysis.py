@@ -32,6 +32,7 @@ class Sample:
     value: float
     info: SiteInfo | None = None
     count: float | None = None  # site series: live blocks at the site
+    variance: float | None = None  # site series, sampled: the estimate's variance
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,10 @@ class AnalysisLoop:
         return groupings_before == self.groupings and groupings_before % 2 == 0
 
     def feed_heap(self, t: float, values: Mapping[str, float], judged: bool) -> None:
-        self.overhead_bytes = values.get("tracemalloc_overhead_bytes", 0.0)
+        # tracemalloc's and the profiler's tables are malloc'd: soakd's, not the target's.
+        self.overhead_bytes = values.get("tracemalloc_overhead_bytes", 0.0) + values.get(
+            "profiler_bytes", 0.0
+        )
         # The heap level counts blocks: continuous whether tracing or not (traced bytes restart
         # at zero, then rise as replaced entries get traced: not growth).
         if judged and "heap_blocks" in values:
@@ -118,9 +122,11 @@ class AnalysisLoop:
         for name, count in counts.items():
             self._feed(Sample("type", name, t, float(count)))
 
-    def feed_site(self, t: float, info: SiteInfo, size: float, count: float) -> None:
+    def feed_site(
+        self, t: float, info: SiteInfo, size: float, count: float, variance: float | None = None
+    ) -> None:
         assert info.site is not None
-        self._feed(Sample("site", info.site, t, size, info, count))
+        self._feed(Sample("site", info.site, t, size, info, count, variance))
 
     # -- judging ---------------------------------------------------------------------------
     def due(self, now: float, tracing_fresh: bool) -> bool:
@@ -153,7 +159,15 @@ class AnalysisLoop:
                 if isinstance(item, Discontinuity):
                     detector.mark_discontinuity(item.signal, item.t)
                 else:
-                    detector.add(item.signal, item.key, item.t, item.value, item.info, item.count)
+                    detector.add(
+                        item.signal,
+                        item.key,
+                        item.t,
+                        item.value,
+                        item.info,
+                        item.count,
+                        variance=item.variance,
+                    )
             changes = detector.analyze(now)
             return changes, detector.warmup_end(), detector.suspicious(now), detector.findings()
 

@@ -42,7 +42,7 @@ from soakd.supervisor.targets import (
     WorkerProcess,
 )
 from soakd.supervisor.thresholds import Thresholds
-from soakd.supervisor.tracing import Tracer, TracingPolicy
+from soakd.supervisor.tracing import Tracer, TracingPolicy, attribution_of, attribution_plan
 from soakd.supervisor.workload import WorkloadMonitor
 
 
@@ -74,7 +74,7 @@ class Supervisor:
         self.analysis = AnalysisLoop(config, self.state.now, self.recorder.emit, self.thresholds)
         policy = TracingPolicy.from_config(config.sampling, self.analysis.params)
         self.tracer = Tracer(
-            policy, self.state.now, self.recorder.emit, lambda t: self.analysis.restart("site", t)
+            policy, self.state.now, self.recorder, lambda t: self.analysis.restart("site", t)
         )
         self.worker_log = WorkerLog(run.worker_log, config.run.worker_log_limit)
         self.target: Target = PythonTarget(config, self._worker())
@@ -146,6 +146,30 @@ class Supervisor:
             await self.tracer.set(False, decision, self.target.stats())
             self.analysis.restart("heap", self.state.now())
 
+    async def _attribution(self) -> None:
+        """Ask the ready target whether its sampled profiler runs; say so if it fell back."""
+        stats = self.target.stats()
+        if stats is None or not self.config.sampling.enabled:
+            return
+        try:
+            hello = await stats.ping()
+        except Exception as exc:  # a target that cannot answer keeps the fallback
+            lost = f"the target's agent did not answer: {type(exc).__name__}: {exc}"
+        else:
+            status = hello.profiler or {}
+            lost = str(status.get("lost") or "the target's agent has no sampled profiler")
+            if hello.sampling:
+                self.tracer.mark_sampled(True)
+                self.recorder.emit("attribution.ready", **attribution_of(status))
+                return
+        if self.config.sampling.profiler_on:
+            self.recorder.emit(
+                "attribution.fallback",
+                "warning",
+                lost=lost,
+                tracemalloc=self.config.sampling.tracemalloc,
+            )
+
     async def checkpoint(self) -> None:
         await anyio.to_thread.run_sync(self.recorder.checkpoint)
 
@@ -162,6 +186,7 @@ class Supervisor:
             sites=self.sites.due,
             analyze=self.analyze_due,
             analysis_every_s=s.fast_analysis_interval,
+            workload_interval_s=self.config.workload.interval,
         )
 
     def _bounded(self, name: str, job: schedule.Job) -> schedule.Job:
@@ -197,6 +222,7 @@ class Supervisor:
             run_dir=str(self.run_dir.path),
             duration_s=self.state.duration,
             pid=os.getpid(),
+            attribution=attribution_plan(self.config.sampling),
         )
         # job failures and overruns are job.failed events; shutdown cancels jobs in flight
         logging.getLogger("apscheduler").setLevel(logging.CRITICAL)
@@ -231,6 +257,7 @@ class Supervisor:
                 await self.target.start(tg)
                 await self._wait_ready()
                 if state.ready.is_set() and not state.stop_requested.is_set():
+                    await self._attribution()
                     if self.tracer.policy.always:
                         self.tracer.mark_always()
                     schedule.add_jobs(scheduler, self._jobs(), self._bounded)
@@ -254,14 +281,18 @@ class Supervisor:
         if self.state.ready.is_set() and alive:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.process(), 5.0)
-            if self.tracer.policy.tracing:
+            if self.tracer.policy.sites_available:
+                # Copying tracemalloc's traces may take seconds; a sampled profile takes a
+                # millisecond, so a target that does not answer within 5 s is not answering.
+                cap = 30.0 if self.tracer.policy.tracing else 5.0
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self.sites.sample("final"), 30.0)
+                    await asyncio.wait_for(self.sites.sample("final"), cap)
             if self.config.sampling.enabled:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.heap(), 5.0)
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.analyze(), 30.0)
+        self.tracer.finish()
         await self.target.stop()
         self.state.ended_epoch = time.time()
 

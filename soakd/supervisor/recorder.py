@@ -14,6 +14,7 @@ from typing import Any
 
 from soakd import rundir, summary
 from soakd.config import Config
+from soakd.perturbation import PerturbationLog
 from soakd.sinks.base import RunObserver
 from soakd.sinks.events import EventLog
 from soakd.sinks.observers import (
@@ -43,6 +44,8 @@ class RunRecorder:
         self.store = SampleStore(run.samples)
         self.observers: list[RunObserver] = []
         self.job_failures: dict[str, int] = {}
+        # soakd's own work in the target (what the workload is judged without); bounded
+        self.perturbation = PerturbationLog()
 
     def emit(self, event: str, level: str = "info", **fields: Any) -> None:
         self.events.emit(event, level, **fields)
@@ -73,6 +76,36 @@ class RunRecorder:
         self, t: float, interval: Mapping[str, Any], totals: Mapping[str, Any]
     ) -> None:
         workload_to(self.observers, t, interval, totals)
+
+    # -- soakd's own work in the target ----------------------------------------------------
+    def perturbed(self, cause: str, start: float, end: float, **detail: Any) -> None:
+        """soakd worked in the target (``cause``: tracemalloc, types, snapshot, sites) from
+        ``start`` to ``end`` (run-relative seconds): logged, and a ``target.perturbed`` event.
+
+        Also ends an open span of ``cause`` (the work it stood for is over). Bad times (not
+        finite, ``end < start``) are dropped: soakd's bookkeeping never stops the run.
+        """
+        self.perturbation.close(cause, end)
+        if not self.perturbation.add(cause, start, end):
+            return
+        reserved = ("start", "end", "cause", "duration_ms")
+        self.emit(
+            "target.perturbed",
+            cause=cause,
+            start=round(start, 3),
+            end=round(end, 3),
+            duration_ms=round((end - start) * 1000.0, 3),
+            **{k: v for k, v in detail.items() if k not in reserved},
+        )
+
+    def perturbation_open(self, cause: str, start: float) -> None:
+        """``cause`` perturbs the target from ``start`` until closed (tracing on): workload
+        intervals that reach past ``start`` are perturbed meanwhile, live. No event."""
+        self.perturbation.open(cause, start)
+
+    def perturbation_close(self, cause: str, end: float) -> None:
+        """``cause``'s open span ended at ``end``; record it with :meth:`perturbed`."""
+        self.perturbation.close(cause, end)
 
     def job_failed(self, name: str, exc: BaseException) -> None:
         """A scheduled job failed: counted, and told at the 1st, 10th, 100th, every 1000th."""

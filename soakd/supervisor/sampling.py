@@ -15,6 +15,7 @@ from collections.abc import Callable
 import anyio
 import psutil
 
+from soakd.agent.protocol import SitesResult
 from soakd.agent.stats import StatsSource
 from soakd.config import SamplingConfig
 from soakd.detection import SiteInfo
@@ -148,6 +149,17 @@ class HeapSampler:
         self._thresholds.observe(t, values)
 
 
+# soakd's work in the target shorter than this cannot move a latency percentile worth judging
+# (the IPC round trip alone is a fraction of it); longer spans are recorded as perturbations.
+PERTURBATION_FLOOR_S = 0.005
+
+
+def perturbed(recorder: RunRecorder, cause: str, start: float, end: float, **detail: float) -> None:
+    """Record soakd's work in the target from ``start`` to ``end`` when it can matter."""
+    if end - start >= PERTURBATION_FLOOR_S:
+        recorder.perturbed(cause, start, end, **detail)
+
+
 class TypeSampler:
     """Live objects per type in the target (the ``objects`` leak kind)."""
 
@@ -163,10 +175,13 @@ class TypeSampler:
         stats = self._stats()
         if stats is None:
             return
+        started = self._state.now()
         counts = (await stats.types()).counts
+        t = self._state.now()
+        # The walk over every gc-tracked object holds the target's GIL throughout.
+        perturbed(self._recorder, "types", started, t)
         if not counts:
             return
-        t = self._state.now()
         self._recorder.record(t, {f"type:{k}": float(v) for k, v in counts.items()})
         self._analysis.feed_types(t, {k: float(v) for k, v in counts.items()})
 
@@ -197,40 +212,78 @@ class SiteSampler:
         self._analysis = analysis
         self._tracing = tracing
         self.last_t = -math.inf
+        self.snapshot_t = -math.inf
         self.taken = 0  # snapshots written
 
+    @property
+    def _exact(self) -> bool:
+        """Sites come from tracemalloc's traces (else from the sampled profiler)."""
+        return self._tracing.tracing
+
     async def due(self) -> None:
-        """The scheduled run: sample if due at the current cadence (10 % early is on time)."""
+        """The scheduled run: sample if due at the current cadence (10 % early is on time).
+
+        The sampled profile is cheap to group (about a millisecond in the target), so it is
+        sampled at the heap cadence, and a snapshot file is written every ``sites_interval``;
+        tracemalloc's traces are grouped at ``sites_interval``, except for a while after
+        tracing starts, when they are few.
+        """
         s = self._sampling
         now = self._state.now()
-        every = (
-            min(s.sites_interval, s.heap_interval)
-            if self._tracing.fresh(now)
-            else (s.sites_interval)
-        )
+        fast = self._tracing.fresh(now) or not self._exact
+        every = min(s.sites_interval, s.heap_interval) if fast else s.sites_interval
         if now - self.last_t >= 0.9 * every:
-            await self.sample()
+            await self.sample(snapshot=now - self.snapshot_t >= 0.9 * s.sites_interval)
 
-    async def sample(self, role: str = "latest") -> None:
-        if not self._tracing.tracing:
+    async def sample(self, role: str = "latest", *, snapshot: bool = True) -> None:
+        if not self._tracing.sites_available:
             return
         self.last_t = self._state.now()
-        self._analysis.groupings += 1  # odd while a grouping runs in the target
+        # Exact groupings allocate per trace in the target: heap samples taken meanwhile are not
+        # judged (odd while one runs). A sampled grouping allocates next to nothing.
+        step = 1 if self._exact else 0
+        self._analysis.groupings += step
         try:
-            await self._sample(role)
+            await self._sample(role, snapshot)
         finally:
-            self._analysis.groupings += 1
+            self._analysis.groupings += step
 
-    async def _sample(self, role: str) -> None:
+    async def _sample(self, role: str, snapshot: bool) -> None:
         stats = self._stats()
         if stats is None:
             return
         if self.taken == 0 and role == "latest":
             role = "baseline"
         path = self._run.snapshots / f"{role}.json.gz"
-        result = await stats.sites(str(path), role, round(self._state.now(), 3))
+        result = await stats.sites(
+            str(path) if snapshot else None, role, round(self._state.now(), 3)
+        )
         t = self._state.now()
+        # The agent's work in the target: its CPU time, or the copy of tracemalloc's tables that
+        # holds the GIL throughout. The round trip and the wall-clock times also wait for the
+        # target's busy loop and GIL, which is the target running, not soakd's work.
+        work = max(result.cpu_s, result.pause_s)
+        perturbed(
+            self._recorder,
+            "sites" if result.sampling_interval is not None else "snapshot",
+            t - work,
+            t,
+            pause_ms=round(result.pause_s * 1000.0, 3),
+        )
+        self._feed(result, t)
+        if not snapshot:
+            return
+        self.snapshot_t = t
         self.taken += 1
+        self._recorder.emit(
+            "snapshot.saved",
+            path=str(path),
+            role=role,
+            traced_bytes=float(result.traced_bytes),
+            pause_s=float(result.pause_s),
+        )
+
+    def _feed(self, result: SitesResult, t: float) -> None:
         values: dict[str, float] = {}
         for site in result.sites:
             key = site.site
@@ -238,7 +291,8 @@ class SiteSampler:
             values[f"site_count:{key}"] = float(site.count)
             self._recorder.record_site(key, site.traceback, site.line)
             info = SiteInfo(site=key, traceback=site.traceback, line=site.line)
-            self._analysis.feed_site(t, info, float(site.size), float(site.count))
+            variance = site.variance if result.sampling_interval is not None else None
+            self._analysis.feed_site(t, info, float(site.size), float(site.count), variance)
         values["traced_bytes"] = float(result.traced_bytes)
         # Counted by the agent from the traces, so that the target's allocations made while
         # the grouping ran stay in the heap level.
@@ -246,10 +300,3 @@ class SiteSampler:
         values["agent_blocks"] = self._analysis.agent_blocks
         values["heap_pause_s"] = float(result.pause_s)
         self._recorder.record(t, values)
-        self._recorder.emit(
-            "snapshot.saved",
-            path=str(path),
-            role=role,
-            traced_bytes=values["traced_bytes"],
-            pause_s=values["heap_pause_s"],
-        )

@@ -68,8 +68,14 @@ def jobs(
     sites: Job,
     analyze: Job,
     analysis_every_s: float,
+    workload_interval_s: float = 0.0,
 ) -> list[JobSpec]:
-    """Every job of a run: the samplers, the analysis and the summary checkpoint."""
+    """Every job of a run: the samplers, the analysis and the summary checkpoint.
+
+    The types walk holds the target's GIL for a while, and the workload interval it falls in is
+    left out of the judged figures: it runs halfway through a workload interval (which starts
+    with the run, as the jobs do), so that it spoils one interval rather than two.
+    """
     specs = [
         JobSpec("sample_process", process, s.process_interval),
         JobSpec("sample_system", system, s.system_interval),
@@ -78,7 +84,7 @@ def jobs(
     if s.enabled:
         specs += [
             JobSpec("sample_heap", heap, s.heap_interval),
-            JobSpec("sample_types", types, s.types_interval),
+            JobSpec("sample_types", types, s.types_interval, offset_s=workload_interval_s / 2),
             # Site samples halfway between heap samples: a heap sample taken during a grouping
             # (the agent's temporary blocks) is not judged, and must not be every one of them.
             JobSpec(

@@ -277,7 +277,12 @@ class ExternalTarget:
     async def _launch(self) -> bool:
         if self.command is not None:
             self.agent_socket = watcher_socket_path(self._run.run_id)
-            env = agent_environment(child_environment(os.environ), self.agent_socket)
+            s = self._config.sampling
+            env = agent_environment(
+                child_environment(os.environ),
+                self.agent_socket,
+                s.profiler_interval if s.profiler_on else None,
+            )
             try:
                 self.proc = await asyncio.create_subprocess_exec(
                     *self.command,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from soakd.config import Config
 from soakd.rules import RuleEngine, rules_from_config
@@ -23,6 +23,10 @@ class Thresholds:
 
     def observe(self, t: float, values: Mapping[str, float]) -> None:
         self.engine.observe(t, values)
+
+    def exclude(self, start: float, end: float, metrics: Iterable[str]) -> None:
+        """A perturbed span with no judged samples of ``metrics``: paused, not reset."""
+        self.engine.exclude(start, end, metrics)
 
     def observe_leak(self, t: float, kind: str, *, confirmed: bool) -> None:
         self.engine.observe_leak(t, kind, confirmed=confirmed)

@@ -1,26 +1,35 @@
-"""When attribution (tracemalloc in the target) starts, holds and stops: a pure policy.
+"""Where allocation sites come from, and when exact tracing starts, holds and stops: a policy.
 
-Tracing every allocation costs the target a lot, so in ``on-suspicion`` mode it runs only
-while a suspect needs a site: it starts on the detector's suspicion (or a heap/objects finding
-without a site) and stops once every such finding is attributed or cleared, after a hold long
-enough for a dozen site samples and two of the detector's shortest windows. :class:`Tracer`
-applies the policy's decisions to the target through the stats source.
+The target's sampled profiler (:mod:`soakd.profiler`) gives sites from the start at a cost the
+target does not feel; when it runs, tracemalloc runs only in its explicit exact mode
+(``tracemalloc = "always"``). Where the profiler is off or unavailable, ``on-suspicion`` is the
+fallback: tracing every allocation costs the target a lot, so it runs only while a suspect needs
+a site: it starts on the detector's suspicion (or a heap/objects finding without a site) and
+stops once every such finding is attributed or cleared, after a hold long enough for a dozen
+site samples and two of the detector's shortest windows — and in any case after
+``EXPIRY_HOLDS`` holds, not to start again for as long: exact tracing must end once its job is
+done or cannot be done. :class:`Tracer` applies the decisions through the stats source.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
+from soakd import profiler
 from soakd.agent.stats import StatsSource
 from soakd.config import SamplingConfig, TracingMode
 from soakd.detection import DetectionParams, Finding
+from soakd.supervisor.recorder import RunRecorder
 
 # Sites are sampled at the heap cadence this long after tracing starts (few traces: cheap).
 FAST_SITES_S = 60.0
+# Tracing started on suspicion stops after this many holds whatever the findings say, and
+# does not start again for as long.
+EXPIRY_HOLDS = 5.0
 
-Decision = Literal["start", "attributed", "cleared"]
+Decision = Literal["start", "attributed", "cleared", "expired"]
 
 
 @dataclass
@@ -35,6 +44,8 @@ class TracingPolicy:
     hold_s: float  # tracing started on suspicion runs at least this long
     tracing: bool = False
     since: float = 0.0
+    sampled: bool = False  # the target's sampled profiler gives the sites
+    expired_at: float | None = None
 
     @classmethod
     def from_config(cls, sampling: SamplingConfig, params: DetectionParams) -> TracingPolicy:
@@ -54,22 +65,36 @@ class TracingPolicy:
         self.tracing = False
         self.since = now
 
+    @property
+    def sites_available(self) -> bool:
+        """Allocation sites can be sampled: tracemalloc traces or the profiler runs."""
+        return self.tracing or self.sampled
+
     def fresh(self, now: float) -> bool:
         """Tracing started less than ``FAST_SITES_S`` ago: its sites get their first points."""
         return self.tracing and now - self.since < FAST_SITES_S
 
     def decide(self, now: float, suspicious: bool, findings: Sequence[Finding]) -> Decision | None:
         """After an analysis at ``now``: start tracing, stop it (and why), or leave it."""
-        if self.mode != "on-suspicion":
+        if self.mode != "on-suspicion" or (self.sampled and not self.tracing):
             return None
         if not self.tracing:
             if not self.enabled:
+                return None
+            if self.expired_at is not None and now - self.expired_at < self._expiry_s:
                 return None
             unattributed = any(f.kind in ("heap", "objects") and f.site is None for f in findings)
             return "start" if suspicious or unattributed else None
         return self._stop(now, suspicious, findings)
 
+    @property
+    def _expiry_s(self) -> float:
+        return EXPIRY_HOLDS * self.hold_s
+
     def _stop(self, now: float, suspicious: bool, findings: Sequence[Finding]) -> Decision | None:
+        if now - self.since >= self._expiry_s:
+            self.expired_at = now
+            return "expired"
         if now - self.since < self.hold_s or suspicious:
             return None
         if any(
@@ -97,18 +122,24 @@ class Tracer:
         self,
         policy: TracingPolicy,
         clock: Callable[[], float],
-        emit: Callable[..., None],
+        recorder: RunRecorder,
         restart_sites: Callable[[float], None],
     ) -> None:
         self.policy = policy
         self._clock = clock
-        self._emit = emit
+        self._recorder = recorder
+        self._emit = recorder.emit
         self._restart_sites = restart_sites
 
     def mark_always(self) -> None:
         """``always`` mode: the worker traces from its start; record that it does."""
         self.policy.started(self._clock())
+        self._recorder.perturbation_open("tracemalloc", self.policy.since)
         self._emit("tracing.started", reason="always")
+
+    def mark_sampled(self, on: bool) -> None:
+        """Whether the target's sampled profiler runs (its sites need no tracemalloc)."""
+        self.policy.sampled = on
 
     async def set(self, on: bool, reason: str, stats: StatsSource | None) -> bool:
         """Start or stop tracing in the target; False when nothing changed."""
@@ -122,7 +153,47 @@ class Tracer:
         self._restart_sites(self._clock())
         if on:
             self.policy.started(self._clock())
+            self._recorder.perturbation_open("tracemalloc", self.policy.since)
         else:
+            since = self.policy.since
             self.policy.stopped(self._clock())
+            self._recorder.perturbation_close("tracemalloc", self.policy.since)
+            self._recorder.perturbed("tracemalloc", since, self.policy.since, reason=reason)
         self._emit("tracing.started" if on else "tracing.stopped", reason=reason)
         return True
+
+    def finish(self) -> None:
+        """At the run's end: exact tracing still on was a perturbation up to now."""
+        if self.policy.tracing:
+            now = self._clock()
+            self._recorder.perturbation_close("tracemalloc", now)
+            self._recorder.perturbed("tracemalloc", self.policy.since, now, reason="run_end")
+
+
+def attribution_plan(sampling: SamplingConfig) -> dict[str, Any]:
+    """How allocation sites will be found, as far as this installation can tell (``run.started``).
+
+    The target's own answer follows once it is ready (``attribution.ready``, or
+    ``attribution.fallback`` when it cannot run the profiler).
+    """
+    lost = None
+    if not sampling.enabled:
+        mode = "off"
+    elif sampling.profiler_on and profiler.AVAILABLE:
+        mode = "sampled"
+    else:
+        if sampling.profiler_on:
+            lost = profiler.UNAVAILABLE_REASON
+        mode = "off" if sampling.tracemalloc == "off" else "tracemalloc"
+    return {
+        "mode": mode,
+        "interval_bytes": sampling.profiler_interval if mode == "sampled" else None,
+        "frames": sampling.frames,
+        "tracemalloc": sampling.tracemalloc if sampling.enabled else "off",
+        "lost": lost,
+    }
+
+
+def attribution_of(status: Mapping[str, Any]) -> dict[str, Any]:
+    """The target's profiler status, as events carry it."""
+    return {k: status.get(k) for k in ("mode", "interval_bytes", "frames", "memory_bytes")}

@@ -59,8 +59,12 @@ class Worker:
         self.engine: Engine | None = None
 
     async def run(self) -> int:
-        if self.config.sampling.enabled and self.config.sampling.tracemalloc == "always":
-            self.agent.start_tracing()  # before the import, so import-time allocations are traced
+        s = self.config.sampling
+        # Both before the import, so that import-time allocations are seen too.
+        if s.profiler_on:
+            self.agent.start_profiler(s.profiler_interval)
+        if s.enabled and s.tracemalloc == "always":
+            self.agent.start_tracing()
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._serve, tg.cancel_scope)

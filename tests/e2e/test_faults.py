@@ -247,8 +247,8 @@ def test_target_blocking_its_event_loop_is_stopped_within_bounds(tmp_path: Path)
     assert summary["verdict"] in ("pass", "target_failed")
     assert proc.returncode == {"pass": 0, "target_failed": 5}[summary["verdict"]]
     assert summary["stop_reason"] == "duration"
-    # duration + final heap sample (5 s cap) + stop timeout + 5 s + start-up
-    assert elapsed < 4 + 5 + 1 + 5 + 4
+    # duration + final process, heap and sites samples (5 s caps) + stop timeout + 5 s + start-up
+    assert elapsed < 4 + 5 + 5 + 1 + 5 + 4
     started = [e for e in events(run) if e["event"] == "worker.started"]
     assert not pid_alive(int(started[0]["pid"]))
 

@@ -299,3 +299,38 @@ def test_soakd_diff_cli_subprocess(tmp_path: Path) -> None:
     assert failed.returncode == 2
     assert "Traceback" not in failed.stderr
     assert f"invalid snapshot {bad}: not a gzip file" in failed.stderr
+
+
+def test_a_sampled_snapshot_keeps_its_interval_and_variances_and_diff_shows_the_noise(
+    tmp_path: Path,
+) -> None:
+    site = SnapshotSite("/app/a.py:3", ("/app/a.py:3",), "keep(x)", 4 << 20, 900, 2.0e12)
+    a = Snapshot("2026-01-01T00:00:00+00:00", 1.0, "baseline", 8 << 20, 8, (site,),
+                 sampling_interval=512 * 1024)  # fmt: skip
+    grown = SnapshotSite("/app/a.py:3", ("/app/a.py:3",), "keep(x)", 12 << 20, 2700, 6.0e12)
+    b = Snapshot("2026-01-01T00:01:00+00:00", 61.0, "latest", 16 << 20, 8, (grown,),
+                 sampling_interval=512 * 1024)  # fmt: skip
+    pa, pb = tmp_path / "a.json.gz", tmp_path / "b.json.gz"
+    write_snapshot(pa, a)
+    write_snapshot(pb, b)
+    back = read_snapshot(pa)
+    assert back.sampling_interval == 512 * 1024 and back.sites[0].variance == 2.0e12
+    row = diff_snapshots(back, read_snapshot(pb))[0]
+    assert row.size_diff == 8 << 20
+    assert row.noise == pytest.approx(1.96 * (8.0e12) ** 0.5)  # the two estimates' variances
+    out = io.StringIO()
+    args = argparse.Namespace(snap_a=str(pa), snap_b=str(pb), top=5, group_by="line", json=False)
+    assert diff_command.run(args, out) == 0
+    text = out.getvalue()
+    assert "sampled every 512.0 KiB" in text and "±" in text and "5.3 MiB" in text
+
+
+def test_a_negative_variance_or_a_bad_sampling_block_is_refused(tmp_path: Path) -> None:
+    doc = _snapshot("a", [("/app/a.py:1", ["/app/a.py:1"], 10, 1)]).to_json()
+    doc["sites"][0]["variance"] = -1.0
+    with pytest.raises(SnapshotError, match="variance"):
+        write_snapshot(tmp_path / "x.json.gz", doc)
+    doc["sites"][0]["variance"] = 1.0
+    doc["sampling"] = {"interval": "big"}
+    with pytest.raises(SnapshotError, match=r"sampling\.interval"):
+        write_snapshot(tmp_path / "x.json.gz", doc)

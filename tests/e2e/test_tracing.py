@@ -1,4 +1,6 @@
-"""tracemalloc on suspicion: it starts when something grows and stops once the leak has a site."""
+"""Attribution: the sampled profiler from the start (the default), and tracemalloc on suspicion
+where the profiler is off (the fallback): it starts when something grows and stops once the leak
+has a site."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import events, soak_until, write_config
+from tests.conftest import events, run_soakd, soak_until, write_config
 
 
 @pytest.mark.slow
@@ -28,6 +30,7 @@ confirm_after = 2
     run = tmp_path / "run"
     proc = soak_until(
         "run", "-c", str(cfg), "-d", "240s", "--run-dir", str(run),
+        "--set", "sampling.profiler=off",
         until=lambda evs: [e for e in evs if e["event"] == "tracing.stopped"],
         timeout=240, cwd=tmp_path, run_dir=run,
     )  # fmt: skip
@@ -42,3 +45,42 @@ confirm_after = 2
     assert started[0]["t"] < confirmed[0]["t"] < stopped[0]["t"]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["leaks"][0]["site"].endswith("simple_targets.py:34")  # still reported
+
+
+@pytest.mark.slow
+def test_the_sampled_profiler_attributes_a_leak_without_tracemalloc(tmp_path: Path) -> None:
+    cfg = write_config(
+        tmp_path,
+        """
+[target]
+factory = "simple_targets:Leaky"
+options = { kb = 20 }
+[detection]
+warmup = "5s"
+warmup_max = "20s"
+window = "20s"
+confirm_after = 2
+""",
+    )
+    run = tmp_path / "run"
+    proc = soak_until(
+        "run", "-c", str(cfg), "-d", "150s", "--run-dir", str(run),
+        until=lambda evs: [e for e in evs if e["event"] == "leak.confirmed" and e["site"]],
+        timeout=150, cwd=tmp_path, run_dir=run,
+    )  # fmt: skip
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    evs = events(run)
+    started = next(e for e in evs if e["event"] == "run.started")
+    assert started["attribution"]["mode"] == "sampled", started
+    ready = [e for e in evs if e["event"] == "attribution.ready"]
+    assert ready and ready[0]["mode"] == "sampled" and ready[0]["interval_bytes"] == 512 * 1024
+    assert not [e for e in evs if e["event"] == "tracing.started"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["leaks"][0]["site"].endswith("simple_targets.py:34")
+    # Snapshots carry the sampled estimates, and `soakd diff` says how noisy they are.
+    latest = run / "snapshots" / "latest.json.gz"
+    baseline = run / "snapshots" / "baseline.json.gz"
+    diff = run_soakd("diff", str(baseline), str(latest), cwd=tmp_path)
+    assert diff.returncode == 0, diff.stderr
+    assert "sampled every 512.0 KiB" in diff.stdout and "±" in diff.stdout
+    assert "simple_targets.py:34" in diff.stdout

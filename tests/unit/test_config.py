@@ -169,3 +169,22 @@ def test_a_bad_union_value_names_its_key_once(tmp_path: Path) -> None:
     (line,) = str(err.value).splitlines()  # one line, not one per member of the union
     assert f"{path}: workload.error_events[0].kind = []: " in line
     assert "valid string" in line and "valid integer" in line
+
+
+def test_the_sampled_profiler_is_on_by_default_and_its_interval_is_bounded() -> None:
+    s = Config().sampling
+    assert s.profiler == "sampled" and s.profiler_interval == 512 * 1024 and s.profiler_on
+    assert SamplingConfig(profiler_interval="128KiB").profiler_interval == 128 * 1024
+    assert not SamplingConfig(enabled=False).profiler_on
+    with pytest.raises(ValueError, match="between 4KiB and 1GiB"):
+        SamplingConfig(profiler_interval=100)
+
+
+def test_the_agent_environment_carries_the_profiler_interval() -> None:
+    from soakd.agent.env import ENV_PROFILER, agent_environment, profiler_interval
+
+    env = agent_environment({}, "/tmp/s.sock", 131072)
+    assert profiler_interval(524288, env) == 131072
+    assert profiler_interval(524288, agent_environment({}, "/tmp/s.sock", None)) is None
+    assert profiler_interval(524288, {ENV_PROFILER: "lots"}) == 524288  # never refuses to start
+    assert profiler_interval(524288, {}) == 524288

@@ -608,3 +608,32 @@ class TestParams:
         assert params.warmup_floor_s == params.warmup_settle_s == 60.0
         assert (params.window_s, params.min_window_s) == (1800.0, 60.0)
         assert params.tracing_hold_s == 120.0
+
+
+def test_a_sampled_site_whose_growth_is_within_its_sampling_noise_is_flat() -> None:
+    from soakd.analysis.verdicts import SeriesVerdict
+    from soakd.detection.corroboration import site_verdict
+    from soakd.detection.tracks import TrackTable
+    from soakd.detection.windows import Thresholds
+
+    params = DetectionParams()
+    th = Thresholds.from_params(params)
+    interval = 512 * 1024.0
+
+    def judged(growth: float, level: float) -> SeriesVerdict:
+        tracks = TrackTable(params)
+        for i in range(31):  # 300 s of site samples, every 10 s
+            t = float(i * 10)
+            value = level + growth * t / 300.0
+            tracks.add("site", "app.py:1", t, value, variance=interval * value)
+        track = tracks.get("site", "app.py:1")
+        assert track is not None
+        slope = growth / 300.0
+        leak = SeriesVerdict("leak", slope, 0.9 * slope, 1e-6, growth, "rises", 31, 300.0)
+        return site_verdict(tracks, track, leak, 300.0, params, th)
+
+    # 1 MiB over a 20 MiB site sampled every 512 KiB: about a quarter of a standard deviation.
+    noisy = judged(1024.0**2, 20 * 1024.0**2)
+    assert noisy.pattern == "flat" and "sampling noise" in noisy.reason
+    # 20 MiB from nothing: about 40 samples' worth, far out of the noise.
+    assert judged(20 * 1024.0**2, 0.0).is_leak

@@ -64,3 +64,22 @@ def test_keeps_tracing_while_a_heap_finding_lacks_its_site() -> None:
     assert p.decide(500.0, False, [finding(state="suspected", first=0.0)]) is None
     assert p.decide(500.0, False, [finding("objects", site=None)]) is None
     assert p.decide(500.0, False, [finding("fds", site=None)]) == "cleared"
+
+
+def test_with_the_sampled_profiler_tracemalloc_never_starts_on_suspicion() -> None:
+    p = policy()
+    p.sampled = True
+    assert p.sites_available and not p.tracing
+    assert p.decide(70.0, suspicious=True, findings=[]) is None
+    assert p.decide(70.0, False, [finding(site=None, state="suspected")]) is None
+
+
+def test_exact_tracing_on_suspicion_expires_and_rests_as_long() -> None:
+    p = policy()  # hold 120 s: expiry after 5 holds
+    p.started(100.0)
+    unattributed = [finding(site=None, state="suspected")]
+    assert p.decide(699.0, True, unattributed) is None
+    assert p.decide(700.0, True, unattributed) == "expired"
+    p.stopped(700.0)
+    assert p.decide(1299.0, True, unattributed) is None  # resting
+    assert p.decide(1300.0, True, unattributed) == "start"

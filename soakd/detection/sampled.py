@@ -1,0 +1,84 @@
+"""Verdicts on a site series estimated from sampled allocations, with its known noise.
+
+A sampled site's estimate is a sum over the blocks the profiler picked: each new sample adds
+about one sampling interval of bytes, so the series climbs in random steps (a Poisson count
+scaled by the bytes per sample), and its variance comes with every point. Residual-based trend
+tests read such a random walk as noise, or a run of small steps as a plateau, and a real leak
+flaps between "leak" and "noise". Here the statistics are the estimator's own:
+
+- the growth over the window is significant when it exceeds ``z`` standard deviations of the
+  difference of its end estimates (their variances summed: an upper bound, blocks live at both
+  ends cancel);
+- a plateau is a last third that grew significantly less than the window's rate predicts, with
+  the Poisson spread of that many samples (and by more than ``plateau_ratio``);
+- a step is one increment carrying ``step_fraction`` of the growth (a one-off load).
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import pairwise
+from statistics import NormalDist
+
+from soakd.analysis.verdicts import SeriesVerdict, VerdictParams
+
+__all__ = ["judge_sampled"]
+
+_NORMAL = NormalDist()
+
+
+def judge_sampled(
+    ts: list[float], ys: list[float], vs: list[float], vp: VerdictParams, min_window: float
+) -> SeriesVerdict:
+    """Verdict on one window of a sampled site: ``vs`` are the variances of ``ys``."""
+    n = len(ts)
+    span = ts[-1] - ts[0] if ts else 0.0
+    if n < 4 or span < min_window:
+        return SeriesVerdict(
+            "insufficient", 0.0, 0.0, 1.0, 0.0, f"{n} points over {span:.0f}s", n, span
+        )
+    growth = ys[-1] - ys[0]
+    sigma = math.sqrt(max(vs[0], 0.0) + max(vs[-1], 0.0))
+    slope = growth / span
+    z_alpha = _NORMAL.inv_cdf(1.0 - vp.alpha)
+    p_value = 1.0 - _NORMAL.cdf(growth / sigma) if sigma > 0 else (0.0 if growth > 0 else 1.0)
+    slope_low = (growth - z_alpha * sigma) / span
+
+    def verdict(pattern: str, reason: str) -> SeriesVerdict:
+        return SeriesVerdict(
+            pattern,  # type: ignore[arg-type]  # one of the Pattern literals below
+            slope,
+            slope_low,
+            p_value,
+            growth,
+            reason,
+            n,
+            span,
+            noise=sigma,
+        )
+
+    if slope <= vp.min_slope or growth < vp.min_growth:
+        return verdict("flat", f"slope {slope:.3g}/s ≤ minimum {vp.min_slope:.3g}/s")
+    if p_value > vp.alpha:
+        return verdict(
+            "flat",
+            f"within sampling noise: grew {growth:.3g} B, σ of the estimate {sigma:.3g} B",
+        )
+    if slope_low <= vp.min_slope:
+        return verdict("flat", f"slope lower bound {slope_low:.3g}/s ≤ minimum")
+    steps = [b - a for a, b in pairwise(ys)]
+    if max(steps) >= vp.step_fraction * growth:
+        return verdict("step", f"one jump carries {max(steps) / growth:.0%} of the rise")
+    # Bytes one sample stands for (variance / estimate for small blocks): the Poisson scale.
+    per_sample = max(vs[-1], 0.0) / ys[-1] if ys[-1] > 0 else 0.0
+    cut = next(i for i, t in enumerate(ts) if t >= ts[-1] - span / 3.0)
+    if cut < n - 1:
+        expected = slope * (ts[-1] - ts[cut])
+        tail = ys[-1] - ys[cut]
+        spread = math.sqrt(per_sample * max(expected, 0.0))
+        if tail < vp.plateau_ratio * expected and expected - tail > z_alpha * spread:
+            return verdict(
+                "plateau",
+                f"growth has stopped in the last third ({tail:.3g} B of {expected:.3g} expected)",
+            )
+    return verdict("leak", f"sampled growth {growth:.3g} B, {growth / sigma:.1f} σ of the estimate")

@@ -1,0 +1,76 @@
+"""Verdicts on sampled site series: Poisson-noisy estimates judged with their own variance."""
+
+from __future__ import annotations
+
+import random
+
+from soakd.analysis.verdicts import VerdictParams
+from soakd.detection.sampled import judge_sampled
+
+INTERVAL = 512 * 1024.0
+PARAMS = VerdictParams(alpha=0.01 / 3, min_slope=1024.0**2 / 3600.0)
+
+
+def _estimates(
+    rate: float, seconds: float, rng: random.Random, base: float = 0.0, until: float | None = None
+) -> tuple[list[float], list[float], list[float]]:
+    """A site sampled every 2 s whose live bytes grow at ``rate`` B/s (until ``until``)."""
+    ts: list[float] = []
+    ys: list[float] = []
+    samples = rng.randrange(0, 3) + round(base / INTERVAL)
+    t = 0.0
+    while t <= seconds:
+        grow = rate * 2.0 if until is None or t < until else 0.0
+        # Each sample stands for INTERVAL bytes: new samples arrive as a Poisson count.
+        samples += _poisson(rng, grow / INTERVAL)
+        ts.append(t)
+        ys.append(samples * INTERVAL)
+        t += 2.0
+    return ts, ys, [INTERVAL * y for y in ys]
+
+
+def _poisson(rng: random.Random, mean: float) -> int:
+    count, total = 0, rng.expovariate(1.0)
+    while total < mean:
+        count += 1
+        total += rng.expovariate(1.0)
+    return count
+
+
+def test_a_steady_sampled_leak_is_a_leak_in_almost_every_window() -> None:
+    rng = random.Random(1)
+    verdicts = [judge_sampled(*_estimates(500_000.0, 60.0, rng), PARAMS, 30.0) for _ in range(50)]
+    assert sum(v.is_leak for v in verdicts) >= 48, [v.reason for v in verdicts if not v.is_leak]
+
+
+def test_a_stable_site_is_never_a_leak_although_its_estimate_wanders() -> None:
+    rng = random.Random(2)
+    leaks = 0
+    for _ in range(200):
+        ts = [2.0 * i for i in range(31)]
+        # 20 MiB live, entries replaced all the time: which blocks are sampled changes.
+        ys = [INTERVAL * _poisson(rng, 20 * 1024.0**2 / INTERVAL) for _ in ts]
+        leaks += judge_sampled(ts, ys, [INTERVAL * y for y in ys], PARAMS, 30.0).is_leak
+    assert leaks <= 2
+
+
+def test_a_cache_that_filled_early_is_a_plateau_not_a_leak() -> None:
+    rng = random.Random(3)
+    verdicts = [
+        judge_sampled(*_estimates(1_000_000.0, 90.0, rng, until=45.0), PARAMS, 30.0)
+        for _ in range(20)
+    ]
+    assert all(v.pattern in ("plateau", "flat") for v in verdicts), [v.reason for v in verdicts]
+    assert sum(v.pattern == "plateau" for v in verdicts) >= 15
+
+
+def test_a_one_off_load_is_a_step() -> None:
+    ts = [2.0 * i for i in range(31)]
+    ys = [1e6 if t < 30 else 40e6 for t in ts]
+    v = judge_sampled(ts, ys, [INTERVAL * y for y in ys], PARAMS, 30.0)
+    assert v.pattern == "step", v.reason
+
+
+def test_too_short_a_window_is_insufficient() -> None:
+    v = judge_sampled([0.0, 2.0, 4.0], [0.0, 1e6, 2e6], [0.0, 5e11, 1e12], PARAMS, 30.0)
+    assert v.pattern == "insufficient"
