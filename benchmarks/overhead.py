@@ -7,7 +7,7 @@ and reads iterations/s and p99 latency from each run's summary.json (the whole r
 target paid, perturbed intervals included). Variants, run side by side in every round:
 
 - ``sampling-off``  ``--set sampling.enabled=false``: psutil from outside only (the baseline)
-- ``default``       soakd's defaults: the sampled allocation profiler always on (512 KiB mean
+- ``default``       soakd's defaults: the sampled allocation profiler always on (64 KiB mean
                     interval), heap level, tasks, type counts, process samples
 - ``interval/4`` / ``interval*4``  the default with a quarter / four times the interval
 - ``tracemalloc-f1``  exact tracing from the start, 1 frame (profiler off)
@@ -42,7 +42,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINE = "sampling-off"
-DEFAULT_INTERVAL = 512 * 1024
+DEFAULT_INTERVAL = 64 * 1024
 VARIANTS: dict[str, list[str]] = {
     BASELINE: ["sampling.enabled=false"],
     "default": [],

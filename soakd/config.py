@@ -185,7 +185,7 @@ class SamplingConfig(_Model):
     # takes over while it traces. "on-suspicion" applies only where the profiler is off or
     # unavailable (its C extension not built), as the fallback.
     profiler: ProfilerMode = "sampled"
-    profiler_interval: Size = 512 * 1024  # mean bytes allocated between two samples
+    profiler_interval: Size = 64 * 1024  # mean bytes allocated between two samples
     tracemalloc: TracingMode = "on-suspicion"
     frames: int = Field(default=8, ge=1, le=100)
     max_sites: int = Field(default=50, ge=1, le=10_000)  # sites per heap sample sent over

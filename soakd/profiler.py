@@ -32,12 +32,13 @@ __all__ = [
 
 # Mean bytes allocated between two samples. benchmarks/profiler_micro.py (a loop that only
 # allocates): the hooks' fixed cost is ~3 % at any interval; sampling adds ~0.5 µs per sample,
-# so 128 KiB / 512 KiB / 2 MiB cost ~1.06-1.09 / 1.04-1.08 / 1.03-1.05 of no profiler there.
-# Accuracy goes as sqrt(interval / bytes): at 512 KiB a 10 MiB site is within ±47 % (95 %),
-# a 100 MiB site ±14 %; a 1 GiB heap keeps ~2000 live samples (tables well under 1 MiB).
-# 128 KiB would halve the error for four times the sampling cost; 2 MiB saves ~1 % of this
-# loop for twice the error.
-DEFAULT_INTERVAL = 512 * 1024
+# so 128 KiB / 512 KiB / 2 MiB cost ~1.06-1.09 / 1.04-1.08 / 1.03-1.05 of no profiler there,
+# and a real service allocates far less per second than that loop. What decides is how soon a
+# leak has enough samples to stand out of the noise: a site's error goes as
+# sqrt(interval / bytes), and a 10 KB/s leak gives one sample every 6.5 s at 64 KiB (every 52 s
+# at 512 KiB, too few for a verdict within minutes). A 1 GiB heap keeps ~16k live samples at
+# 64 KiB (the block table grows to ``max_blocks``, ~40 bytes per sample).
+DEFAULT_INTERVAL = 64 * 1024
 
 RawFrames = tuple[tuple[str, int], ...]
 _RawStack = tuple[RawFrames, float, float, float, int, float, float]
@@ -207,7 +208,7 @@ class SampledProfiler:
         self,
         interval: int = DEFAULT_INTERVAL,
         frames: int = 8,
-        max_blocks: int = 65536,
+        max_blocks: int = 262144,
         max_stacks: int = 16384,
         *,
         seed: int | None = None,

@@ -79,6 +79,9 @@ class SnapshotSite:
     size: int
     count: int
     variance: float = 0.0  # of ``size``, when it is a sampled estimate; 0: exact
+    # Sampled: cumulative squared weights of the samples allocated and freed here (bounds the
+    # variance of the growth between two snapshots); not written to snapshot files.
+    churn: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -264,16 +267,17 @@ def group_sites(sites: Iterable[SnapshotSite], group_by: GroupBy) -> list[Snapsh
         key = _key(s, group_by)
         acc = merged.get(key)
         if acc is None:
-            merged[key] = [s, s.size, s.count, s.variance]
+            merged[key] = [s, s.size, s.count, s.variance, s.churn]
         else:
             if s.size > acc[0].size:
                 acc[0] = s  # the heaviest caller chain represents the site
             acc[1] += s.size
             acc[2] += s.count
             acc[3] += s.variance  # the entries' estimates are independent
+            acc[4] += s.churn
     out = [
-        SnapshotSite(s.site, s.traceback, s.line, size, count, variance)
-        for s, size, count, variance in merged.values()
+        SnapshotSite(s.site, s.traceback, s.line, size, count, variance, churn)
+        for s, size, count, variance, churn in merged.values()
     ]
     out.sort(key=lambda s: (-s.size, s.site))
     return out

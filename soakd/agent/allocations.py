@@ -243,6 +243,7 @@ def collect_sampled(resolver: SiteResolver, stacks: Sequence[StackEstimate]) -> 
                 round(stack.est_bytes),
                 round(stack.est_blocks),
                 stack.variance,
+                stack.alloc_w2 + stack.free_w2,
             )
         )
     out.sort(key=lambda g: -g.size)

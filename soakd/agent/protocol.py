@@ -205,7 +205,10 @@ class SitesResult(_WireView):
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "sites": [site.to_json() for site in self.sites],
+            "sites": [
+                {**site.to_json(), "churn": site.churn} if site.churn else site.to_json()
+                for site in self.sites
+            ],
             "traced_bytes": self.traced_bytes,
             "overhead_bytes": self.overhead_bytes,
             "blocks": self.blocks,
@@ -237,6 +240,7 @@ class SitesResult(_WireView):
                     size=int(s["size"]),
                     count=int(s["count"]),
                     variance=float(s.get("variance") or 0.0),
+                    churn=float(s.get("churn") or 0.0),
                 )
                 for s in raw.get("sites") or ()
             ),

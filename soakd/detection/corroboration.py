@@ -12,6 +12,7 @@ from soakd.analysis.trend import theil_sen
 from soakd.analysis.verdicts import SeriesVerdict
 from soakd.detection.kinds import SignalKind
 from soakd.detection.params import HOUR, DetectionParams
+from soakd.detection.sampled import growth_sigma
 from soakd.detection.tracks import Track, TrackTable
 from soakd.detection.windows import Thresholds
 
@@ -122,8 +123,12 @@ def _within_sampling_noise(
     ts, vs = track.variances.window(max(start, track.segment_start), now)
     if len(vs) < 2:
         return None
+    cs: list[float] | None = None
+    if track.churn is not None:
+        cts, cs = track.churn.window(max(start, track.segment_start), now)
+        cs = cs if cts == ts else None
     growth = v.slope * (ts[-1] - ts[0])
-    noise = math.sqrt(max(vs[0], 0.0) + max(vs[-1], 0.0))
+    noise = growth_sigma(vs, cs)
     if growth > p.site_noise_z * noise:
         return None
     return replace(

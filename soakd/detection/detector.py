@@ -63,15 +63,16 @@ class Detector:
         info: SiteInfo | None = None,
         count: float | None = None,
         *,
-        variance: float | None = None,
+        noise: tuple[float, float] | None = None,
     ) -> None:
         """Record one sample; out-of-order or non-finite samples are counted in ``dropped``.
 
         ``count``: for a site, its live blocks (checks that its growth shows in the process).
-        ``variance``: for a site estimated from sampled allocations, the estimate's variance
-        (its growth must stand out of the sampling noise).
+        ``noise``: for a site estimated from sampled allocations, the estimate's variance and
+        the cumulative squared weights of its sampled allocations and frees (its growth must
+        stand out of the sampling noise).
         """
-        self._tracks.add(signal, key, t, value, info, count, variance)
+        self._tracks.add(signal, key, t, value, info, count, noise)
 
     def mark_discontinuity(self, signal: SignalKind, t: float) -> None:
         """Judge ``signal``'s series only from ``t`` on (e.g. tracemalloc was restarted)."""

@@ -7,8 +7,10 @@ tests read such a random walk as noise, or a run of small steps as a plateau, an
 flaps between "leak" and "noise". Here the statistics are the estimator's own:
 
 - the growth over the window is significant when it exceeds ``z`` standard deviations of the
-  difference of its end estimates (their variances summed: an upper bound, blocks live at both
-  ends cancel);
+  difference of its end estimates. Two upper bounds of that variance are known, and the smaller
+  is taken: the two ends' variances summed (blocks live at both ends cancel), and the squared
+  weights of the samples allocated and freed in between (the site's churn; a steady leak's
+  growth is then judged on its new samples alone, not on everything it leaked before);
 - a plateau is a last third that grew significantly less than the window's rate predicts, with
   the Poisson spread of that many samples (and by more than ``plateau_ratio``);
 - a step is one increment carrying ``step_fraction`` of the growth (a one-off load).
@@ -22,15 +24,33 @@ from statistics import NormalDist
 
 from soakd.analysis.verdicts import SeriesVerdict, VerdictParams
 
-__all__ = ["judge_sampled"]
+__all__ = ["growth_sigma", "judge_sampled"]
 
 _NORMAL = NormalDist()
 
 
+def growth_sigma(vs: list[float], cs: list[float] | None) -> float:
+    """Standard deviation of ``ys[-1] - ys[0]``: the smaller of the two upper bounds above.
+
+    ``cs`` (cumulative churn) falling means the profiler released and restarted the site's
+    stacks: then only the ends' variances count.
+    """
+    ends = max(vs[0], 0.0) + max(vs[-1], 0.0)
+    if cs is not None and cs[-1] >= cs[0]:
+        return math.sqrt(min(ends, cs[-1] - cs[0]))
+    return math.sqrt(ends)
+
+
 def judge_sampled(
-    ts: list[float], ys: list[float], vs: list[float], vp: VerdictParams, min_window: float
+    ts: list[float],
+    ys: list[float],
+    vs: list[float],
+    vp: VerdictParams,
+    min_window: float,
+    cs: list[float] | None = None,
 ) -> SeriesVerdict:
-    """Verdict on one window of a sampled site: ``vs`` are the variances of ``ys``."""
+    """Verdict on one window of a sampled site: ``vs`` are the variances of ``ys``, ``cs`` the
+    site's cumulative churn."""
     n = len(ts)
     span = ts[-1] - ts[0] if ts else 0.0
     if n < 4 or span < min_window:
@@ -38,7 +58,7 @@ def judge_sampled(
             "insufficient", 0.0, 0.0, 1.0, 0.0, f"{n} points over {span:.0f}s", n, span
         )
     growth = ys[-1] - ys[0]
-    sigma = math.sqrt(max(vs[0], 0.0) + max(vs[-1], 0.0))
+    sigma = growth_sigma(vs, cs)
     slope = growth / span
     z_alpha = _NORMAL.inv_cdf(1.0 - vp.alpha)
     p_value = 1.0 - _NORMAL.cdf(growth / sigma) if sigma > 0 else (0.0 if growth > 0 else 1.0)

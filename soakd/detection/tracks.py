@@ -51,8 +51,10 @@ class Track:
     leak_verdict: SeriesVerdict | None = None  # latest that said leak
     signals: tuple[str, ...] = field(default_factory=tuple)
     counts: BoundedSeries | None = None  # site tracks: live blocks at the site
-    # Site tracks from the sampled profiler: the variance of each size estimate.
+    # Site tracks from the sampled profiler: the variance of each size estimate, and the
+    # cumulative squared weights of the site's sampled allocations and frees.
     variances: BoundedSeries | None = None
+    churn: BoundedSeries | None = None
 
     @property
     def active(self) -> bool:
@@ -100,7 +102,7 @@ class TrackTable:
         value: float,
         info: SiteInfo | None = None,
         count: float | None = None,
-        variance: float | None = None,
+        noise: tuple[float, float] | None = None,
     ) -> None:
         """Record one sample; out-of-order or non-finite samples are counted in ``dropped``."""
         if signal not in SIGNALS:
@@ -139,10 +141,12 @@ class TrackTable:
             if track.counts is None:
                 track.counts = BoundedSeries(self.params.max_points)
             track.counts.append(t, count)
-        if variance is not None and math.isfinite(variance):
-            if track.variances is None:
+        if noise is not None and all(math.isfinite(x) for x in noise):
+            if track.variances is None or track.churn is None:
                 track.variances = BoundedSeries(self.params.max_points)
-            track.variances.append(t, variance)
+                track.churn = BoundedSeries(self.params.max_points)
+            track.variances.append(t, noise[0])
+            track.churn.append(t, noise[1])
 
     def mark_discontinuity(self, signal: SignalKind, t: float) -> None:
         """Judge ``signal``'s series only from ``t`` on (e.g. tracemalloc was restarted)."""

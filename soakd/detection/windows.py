@@ -134,7 +134,11 @@ def _judge_sampled_track(
     vts, vs = track.variances.window(start, now)
     if vts != ts:
         return None
-    full = judge_sampled(ts, ys, vs, vp, min_window)
+    cs: list[float] | None = None
+    if track.churn is not None:
+        cts, cs = track.churn.window(start, now)
+        cs = cs if cts == ts else None
+    full = judge_sampled(ts, ys, vs, vp, min_window, cs)
     if full.pattern != "flat":
         return full
     span = ts[-1] - ts[0]
@@ -142,7 +146,8 @@ def _judge_sampled_track(
         if span * fraction < min_window:
             break
         first = next(i for i, t in enumerate(ts) if t >= ts[-1] - span * fraction)
-        sub = judge_sampled(ts[first:], ys[first:], vs[first:], vp, min_window)
+        sub_cs = cs[first:] if cs is not None else None
+        sub = judge_sampled(ts[first:], ys[first:], vs[first:], vp, min_window, sub_cs)
         if sub.is_leak and new_high(ys[:first], ys[first:]):
             return sub
     return full

@@ -32,7 +32,8 @@ class Sample:
     value: float
     info: SiteInfo | None = None
     count: float | None = None  # site series: live blocks at the site
-    variance: float | None = None  # site series, sampled: the estimate's variance
+    # Site series, sampled: the estimate's variance and its cumulative churn (squared weights).
+    noise: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -123,10 +124,15 @@ class AnalysisLoop:
             self._feed(Sample("type", name, t, float(count)))
 
     def feed_site(
-        self, t: float, info: SiteInfo, size: float, count: float, variance: float | None = None
+        self,
+        t: float,
+        info: SiteInfo,
+        size: float,
+        count: float,
+        noise: tuple[float, float] | None = None,
     ) -> None:
         assert info.site is not None
-        self._feed(Sample("site", info.site, t, size, info, count, variance))
+        self._feed(Sample("site", info.site, t, size, info, count, noise))
 
     # -- judging ---------------------------------------------------------------------------
     def due(self, now: float, tracing_fresh: bool) -> bool:
@@ -166,7 +172,7 @@ class AnalysisLoop:
                         item.value,
                         item.info,
                         item.count,
-                        variance=item.variance,
+                        noise=item.noise,
                     )
             changes = detector.analyze(now)
             return changes, detector.warmup_end(), detector.suspicious(now), detector.findings()

@@ -291,8 +291,12 @@ class SiteSampler:
             values[f"site_count:{key}"] = float(site.count)
             self._recorder.record_site(key, site.traceback, site.line)
             info = SiteInfo(site=key, traceback=site.traceback, line=site.line)
-            variance = site.variance if result.sampling_interval is not None else None
-            self._analysis.feed_site(t, info, float(site.size), float(site.count), variance)
+            if result.sampling_interval is None:
+                self._analysis.feed_site(t, info, float(site.size), float(site.count))
+            else:
+                self._analysis.feed_site(
+                    t, info, float(site.size), float(site.count), (site.variance, site.churn)
+                )
         values["traced_bytes"] = float(result.traced_bytes)
         # Counted by the agent from the traces, so that the target's allocations made while
         # the grouping ran stay in the heap level.

@@ -73,7 +73,7 @@ confirm_after = 2
     started = next(e for e in evs if e["event"] == "run.started")
     assert started["attribution"]["mode"] == "sampled", started
     ready = [e for e in evs if e["event"] == "attribution.ready"]
-    assert ready and ready[0]["mode"] == "sampled" and ready[0]["interval_bytes"] == 512 * 1024
+    assert ready and ready[0]["mode"] == "sampled" and ready[0]["interval_bytes"] == 64 * 1024
     assert not [e for e in evs if e["event"] == "tracing.started"]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["leaks"][0]["site"].endswith("simple_targets.py:34")
@@ -82,5 +82,5 @@ confirm_after = 2
     baseline = run / "snapshots" / "baseline.json.gz"
     diff = run_soakd("diff", str(baseline), str(latest), cwd=tmp_path)
     assert diff.returncode == 0, diff.stderr
-    assert "sampled every 512.0 KiB" in diff.stdout and "±" in diff.stdout
+    assert "sampled every 64.0 KiB" in diff.stdout and "±" in diff.stdout
     assert "simple_targets.py:34" in diff.stdout

@@ -173,7 +173,7 @@ def test_a_bad_union_value_names_its_key_once(tmp_path: Path) -> None:
 
 def test_the_sampled_profiler_is_on_by_default_and_its_interval_is_bounded() -> None:
     s = Config().sampling
-    assert s.profiler == "sampled" and s.profiler_interval == 512 * 1024 and s.profiler_on
+    assert s.profiler == "sampled" and s.profiler_interval == 64 * 1024 and s.profiler_on
     assert SamplingConfig(profiler_interval="128KiB").profiler_interval == 128 * 1024
     assert not SamplingConfig(enabled=False).profiler_on
     with pytest.raises(ValueError, match="between 4KiB and 1GiB"):

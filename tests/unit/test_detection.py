@@ -625,14 +625,15 @@ def test_a_sampled_site_whose_growth_is_within_its_sampling_noise_is_flat() -> N
         for i in range(31):  # 300 s of site samples, every 10 s
             t = float(i * 10)
             value = level + growth * t / 300.0
-            tracks.add("site", "app.py:1", t, value, variance=interval * value)
+            # Nothing freed: the churn is the new samples' squared weights (interval² each).
+            tracks.add("site", "app.py:1", t, value, noise=(interval * value, interval * value))
         track = tracks.get("site", "app.py:1")
         assert track is not None
         slope = growth / 300.0
         leak = SeriesVerdict("leak", slope, 0.9 * slope, 1e-6, growth, "rises", 31, 300.0)
         return site_verdict(tracks, track, leak, 300.0, params, th)
 
-    # 1 MiB over a 20 MiB site sampled every 512 KiB: about a quarter of a standard deviation.
+    # 1 MiB over a 20 MiB site sampled every 512 KiB: two samples, within the noise.
     noisy = judged(1024.0**2, 20 * 1024.0**2)
     assert noisy.pattern == "flat" and "sampling noise" in noisy.reason
     # 20 MiB from nothing: about 40 samples' worth, far out of the noise.

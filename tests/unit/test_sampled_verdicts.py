@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from soakd.analysis.verdicts import VerdictParams
-from soakd.detection.sampled import judge_sampled
+from soakd.detection.sampled import growth_sigma, judge_sampled
 
 INTERVAL = 512 * 1024.0
 PARAMS = VerdictParams(alpha=0.01 / 3, min_slope=1024.0**2 / 3600.0)
@@ -74,3 +74,34 @@ def test_a_one_off_load_is_a_step() -> None:
 def test_too_short_a_window_is_insufficient() -> None:
     v = judge_sampled([0.0, 2.0, 4.0], [0.0, 1e6, 2e6], [0.0, 5e11, 1e12], PARAMS, 30.0)
     assert v.pattern == "insufficient"
+
+
+def test_a_leak_on_top_of_a_large_stable_site_is_judged_on_its_new_samples() -> None:
+    rng = random.Random(4)
+    found = 0
+    for _ in range(20):
+        # 200 MiB already live at the line; 100 KB/s more, nothing freed.
+        ts, ys, vs = _estimates(100_000.0, 60.0, rng, base=200 * 1024.0**2)
+        churn = [INTERVAL * (y - ys[0]) for y in ys]  # the new samples' squared weights
+        found += judge_sampled(ts, ys, vs, PARAMS, 30.0, churn).is_leak
+        # The ends' variances alone (≈ 2 × 200 MiB × interval) would hide it.
+        assert growth_sigma(vs, None) > 5 * growth_sigma(vs, churn)
+    assert found >= 18
+
+
+def test_a_churning_stable_site_keeps_its_noise_through_the_churn_bound() -> None:
+    rng = random.Random(5)
+    leaks = 0
+    level = 20 * 1024.0**2
+    for _ in range(200):
+        ts = [2.0 * i for i in range(31)]
+        ys = [INTERVAL * _poisson(rng, level / INTERVAL) for _ in ts]
+        # Every entry replaced between samples: the samples freed and allocated both count.
+        churn = [2.0 * INTERVAL * level * i for i in range(31)]
+        leaks += judge_sampled(ts, ys, [INTERVAL * y for y in ys], PARAMS, 30.0, churn).is_leak
+    assert leaks <= 2
+
+
+def test_a_restarted_churn_counter_falls_back_to_the_ends_variances() -> None:
+    assert growth_sigma([4.0, 5.0], [10.0, 3.0]) == 3.0
+    assert growth_sigma([4.0, 5.0], [10.0, 11.0]) == 1.0
