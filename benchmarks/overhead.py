@@ -9,7 +9,7 @@ target paid, perturbed intervals included). Variants, run side by side in every 
 - ``sampling-off``  ``--set sampling.enabled=false``: psutil from outside only (the baseline)
 - ``default``       soakd's defaults: the sampled allocation profiler always on (64 KiB mean
                     interval), heap level, tasks, type counts, process samples
-- ``interval/4`` / ``interval*4``  the default with a quarter / four times the interval
+- ``interval-x0.25`` / ``interval-x4``  the default with a quarter / four times the interval
 - ``tracemalloc-f1``  exact tracing from the start, 1 frame (profiler off)
 - ``memray``        sampling off, the worker run under ``memray.Tracker`` with
                     ``trace_python_allocators`` (every Python allocation, as tracemalloc sees;
@@ -46,8 +46,8 @@ DEFAULT_INTERVAL = 64 * 1024
 VARIANTS: dict[str, list[str]] = {
     BASELINE: ["sampling.enabled=false"],
     "default": [],
-    "interval/4": [f"sampling.profiler_interval={DEFAULT_INTERVAL // 4}"],
-    "interval*4": [f"sampling.profiler_interval={DEFAULT_INTERVAL * 4}"],
+    "interval-x0.25": [f"sampling.profiler_interval={DEFAULT_INTERVAL // 4}"],
+    "interval-x4": [f"sampling.profiler_interval={DEFAULT_INTERVAL * 4}"],
     "tracemalloc-f1": ["sampling.profiler=off", "sampling.tracemalloc=always", "sampling.frames=1"],
     "memray": ["sampling.enabled=false"],
 }

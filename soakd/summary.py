@@ -199,7 +199,21 @@ def _event_facts(run_dir: Path) -> EventFacts:
         elif name == "target.perturbed":
             facts.perturbation.add_event(ev)
         elif name == "run.started" and isinstance(ev.get("attribution"), dict):
-            facts.attribution = ev["attribution"]
+            facts.attribution = dict(ev["attribution"])
+        elif name in ("attribution.ready", "attribution.fallback") and facts.attribution:
+            # The target's own answer overrides what soakd's installation expected.
+            if name == "attribution.ready":
+                facts.attribution.update(mode="sampled", lost=None)
+                facts.attribution.update(
+                    {k: ev[k] for k in ("interval_bytes", "memory_bytes") if k in ev}
+                )
+            else:
+                tracing = facts.attribution.get("tracemalloc")
+                facts.attribution.update(
+                    mode="off" if tracing == "off" else "tracemalloc",
+                    interval_bytes=None,
+                    lost=ev.get("lost"),
+                )
         elif name == "run.finished":
             facts.finished = ev
     return facts

@@ -5,11 +5,12 @@ has a site."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import events, run_soakd, soak_until, write_config
+from tests.conftest import events, run_soakd, soak_env, soak_until, write_config
 
 
 @pytest.mark.slow
@@ -84,3 +85,35 @@ confirm_after = 2
     assert diff.returncode == 0, diff.stderr
     assert "sampled every 64.0 KiB" in diff.stdout and "±" in diff.stdout
     assert "simple_targets.py:34" in diff.stdout
+
+
+def test_without_the_extension_soakd_says_what_it_lost_and_falls_back(tmp_path: Path) -> None:
+    # What a box without a C compiler gets: `soakd._profiler` cannot be imported. A
+    # sitecustomize on the path blocks the import in every soakd process, as a missing build.
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _NoProfiler:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'soakd._profiler':\n"
+        "            raise ImportError('soakd._profiler was not built (simulated)')\n"
+        "sys.meta_path.insert(0, _NoProfiler())\n",
+        encoding="utf-8",
+    )
+    cfg = write_config(tmp_path, '[target]\nfactory = "simple_targets:Echo"\n')
+    run = tmp_path / "run"
+    env = soak_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(site), env["PYTHONPATH"]])
+    proc = run_soakd(
+        "run", "-c", str(cfg), "-d", "4s", "--run-dir", str(run), cwd=tmp_path, env=env
+    )  # fmt: skip
+    assert proc.returncode in (0, 7), proc.stderr[-2000:]
+    evs = events(run)
+    plan = next(e for e in evs if e["event"] == "run.started")["attribution"]
+    assert plan["mode"] == "tracemalloc" and "not built" in plan["lost"], plan
+    fallback = [e for e in evs if e["event"] == "attribution.fallback"]
+    assert fallback and "not built" in fallback[0]["lost"], fallback
+    assert fallback[0]["tracemalloc"] == "on-suspicion"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["attribution"]["mode"] == "tracemalloc"
