@@ -10,12 +10,14 @@ target paid, perturbed intervals included). Variants, run side by side in every 
 - ``default``       soakd's defaults: the sampled allocation profiler always on (64 KiB mean
                     interval), heap level, tasks, type counts, process samples
 - ``interval-x0.25`` / ``interval-x4``  the default with a quarter / four times the interval
+- ``no-profiler``   the default without attribution (profiler and tracemalloc off): the rest of
+                    soakd's sampling, so that default / no-profiler is the profiler's own cost
 - ``tracemalloc-f1``  exact tracing from the start, 1 frame (profiler off)
 - ``memray``        sampling off, the worker run under ``memray.Tracker`` with
                     ``trace_python_allocators`` (every Python allocation, as tracemalloc sees;
                     needs the ``[bench]`` extra, skipped with a note without it)
 
-``--no-extra`` keeps only the first four rows.
+``--no-extra`` keeps only the first four rows; ``--only a,b`` runs those (and the baseline).
 
 The order is reversed on odd rounds (A B … / … B A) so that a slow drift of a shared box cancels
 out. The load saturates the worker by default (no think time, many users), the worst case for
@@ -48,10 +50,12 @@ VARIANTS: dict[str, list[str]] = {
     "default": [],
     "interval-x0.25": [f"sampling.profiler_interval={DEFAULT_INTERVAL // 4}"],
     "interval-x4": [f"sampling.profiler_interval={DEFAULT_INTERVAL * 4}"],
+    # Every sampler but attribution: what the profiler adds is default / no-profiler.
+    "no-profiler": ["sampling.profiler=off", "sampling.tracemalloc=off"],
     "tracemalloc-f1": ["sampling.profiler=off", "sampling.tracemalloc=always", "sampling.frames=1"],
     "memray": ["sampling.enabled=false"],
 }
-EXTRA = ("tracemalloc-f1", "memray")
+EXTRA = ("no-profiler", "tracemalloc-f1", "memray")
 GOAL = 0.95  # throughput, default / sampling-off
 P99_GOAL = 1.10  # p99 latency, default / sampling-off
 # Started by every Python process of a memray run; only the worker (the target's process) traces.
@@ -184,11 +188,20 @@ def main() -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="extra soakd --set"
     )
     parser.add_argument("--keep", type=Path, help="keep run directories here")
+    parser.add_argument(
+        "--only", help="comma-separated variants to run (sampling-off is always run)"
+    )
     args = parser.parse_args()
     if args.rounds < 1 or args.seconds <= 0:
         parser.error("--rounds must be ≥ 1 and --seconds > 0")
 
     variants = [v for v in VARIANTS if not (args.no_extra and v in EXTRA)]
+    if args.only:
+        wanted = {BASELINE, *args.only.split(",")}
+        unknown = wanted - set(VARIANTS)
+        if unknown:
+            parser.error(f"unknown variants {sorted(unknown)}; valid: {', '.join(VARIANTS)}")
+        variants = [v for v in variants if v in wanted]
     if "memray" in variants:
         try:
             import memray  # noqa: F401
