@@ -257,11 +257,13 @@ class Supervisor:
                 await self.target.start(tg)
                 await self._wait_ready()
                 if state.ready.is_set() and not state.stop_requested.is_set():
-                    await self._attribution()
                     if self.tracer.policy.always:
                         self.tracer.mark_always()
                     schedule.add_jobs(scheduler, self._jobs(), self._bounded)
                     scheduler.start()
+                    # After the first samples are under way: asking the target takes a round
+                    # trip, and site samples start once the answer says the profiler runs.
+                    await self._attribution()
                     with anyio.move_on_after(max(0.0, state.duration - state.now())):
                         await state.stop_requested.wait()
                     state.request_stop("duration")
