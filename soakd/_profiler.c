@@ -29,6 +29,15 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <frameobject.h>
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+/* 3.11: read the interpreter's frames directly (what tracemalloc itself does). The public API
+ * materializes a frame object per frame (an allocation inside our allocator hook, with new and
+ * dropped references), which costs most of a sample's time on coroutines created per request
+ * and is the reentrancy that made other profilers crash. Borrowed pointers only, no
+ * allocation. Other versions keep the public API. */
+#define SOAKD_DIRECT_FRAMES 1
+#include <internal/pycore_frame.h>
+#endif
 
 #include <math.h>
 #include <stdint.h>
@@ -421,6 +430,27 @@ current_tstate(void)
 }
 
 /* Fills frames[] innermost first with new references to the code objects; returns the count. */
+#ifdef SOAKD_DIRECT_FRAMES
+static int
+walk_frames(PyThreadState *ts, FrameKey *frames, int limit)
+{
+    int n = 0;
+    _PyInterpreterFrame *f = ts->cframe != NULL ? ts->cframe->current_frame : NULL;
+    while (f != NULL && n < limit) {
+        /* Incomplete frames are being set up (not yet running): PyFrame_GetBack skips them. */
+        if (!_PyFrame_IsIncomplete(f)) {
+            PyCodeObject *code = f->f_code;
+            Py_INCREF(code); /* the frame holds it: never the last reference when dropped */
+            frames[n].code = code;
+            frames[n].lineno =
+                PyCode_Addr2Line(code, _PyInterpreterFrame_LASTI(f) * (int)sizeof(_Py_CODEUNIT));
+            n++;
+        }
+        f = f->previous;
+    }
+    return n;
+}
+#else
 static int
 walk_frames(PyThreadState *ts, FrameKey *frames, int limit)
 {
@@ -437,6 +467,7 @@ walk_frames(PyThreadState *ts, FrameKey *frames, int limit)
     Py_XDECREF(f);
     return n;
 }
+#endif
 
 static Stack *
 capture_stack(void)
@@ -444,6 +475,10 @@ capture_stack(void)
     FrameKey frames[MAX_FRAMES];
     int n = 0;
     PyThreadState *ts = current_tstate();
+#ifdef SOAKD_DIRECT_FRAMES
+    if (ts != NULL)
+        n = walk_frames(ts, frames, S.frames); /* reads only: no GC, no error state to keep */
+#else
     if (ts != NULL) {
         /* The hook may run while an exception is being raised: keep it intact. Materializing
          * a frame can fail (MemoryError); that only shortens the stack. */
@@ -464,6 +499,7 @@ capture_stack(void)
         PyErr_Restore(exc_type, exc_value, exc_tb);
 #endif
     }
+#endif
     return stack_intern(frames, n);
 }
 
