@@ -94,6 +94,7 @@ class Supervisor:
         self.sites = SiteSampler(
             self.state, config.sampling, run, self._stats, self.recorder, self.analysis, policy
         )
+        self.attribution_known = False
         self.exit_code = EXIT_INTERNAL
         self.summary_error: str | None = None
 
@@ -129,6 +130,8 @@ class Supervisor:
     # -- analysis and tracing --------------------------------------------------------------
     async def analyze_due(self) -> None:
         """The scheduled analysis: runs when due at the current cadence."""
+        if not self.attribution_known:
+            await self._attribution()  # an external target's agent may connect late
         now = self.state.now()
         if self.analysis.due(now, self.tracer.policy.fresh(now)):
             await self.analyze()
@@ -147,10 +150,18 @@ class Supervisor:
             self.analysis.restart("heap", self.state.now())
 
     async def _attribution(self) -> None:
-        """Ask the ready target whether its sampled profiler runs; say so if it fell back."""
-        stats = self.target.stats()
-        if stats is None or not self.config.sampling.enabled:
+        """Ask the ready target whether its sampled profiler runs; say so if it fell back.
+
+        Asked once there is someone to ask: an external target's agent may connect after the
+        target is ready, and until it answers no site can be sampled.
+        """
+        if not self.config.sampling.enabled:
+            self.attribution_known = True
             return
+        stats = self.target.stats()
+        if stats is None:
+            return
+        self.attribution_known = True
         try:
             hello = await stats.ping()
         except Exception as exc:  # a target that cannot answer keeps the fallback

@@ -28,6 +28,7 @@ FAST_SITES_S = 60.0
 # Tracing started on suspicion stops after this many holds whatever the findings say, and
 # does not start again for as long.
 EXPIRY_HOLDS = 5.0
+EXPIRY_FLOOR_S = 600.0
 
 Decision = Literal["start", "attributed", "cleared", "expired"]
 
@@ -89,7 +90,8 @@ class TracingPolicy:
 
     @property
     def _expiry_s(self) -> float:
-        return EXPIRY_HOLDS * self.hold_s
+        # Never under ten minutes: a loaded box may need several holds to attribute.
+        return max(EXPIRY_HOLDS * self.hold_s, EXPIRY_FLOOR_S)
 
     def _stop(self, now: float, suspicious: bool, findings: Sequence[Finding]) -> Decision | None:
         if now - self.since >= self._expiry_s:

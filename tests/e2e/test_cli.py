@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -174,6 +175,17 @@ def test_worker_sigkill_mid_run_exits_5_with_summary(tmp_path: Path) -> None:
     assert summary["workload"]["iterations"] > 0  # type: ignore[index]
 
 
+def _rss_samples(run: Path) -> int:
+    if not (run / "samples.db").exists():
+        return 0
+    try:
+        with contextlib.closing(sqlite3.connect(run / "samples.db")) as db:
+            row = db.execute("SELECT COUNT(*) FROM samples WHERE series='rss_bytes'").fetchone()
+    except sqlite3.Error:
+        return 0  # created but not yet initialised
+    return int(row[0])
+
+
 def test_supervisor_sigkill_takes_the_worker_down(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, ECHO)
     run = tmp_path / "run"
@@ -183,6 +195,8 @@ def test_supervisor_sigkill_takes_the_worker_down(tmp_path: Path) -> None:
             lambda: [e for e in _events(run) if e["event"] == "worker.ready"], 30, "worker.ready"
         )
         worker = int(started[0]["pid"])
+        # what was sampled before the kill must be on disk: wait for a sample to be taken
+        wait_for(lambda: _rss_samples(run), 30, "a first rss sample")
         assert pid_alive(worker)
         proc.kill()
         proc.wait(timeout=10)

@@ -75,7 +75,7 @@ def test_with_the_sampled_profiler_tracemalloc_never_starts_on_suspicion() -> No
 
 
 def test_exact_tracing_on_suspicion_expires_and_rests_as_long() -> None:
-    p = policy()  # hold 120 s: expiry after 5 holds
+    p = policy()  # hold 120 s: expiry after 5 holds (600 s)
     p.started(100.0)
     unattributed = [finding(site=None, state="suspected")]
     assert p.decide(699.0, True, unattributed) is None
@@ -83,3 +83,7 @@ def test_exact_tracing_on_suspicion_expires_and_rests_as_long() -> None:
     p.stopped(700.0)
     assert p.decide(1299.0, True, unattributed) is None  # resting
     assert p.decide(1300.0, True, unattributed) == "start"
+    short = policy(window="60s", sites_interval="1s")  # hold 60 s: the 600 s floor applies
+    short.started(0.0)
+    assert short.decide(599.0, True, unattributed) is None
+    assert short.decide(600.0, True, unattributed) == "expired"
