@@ -19,8 +19,8 @@
  *   Everything else is the rare "sample" path.
  *
  * Re-entrancy
- *   Capturing a stack uses the public frame API, which materializes frame objects (it
- *   allocates). While it runs the countdown is parked at a huge value, so nested allocations
+ *   On 3.11 a stack is read from the interpreter's frames (no allocation). Elsewhere capturing
+ *   uses the public frame API, which materializes frame objects (it allocates). While it runs the countdown is parked at a huge value, so nested allocations
  *   pass straight through unsampled, and the cyclic GC is disabled: 3.11 may collect inside an
  *   object allocation, and a collection (finalizers, arbitrary code) must never run inside
  *   our hook. The tracker's own tables use libc malloc, never the hooked domains.
@@ -64,6 +64,9 @@
 
 typedef struct {
     PyCodeObject *code; /* strong reference while the stack is interned */
+    /* With direct frames: the byte offset of the instruction, turned into a line number only
+     * when a snapshot first shows the stack (decoding the line table per frame per sample
+     * cost more than the rest of the sample). Otherwise the line number. */
     int lineno;
 } FrameKey;
 
@@ -442,8 +445,7 @@ walk_frames(PyThreadState *ts, FrameKey *frames, int limit)
             PyCodeObject *code = f->f_code;
             Py_INCREF(code); /* the frame holds it: never the last reference when dropped */
             frames[n].code = code;
-            frames[n].lineno =
-                PyCode_Addr2Line(code, _PyInterpreterFrame_LASTI(f) * (int)sizeof(_Py_CODEUNIT));
+            frames[n].lineno = _PyInterpreterFrame_LASTI(f) * (int)sizeof(_Py_CODEUNIT);
             n++;
         }
         f = f->previous;
@@ -729,8 +731,12 @@ frames_tuple_build(const Stack *st)
     if (tuple == NULL)
         return NULL;
     for (int i = 0; i < st->nframes; i++) {
-        PyObject *frame = Py_BuildValue("(Oi)", st->frames[i].code->co_filename,
-                                        st->frames[i].lineno);
+#ifdef SOAKD_DIRECT_FRAMES
+        int lineno = PyCode_Addr2Line(st->frames[i].code, st->frames[i].lineno);
+#else
+        int lineno = st->frames[i].lineno;
+#endif
+        PyObject *frame = Py_BuildValue("(Oi)", st->frames[i].code->co_filename, lineno);
         if (frame == NULL) {
             Py_DECREF(tuple);
             return NULL;

@@ -262,7 +262,17 @@ class SampledProfiler:
         """One estimate per stack with live sampled blocks (holds the GIL: keep it rare)."""
         if _ext is None:
             return []
-        return [StackEstimate(*raw) for raw in _ext.snapshot()]
+        # Stacks are interned by instruction, so two calls on one line are two entries with
+        # the same frames: one estimate per line stack (all the fields add up).
+        merged: dict[RawFrames, list[Any]] = {}
+        for raw in _ext.snapshot():
+            seen = merged.get(raw[0])
+            if seen is None:
+                merged[raw[0]] = list(raw)
+            else:
+                for k in range(1, len(raw)):
+                    seen[k] += raw[k]
+        return [StackEstimate(*fields) for fields in merged.values()]
 
     def stats(self) -> ProfilerStats:
         ext = _require()

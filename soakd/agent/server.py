@@ -262,7 +262,9 @@ class AgentClient:
     """Synchronous client with the Agent's method names and typed answers.
 
     Holds one connection to the socket at ``path``, reopened after a failure; every call is
-    bounded by ``timeout`` (``sites_timeout`` for ``sites``, which copies every trace).
+    bounded by ``timeout`` (``sites_timeout`` for ``sites``, which copies every trace). Calls
+    from several threads take turns: one stream carries one request and its answer at a time
+    (interleaved, each caller would read another's answer, and every answer after it too).
     """
 
     def __init__(self, path: str, timeout: float = 10.0, sites_timeout: float = 60.0) -> None:
@@ -271,6 +273,7 @@ class AgentClient:
         self.sites_timeout = sites_timeout
         self._sock: socket.socket | None = None
         self._stream: Any = None
+        self._lock = threading.Lock()
 
     def __enter__(self) -> AgentClient:
         return self
@@ -332,6 +335,10 @@ class AgentClient:
             ) from None
 
     def _call(self, request: dict[str, Any], timeout: float | None = None) -> Any:
+        with self._lock:
+            return self._exchange(request, timeout)
+
+    def _exchange(self, request: dict[str, Any], timeout: float | None) -> Any:
         try:
             if self._sock is None:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

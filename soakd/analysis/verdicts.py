@@ -76,6 +76,12 @@ class SeriesVerdict:
     n: int = 0
     duration_s: float = 0.0
     noise: float = 0.0  # robust σ of the residuals around the fitted line
+    slope_high: float | None = None  # upper confidence bound of the slope, when known
+
+    @property
+    def upper_slope(self) -> float:
+        """The slope's upper confidence bound (the point estimate when none is known)."""
+        return self.slope if self.slope_high is None else self.slope_high
 
     @property
     def is_leak(self) -> bool:
@@ -126,7 +132,16 @@ def classify(
 
     def verdict(pattern: Pattern, reason: str, slope: float = fit.slope) -> SeriesVerdict:
         return SeriesVerdict(
-            pattern, slope, fit.slope_low, mk.p_value, slope * duration, reason, n, duration, noise
+            pattern,
+            slope,
+            fit.slope_low,
+            mk.p_value,
+            slope * duration,
+            reason,
+            n,
+            duration,
+            noise,
+            fit.slope_high,
         )
 
     drops = _drops(by, params.drop_fraction)

@@ -111,6 +111,12 @@ class StateMachine:
         track.streak = 0
         if track.state == "none":
             return None
+        if track.state == "confirmed" and not _stopped(verdict, track.leak_verdict):
+            # A confirmed leak whose window merely fails the test again (a weak leak near the
+            # noise, a sawtooth riding on it) is still the same leak: only evidence that the
+            # growth stopped or slowed clears it.
+            track.misses = 0
+            return None
         track.misses += 1
         if track.misses >= confirm:
             track.state = "none"
@@ -218,3 +224,11 @@ def _describe(track: Track) -> str:
     if v is None:
         return name
     return f"{name} {v.pattern} {v.slope * HOUR:+.3g}/h p={v.p_value:.2g}"
+
+
+def _stopped(verdict: SeriesVerdict, confirmed: SeriesVerdict | None) -> bool:
+    """True when ``verdict`` shows that the growth confirmed in ``confirmed`` stopped: a
+    plateau, a fall, or a slope whose upper bound lies below the confirmed slope's lower bound."""
+    if verdict.pattern == "plateau" or verdict.slope <= 0.0 or confirmed is None:
+        return True
+    return verdict.upper_slope < max(confirmed.slope_low, 0.0) or verdict.upper_slope <= 0.0

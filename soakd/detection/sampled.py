@@ -75,6 +75,7 @@ def judge_sampled(
             n,
             span,
             noise=sigma,
+            slope_high=(growth + z_alpha * sigma) / span,
         )
 
     if slope <= vp.min_slope or growth < vp.min_growth:

@@ -265,6 +265,39 @@ def test_server_in_process_socket_mode_stale_socket_and_errors(tmp_path: Path) -
         os.unlink(path)
 
 
+def test_client_shared_by_threads_gives_each_its_own_answer(tmp_path: Path) -> None:
+    """The supervisor's samplers call one client from several worker threads at once."""
+    path = _short_socket_path(tmp_path)
+    server = AgentServer(Agent(), path)
+    errors: list[BaseException] = []
+    try:
+        with AgentClient(path, timeout=20) as client:
+
+            def hammer(op: str) -> None:
+                try:
+                    for _ in range(150):
+                        if op == "ping":
+                            assert client.ping()["pid"] == os.getpid()
+                        elif op == "heap":
+                            assert client.heap()["heap_blocks"] > 0
+                        else:
+                            assert client.tasks() >= 0
+                except BaseException as exc:  # collected: an assert in a thread is lost
+                    errors.append(exc)
+
+            threads = [
+                threading.Thread(target=hammer, args=(op,)) for op in ("ping", "heap", "tasks") * 2
+            ]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join(timeout=120)
+            assert not any(th.is_alive() for th in threads)
+    finally:
+        server.close()
+    assert errors == []
+
+
 def test_serve_is_disabled_inside_soakd(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SOAKD_AGENT_DISABLED", "1")
     assert serve() is None

@@ -1,0 +1,58 @@
+"""The finding state machine: a confirmed leak clears only on evidence that it stopped."""
+
+from __future__ import annotations
+
+from soakd.analysis.series import BoundedSeries
+from soakd.analysis.verdicts import SeriesVerdict
+from soakd.detection import DetectionParams
+from soakd.detection.findings import StateMachine
+from soakd.detection.tracks import Track, TrackTable
+from soakd.detection.windows import Thresholds
+
+RATE = 10_000.0  # bytes/s
+
+
+def _verdict(pattern: str, slope: float, low: float, high: float) -> SeriesVerdict:
+    return SeriesVerdict(pattern, slope, low, 0.01, slope * 300, "test", 30, 300.0, 0.0, high)  # type: ignore[arg-type]
+
+
+def _confirmed() -> tuple[StateMachine, Track]:
+    params = DetectionParams(confirm_after=2)
+    machine = StateMachine(TrackTable(params), params, Thresholds.from_params(params))
+    track = Track("site", "/app/x.py:1", BoundedSeries(100))
+    leak = _verdict("leak", RATE, 0.6 * RATE, 1.4 * RATE)
+    states = [machine.step(track, leak, t) for t in (100.0, 200.0, 300.0)]
+    assert "confirmed" in states and track.state == "confirmed"
+    return machine, track
+
+
+def test_confirmed_leak_still_rising_within_noise_is_not_cleared() -> None:
+    machine, track = _confirmed()
+    # Not significant in this window, but its slope may still be the confirmed one.
+    weak = _verdict("flat", 0.8 * RATE, -0.1 * RATE, 1.7 * RATE)
+    sawtooth = _verdict("sawtooth", 0.9 * RATE, 0.2 * RATE, 1.5 * RATE)
+    for i, v in enumerate([weak, sawtooth] * 5):
+        assert machine.step(track, v, 400.0 + 10 * i) is None
+    assert track.state == "confirmed"
+
+
+def test_confirmed_leak_that_slowed_or_stopped_is_cleared() -> None:
+    for stopped in (
+        _verdict("plateau", 0.5 * RATE, 0.3 * RATE, 0.7 * RATE),
+        _verdict("flat", 0.05 * RATE, -0.2 * RATE, 0.3 * RATE),  # high < confirmed low
+        _verdict("flat", -0.1 * RATE, -0.5 * RATE, 0.4 * RATE),
+    ):
+        machine, track = _confirmed()
+        states = [machine.step(track, stopped, 400.0 + 10 * i) for i in range(2)]
+        assert states == [None, "cleared"], stopped
+        assert track.state == "none"
+
+
+def test_suspicion_not_reproduced_is_dropped_as_before() -> None:
+    params = DetectionParams(confirm_after=3)
+    machine = StateMachine(TrackTable(params), params, Thresholds.from_params(params))
+    track = Track("site", "/app/x.py:1", BoundedSeries(100))
+    assert machine.step(track, _verdict("leak", RATE, 0.6 * RATE, 1.4 * RATE), 100.0) == "suspected"
+    weak = _verdict("flat", 0.8 * RATE, -0.1 * RATE, 1.7 * RATE)
+    states = [machine.step(track, weak, 110.0 + 10 * i) for i in range(3)]
+    assert states == [None, None, "cleared"]
