@@ -288,6 +288,30 @@ class DetectionConfig(_Model):
         return self
 
 
+class HealthConfig(_Model):
+    """``[health]``: what a healthy target stays within; outside it the verdict is
+    ``target_failed`` (exit 5), never ``pass``."""
+
+    max_error_rate: float = Field(
+        default=0.01,
+        ge=0.0,
+        le=1.0,
+        description="Errors over all iterations of the run (1 %: the aggregator's own bar).",
+    )
+    max_stall: Duration = Field(
+        default=60.0,
+        gt=0,
+        description="Longest time in which no iteration completes (a blocked event loop, a "
+        "frozen worker).",
+    )
+    max_unjudged_growth: Size = Field(
+        default=10_000_000,
+        ge=0,
+        description="When the detector could not judge (run too short, warm-up not over): "
+        "RSS or heap growth from first to last sample above this is a leak (10 MB).",
+    )
+
+
 METRICS = (
     "rss_bytes",
     "heap_bytes",
@@ -428,6 +452,7 @@ class Config(_Model):
     workload: WorkloadConfig = WorkloadConfig()
     sampling: SamplingConfig = SamplingConfig()
     detection: DetectionConfig = DetectionConfig()
+    health: HealthConfig = HealthConfig()
     rules: tuple[Rule, ...] = ()
     guard: GuardConfig = GuardConfig()
     alerts: AlertsConfig = AlertsConfig()

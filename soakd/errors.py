@@ -13,6 +13,7 @@ EXIT_USAGE = 2
 EXIT_LEAK = 3
 EXIT_ABORTED = 4
 EXIT_TARGET_FAILED = 5
+EXIT_INCONCLUSIVE = 7  # nothing could be judged, or the run was interrupted
 
 
 class SoakdError(Exception):

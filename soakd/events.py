@@ -48,6 +48,7 @@ EventName = Literal[
     "workload.resumed",
     # detection and attribution
     "detection.warmup_end",
+    "detection.judged",
     "attribution.ready",
     "attribution.fallback",
     "tracing.started",
@@ -90,6 +91,7 @@ REPORT_EVENTS: Final[frozenset[EventName]] = frozenset(
         "alert.sent",
         "alert.failed",
         "detection.warmup_end",
+        "detection.judged",
         "target.perturbed",
     }
 )

@@ -70,12 +70,13 @@ class LeakRecord(TypedDict):
     slope_per_h: float
     unit: str
     growth: float
-    p_value: float
+    p_value: float | None  # None: found by the end-to-end check, no trend test
     first_detected_s: float
     line: str | None
-    slope_low_per_h: float
+    slope_low_per_h: float | None
     analyses: int
     signals: list[str]
+    method: NotRequired[str]  # "end_to_end" when no trend was judged
 
 
 # -- producing -----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ Schema, documented in the README:
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
@@ -246,6 +247,32 @@ class RunStore:
             cur = rows[0][0]
             out.append(cur)
         return out
+
+    def longest_silence(self, name: str, end: float) -> float:
+        """The longest time between points of ``name`` with a value above 0 (and from the last
+        to ``end``), less one typical spacing: a series of per-interval counts then gives the
+        longest time in which nothing was counted. 0 without two points."""
+        times = [
+            float(r[0])
+            for r in self._q(
+                f"SELECT t FROM samples WHERE series=? AND t {_FINITE} AND value > 0 "
+                f"AND value {_FINITE} ORDER BY t",
+                (name,),
+            )
+        ]
+        every = [
+            float(r[0])
+            for r in self._q(
+                f"SELECT t FROM samples WHERE series=? AND t {_FINITE} ORDER BY t LIMIT 64",
+                (name,),
+            )
+        ]
+        if len(every) < 2:
+            return 0.0
+        spacing = sorted(b - a for a, b in itertools.pairwise(every))
+        dt = spacing[len(spacing) // 2]
+        marks = [every[0] - dt, *times, end]
+        return max(0.0, max(b - a for a, b in itertools.pairwise(marks)) - dt)
 
     def raw(self, name: str, since: float | None = None) -> list[Point]:
         """Every finite point of one series (optionally from ``since``), for statistics."""

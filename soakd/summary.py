@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from soakd import rundir
+from soakd import run_verdict, rundir
 from soakd.detection import KIND_RANK
 from soakd.errors import (
     EXIT_ABORTED,
+    EXIT_INCONCLUSIVE,
     EXIT_INTERNAL,
     EXIT_LEAK,
     EXIT_PASS,
@@ -53,6 +54,7 @@ VERDICT_EXIT = {
     "leak": EXIT_LEAK,
     "aborted": EXIT_ABORTED,
     "target_failed": EXIT_TARGET_FAILED,
+    "inconclusive": EXIT_INCONCLUSIVE,
     "error": EXIT_INTERNAL,
 }
 _PCT = ("p50", "p90", "p99", "max")
@@ -87,11 +89,16 @@ def _workload(totals: Mapping[str, Any], duration_s: float) -> dict[str, Any]:
     return out
 
 
-def slope_per_h(points: list[tuple[float, float]], since: float = 0.0) -> float:
-    """Robust (Theil–Sen) slope per hour of the points at or after ``since``; 0 when unknown."""
+def slope_per_h(points: list[tuple[float, float]], since: float = 0.0) -> float | None:
+    """Robust (Theil–Sen) slope per hour of the points at or after ``since``; None when it
+    cannot be computed (fewer than 3 points): never a 0 that reads as "flat"."""
     from soakd.analysis.trend import slope_per_hour
 
-    return slope_per_hour([p for p in points if p[0] >= since] or points) or 0.0
+    return slope_per_hour([p for p in points if p[0] >= since])
+
+
+def _round(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def _unreadable_store(run_dir: Path, exc: sqlite3.DatabaseError) -> StoreError:
@@ -118,6 +125,8 @@ class StoreFacts:
     config: dict[str, Any]
     totals: dict[str, Any]
     started_epoch: float
+    heap: tuple[float, float] | None = None  # first and last heap level
+    longest_stall_s: float = 0.0  # longest time in which no iteration completed
 
     @property
     def detection(self) -> dict[str, Any]:
@@ -138,6 +147,10 @@ def _store_facts(run_dir: Path) -> StoreFacts:
         rss = reader.bounds("rss_bytes")
         last_t = reader.last_t() or 0.0
         latest_wl_t = reader.last_workload_t() or 0.0
+        first_heap = reader.edge("heap_bytes", last=False)
+        last_heap = reader.edge("heap_bytes", last=True)
+        heap = (first_heap[1], last_heap[1]) if first_heap and last_heap else None
+        stall = reader.longest_silence("iterations", max(last_t, latest_wl_t))
     except sqlite3.DatabaseError as exc:
         raise _unreadable_store(run_dir, exc) from None
     finally:
@@ -150,7 +163,7 @@ def _store_facts(run_dir: Path) -> StoreFacts:
         raise StoreError(f"samples.db in {run_dir} has no valid run metadata") from None
     if not isinstance(config, dict) or not isinstance(totals, dict):
         raise StoreError(f"samples.db in {run_dir} has malformed run metadata")
-    return StoreFacts(meta, rss, last_t, latest_wl_t, config, totals, started_epoch)
+    return StoreFacts(meta, rss, last_t, latest_wl_t, config, totals, started_epoch, heap, stall)
 
 
 # -- what the events say -------------------------------------------------------------------
@@ -168,6 +181,8 @@ class EventFacts:
     stalls: int = 0
     perturbation: PerturbationLog = field(default_factory=PerturbationLog)
     attribution: dict[str, Any] | None = None
+    judged: bool = False  # detection.judged: the detector judged a full window
+    planned_s: float | None = None  # run.started's duration
 
 
 def _breach(ev: Mapping[str, Any]) -> dict[str, Any]:
@@ -194,12 +209,17 @@ def _event_facts(run_dir: Path) -> EventFacts:
             facts.failed = {"reason": ev.get("reason"), "message": ev.get("message")}
         elif name == "detection.warmup_end":
             facts.warmup_end = _num(ev.get("warmup_end_s"))
+        elif name == "detection.judged":
+            facts.judged = True
         elif name == "workload.stalled":
             facts.stalls += 1
         elif name == "target.perturbed":
             facts.perturbation.add_event(ev)
-        elif name == "run.started" and isinstance(ev.get("attribution"), dict):
-            facts.attribution = dict(ev["attribution"])
+        elif name == "run.started":
+            if isinstance(ev.get("attribution"), dict):
+                facts.attribution = dict(ev["attribution"])
+            planned = _num(ev.get("duration_s"), -1.0)
+            facts.planned_s = planned if planned > 0 else None
         elif name in ("attribution.ready", "attribution.fallback") and facts.attribution:
             # The target's own answer overrides what soakd's installation expected.
             if name == "attribution.ready":
@@ -266,18 +286,19 @@ def _final_word(
 def _memory(run_dir: Path, rss: tuple[float, float, float] | None, since: float) -> dict[str, Any]:
     reader = RunStore(run_dir / rundir.SAMPLES, strict=False)
     try:  # bounded reads: the slopes need a few hundred averaged points, not every sample
-        rss_points = reader.buckets("rss_bytes", since) or reader.buckets("rss_bytes", 0.0)
-        heap_points = reader.buckets("heap_bytes", since) or reader.buckets("heap_bytes", 0.0)
+        # After the warm-up only: its growth is not a slope of the run.
+        rss_points = reader.buckets("rss_bytes", since)
+        heap_points = reader.buckets("heap_bytes", since)
     except sqlite3.DatabaseError as exc:
         raise _unreadable_store(run_dir, exc) from None
     finally:
         reader.close()
     return {
-        "rss_start_bytes": int(rss[0]) if rss else 0,
-        "rss_end_bytes": int(rss[1]) if rss else 0,
-        "rss_peak_bytes": int(rss[2]) if rss else 0,
-        "rss_slope_bytes_per_h": round(slope_per_h(rss_points), 1),
-        "heap_slope_bytes_per_h": round(slope_per_h(heap_points), 1),
+        "rss_start_bytes": int(rss[0]) if rss else None,
+        "rss_end_bytes": int(rss[1]) if rss else None,
+        "rss_peak_bytes": int(rss[2]) if rss else None,
+        "rss_slope_bytes_per_h": _round(slope_per_h(rss_points)),
+        "heap_slope_bytes_per_h": _round(slope_per_h(heap_points)),
     }
 
 
@@ -298,12 +319,12 @@ def build_summary(
     unperturbed = _unperturbed(store.meta, events.perturbation)
     if unperturbed is not None:
         workload["unperturbed"] = unperturbed.figures()
-    verdict = word.get("verdict") or decide_verdict(
-        failed=events.failed is not None,
-        aborted=any(b["action"] == "abort" for b in events.breaches),
-        leaks=bool(leaks) and on_leak == "fail",
-        iterations=workload["iterations"] if store.meta.get("driven", "1") == "1" else -1,
-    )
+    facts = _run_facts(store, events, word, workload, duration, bool(leaks) and on_leak == "fail")
+    decision = run_verdict.decide(facts, _health_bounds(store.config))
+    # The live run's own word is final (its exit code said it); a rebuild decides the same.
+    verdict = word.get("verdict") or decision.verdict
+    if decision.end_to_end and decision.end_to_end["exceeded"] and not leaks:
+        leaks = [_end_to_end_leak(decision.end_to_end, duration)]
     warmup_end = events.warmup_end
     since = warmup_end if warmup_end is not None else _num(store.detection.get("warmup"), 0.0)
     memory = _memory(run_dir, store.rss, since)
@@ -325,7 +346,12 @@ def build_summary(
         "suspects": events.ledger.suspects(),
         "detection": {"warmup_end_s": warmup_end, "on_leak": on_leak},
         "failure": events.failed,
-        "interrupted": not word,
+        "interrupted": facts.interrupted,
+        "verdict_reason": decision.reason,
+        "health": decision.health,
+        "end_to_end": decision.end_to_end,
+        "suggested_duration_s": decision.suggested_duration_s,
+        "detection_judged": facts.judged,
         "workload_stalls": events.stalls,
         "last_sample_s": round(store.last_t, 3),
         "perturbation": _perturbation(events.perturbation, unperturbed, duration),
@@ -335,6 +361,78 @@ def build_summary(
     if "reason" in word:
         summary["stop_reason"] = word["reason"]
     return summary
+
+
+def _run_facts(
+    store: StoreFacts,
+    events: EventFacts,
+    word: Mapping[str, Any],
+    workload: Mapping[str, Any],
+    duration: float,
+    leaks: bool,
+) -> run_verdict.RunFacts:
+    det = store.detection
+    by_class = workload.get("errors_by_class")
+    timeouts = by_class.get("timeout", 0) if isinstance(by_class, Mapping) else 0
+    driven = store.meta.get("driven", "1") == "1"
+    sampling = store.config.get("sampling")
+    return run_verdict.RunFacts(
+        duration_s=duration,
+        planned_s=events.planned_s,
+        driven=driven,
+        iterations=int(workload["iterations"]),
+        errors=int(workload["errors"]),
+        timeouts=int(_num(timeouts)),
+        failed=events.failed,
+        aborted=any(b["action"] == "abort" for b in events.breaches),
+        leaks=leaks,
+        judged=events.judged,
+        warmup_end_s=events.warmup_end,
+        longest_stall_s=store.longest_stall_s if driven else 0.0,
+        stop_reason=word.get("reason") if word else None,
+        finished=bool(word),
+        rss_growth_bytes=store.rss[1] - store.rss[0] if store.rss else None,
+        heap_growth_bytes=store.heap[1] - store.heap[0] if store.heap else None,
+        warmup_floor_s=_num(det.get("warmup"), 60.0),
+        warmup_max_s=_num(det.get("warmup_max"), 600.0),
+        min_window_s=min(60.0, _num(det.get("window"), 1800.0) / 2),
+        sampling=not isinstance(sampling, Mapping) or sampling.get("enabled", True) is not False,
+    )
+
+
+def _end_to_end_leak(e2e: Mapping[str, Any], duration: float) -> LeakRecord:
+    """The leak the end-to-end check found: the process grew, no trend was judged, no site."""
+    kind = "heap" if "heap" in e2e["exceeded"] else "native"
+    growth = float(e2e[f"{'heap' if kind == 'heap' else 'rss'}_growth_bytes"])
+    return {
+        "kind": kind,
+        "key": f"end_to_end:{kind}",
+        "site": None,
+        "traceback": [],
+        "type": None,
+        "slope_per_h": round(growth / duration * 3600.0, 1) if duration > 0 else 0.0,
+        "unit": "bytes",
+        "growth": growth,
+        "p_value": None,
+        "first_detected_s": round(duration, 3),
+        "line": None,
+        "slope_low_per_h": None,
+        "analyses": 0,
+        "signals": [f"end to end: grew {growth:.0f} B > bound {e2e['bound_bytes']} B, not judged"],
+        "method": "end_to_end",
+    }
+
+
+def _health_bounds(config: Mapping[str, Any]) -> run_verdict.HealthBounds:
+    """``[health]`` from the dumped config (plain keys: an older store has none)."""
+    raw = config.get("health")
+    h = raw if isinstance(raw, Mapping) else {}
+    d = run_verdict.HealthBounds()
+    return run_verdict.HealthBounds(
+        max_error_rate=_num(h.get("max_error_rate"), d.max_error_rate),
+        max_stall_s=_num(h.get("max_stall"), d.max_stall_s),
+        max_unjudged_growth_bytes=_num(h.get("max_unjudged_growth"), d.max_unjudged_growth_bytes),
+    )
 
 
 def decide_verdict(*, failed: bool, aborted: bool, leaks: bool, iterations: int) -> str:
@@ -406,7 +504,8 @@ def validate_summary(summary: Mapping[str, Any]) -> list[str]:
     mem = summary.get("memory") or {}
     for key in ("rss_start_bytes", "rss_end_bytes", "rss_peak_bytes", "rss_slope_bytes_per_h",
                 "heap_slope_bytes_per_h"):  # fmt: skip
-        if not isinstance(mem.get(key), int | float):
+        # null: not computable (no samples, none after the warm-up), never a made-up 0
+        if key not in mem or not isinstance(mem[key], int | float | None):
             problems.append(f"memory.{key} missing")
     for i, leak in enumerate(summary.get("leaks") or []):
         problems += [f"leaks[{i}].{k} missing" for k in _LEAK if k not in leak]

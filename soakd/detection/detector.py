@@ -31,6 +31,9 @@ _ANALYSIS_ORDER: tuple[SignalKind, ...] = (
     "type",
 )
 
+# The process-wide memory levels: a decisive verdict on one is a judged run.
+_LEVELS: tuple[SignalKind, ...] = ("heap", "rss")
+
 
 class Detector:
     """Bounded per-series state and the leak findings derived from it.
@@ -46,6 +49,13 @@ class Detector:
         self._tracks = TrackTable(self.params)
         self._warmup = WarmupJudge(self._tracks, self.params, self._th)
         self._machine = StateMachine(self._tracks, self.params, self._th)
+        self._judged: tuple[float, SignalKind, float] | None = None
+
+    @property
+    def judged(self) -> tuple[float, SignalKind, float] | None:
+        """When the process's memory was first judged on a full window: ``(t, signal,
+        window span)``; None until then. A verdict of "no leak" means something only after."""
+        return self._judged
 
     @property
     def dropped(self) -> int:
@@ -104,6 +114,8 @@ class Detector:
                 if signal == "site":
                     verdict = site_verdict(self._tracks, track, verdict, now, self.params, self._th)
                 track.verdict = verdict
+                if self._judged is None and signal in _LEVELS and verdict.decisive:
+                    self._judged = (now, signal, verdict.duration_s)
                 change = self._machine.step(track, verdict, now)
                 if change is not None:
                     changes.append((track, change))

@@ -73,6 +73,7 @@ class AnalysisLoop:
         self.last_t = float("-inf")
         self.suspected = False  # a finding awaits confirmation (or clearing)
         self.warmup_reported = False
+        self.judged_reported = False
         self.groupings = 0  # site groupings started + finished: odd while one runs
         # soakd's own small blocks in the target (the agent's tables), as its last grouping
         # counted them from the traces: left out of the heap level the detector judges.
@@ -182,6 +183,10 @@ class AnalysisLoop:
         if not self.warmup_reported and warmup is not None:
             self.warmup_reported = True
             self._emit("detection.warmup_end", warmup_end_s=round(warmup, 3))
+        judged = detector.judged
+        if not self.judged_reported and judged is not None:
+            self.judged_reported = True
+            self._emit("detection.judged", series=judged[1], window_s=round(judged[2], 3))
         for finding in changes:
             self._emit_finding(finding)
             if finding.state != "suspected":
