@@ -127,6 +127,7 @@ def collect_status(run_dir: Path, now: float | None = None) -> dict[str, Any]:
         "state": run_state(finished is not None, _last_write_age(run_dir, now)),
         "verdict": text(finished.get("verdict"), 40) if finished else None,
         "exit_code": _int(finished.get("exit_code")) if finished else None,
+        "verdict_reason": text(summary.get("verdict_reason"), 1000) if finished else None,
         "elapsed_s": elapsed,
         "duration_s": num(started.get("duration_s")) if started else None,
         "iterations": _int(totals.get("iterations")),
@@ -167,6 +168,8 @@ def format_status(status: Mapping[str, Any]) -> str:
         state += f" ({status['verdict']})"
     if state == "stale":
         state += " — no run.finished and nothing written lately; run `soakd report` on it"
+    if status.get("verdict_reason"):
+        state += f"\n            why: {status['verdict_reason']}"
     slope = num(status.get("rss_slope_bytes_per_h"))
     lines = [
         f"run:        {status['run_dir']}",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from soakd.coerce import text
 from soakd.units import format_duration, format_value
@@ -54,3 +56,24 @@ def source_context(site: str | None, radius: int = 3) -> list[tuple[int, str]] |
         return None
     lo, hi = max(1, lineno - radius), min(len(lines), lineno + radius)
     return [(n, text(lines[n - 1], 300)) for n in range(lo, hi + 1)]
+
+
+def verdict_notes(summary: Mapping[str, Any]) -> list[str]:
+    """Plain sentences under a verdict: why it is not ``pass``, whether the run was cut short,
+    whether the detector judged anything. Every field may be absent (older summaries)."""
+    notes: list[str] = []
+    if summary.get("interrupted") is True:
+        notes.append("Interrupted: the run did not reach its planned end.")
+    reason = summary.get("verdict_reason")
+    if isinstance(reason, str) and reason:
+        notes.append(f"Why: {reason[:2000]}")
+    if summary.get("detection_judged") is False:
+        notes.append("Not judged: the detector never judged a full window of this run.")
+    return notes
+
+
+def slope_text(value: object) -> str:
+    """A memory slope, or "not judged" when the summary has none (null, not 0)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "not judged"
+    return format_value(float(value), "bytes") + "/h"

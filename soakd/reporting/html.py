@@ -9,7 +9,13 @@ from html import escape
 from soakd.coerce import dig, num, text
 from soakd.events import TIMELINE_EVENTS
 from soakd.reporting.common import LeakEntry, breach_entries, leak_entries
-from soakd.reporting.format import format_metric, format_seconds, source_context
+from soakd.reporting.format import (
+    format_metric,
+    format_seconds,
+    slope_text,
+    source_context,
+    verdict_notes,
+)
 from soakd.reporting.rundata import RunData
 from soakd.reporting.svg import PERTURBED_LABEL, Chart, Marker
 from soakd.store import Point, SeriesGrowth
@@ -27,6 +33,7 @@ text-align:left;vertical-align:top}th{background:#f5f5f5}
 .verdict{display:inline-block;padding:2px 10px;border-radius:4px;color:#fff;font-weight:bold}
 .v-pass{background:#2e7d32}.v-leak{background:#c62828}.v-aborted{background:#ef6c00}
 .v-target_failed,.v-error,.v-unknown{background:#6a1b9a}.v-running{background:#1565c0}
+.v-inconclusive{background:#616161}
 .badge{display:inline-block;padding:0 6px;border-radius:3px;font-size:12px;color:#fff}
 .b-confirmed{background:#c0392b}.b-suspected{background:#e69500}.b-cleared{background:#7f8c8d}
 .charts{display:flex;flex-wrap:wrap;gap:8px}
@@ -113,6 +120,8 @@ def _header(run: RunData) -> str:
         )
     if not run.has_store:
         notice += '<p class="warn">samples.db is missing: no plots.</p>'
+    for note in verdict_notes(s):
+        notice += f'<p class="warn">{escape(note)}</p>'
     return (
         f'<h1>soakd report <span class="verdict v-{escape(verdict)}">{escape(verdict)}</span>'
         f"</h1>{_table(rows)}{notice}"
@@ -138,8 +147,8 @@ def _overview(run: RunData) -> str:
         ("RSS start", _fmt(dig(s, m, "rss_start_bytes"), "bytes")),
         ("RSS end", _fmt(dig(s, m, "rss_end_bytes"), "bytes")),
         ("RSS peak", _fmt(dig(s, m, "rss_peak_bytes"), "bytes")),
-        ("RSS slope", _fmt(dig(s, m, "rss_slope_bytes_per_h"), "bytes") + "/h"),
-        ("heap slope", _fmt(dig(s, m, "heap_slope_bytes_per_h"), "bytes") + "/h"),
+        ("RSS slope", escape(slope_text(dig(s, m, "rss_slope_bytes_per_h")))),
+        ("heap slope", escape(slope_text(dig(s, m, "heap_slope_bytes_per_h")))),
         ("warm-up end", escape(format_duration(run.warmup_end_s or 0.0)))
         if run.warmup_end_s is not None
         else ("warm-up end", "—"),

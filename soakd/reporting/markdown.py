@@ -8,7 +8,13 @@ from typing import Any
 
 from soakd.coerce import compact_json, dig, num, text
 from soakd.reporting.common import LeakEntry, breach_entries, leak_entries
-from soakd.reporting.format import format_metric, format_seconds, source_context
+from soakd.reporting.format import (
+    format_metric,
+    format_seconds,
+    slope_text,
+    source_context,
+    verdict_notes,
+)
 from soakd.reporting.rundata import RunData
 from soakd.units import Unit, format_duration, format_value
 
@@ -127,6 +133,8 @@ def render_markdown(run: RunData) -> str:
         "",
         f"**Verdict: {md(verdict)}** (exit code {md(s.get('exit_code'))})",
         "",
+        *(f"> {md(note)}" for note in verdict_notes(s)),
+        *([""] if verdict_notes(s) else []),
         f"- target: {code(s.get('target') or run.meta.get('target'), 300)}",
         f"- started: {md(s.get('started_at') or run.meta.get('started_at'))}; "
         f"ended: {md(s.get('ended_at') or '—')}; duration: {format_duration(duration)}",
@@ -161,8 +169,8 @@ def render_markdown(run: RunData) -> str:
         f"| RSS start | {_fmt(dig(s, m, 'rss_start_bytes'), 'bytes')} |",
         f"| RSS end | {_fmt(dig(s, m, 'rss_end_bytes'), 'bytes')} |",
         f"| RSS peak | {_fmt(dig(s, m, 'rss_peak_bytes'), 'bytes')} |",
-        f"| RSS slope | {_fmt(dig(s, m, 'rss_slope_bytes_per_h'), 'bytes')}/h |",
-        f"| heap slope | {_fmt(dig(s, m, 'heap_slope_bytes_per_h'), 'bytes')}/h |",
+        f"| RSS slope | {slope_text(dig(s, m, 'rss_slope_bytes_per_h'))} |",
+        f"| heap slope | {slope_text(dig(s, m, 'heap_slope_bytes_per_h'))} |",
     ]
     if run.site_growth:
         lines += ["", "Top growing allocation sites:", ""]

@@ -170,6 +170,7 @@ class Notifier(RunObserver):
         self._final: str | None = None
         self._aborting: str | None = None
         self._target_failed: str | None = None
+        self._judged = False
         self._last_status_t: float | None = None
         self.stopping = False
 
@@ -263,6 +264,8 @@ class Notifier(RunObserver):
             self._target_failed = str(fields.get("reason") or "target failed")
         elif event == "run.finished":
             self._final = str(fields.get("verdict") or "?")
+        elif event == "detection.judged":
+            self._judged = True
         else:
             changed = False
         if changed:
@@ -280,10 +283,12 @@ class Notifier(RunObserver):
         if confirmed:
             more = len(confirmed) - 1
             return f"leak: {leak_label(confirmed[0])}" + (f" (+{more} more)" if more else "")
+        # Never "pass" before the end: that is a verdict only a finished, judged run gets.
+        so_far = "no leak so far" if self._judged else "not judged yet"
         suspects = self._leaks.suspect_events()
         if suspects:
-            return f"pass, {len(suspects)} leak suspect(s)"
-        return "pass"
+            return f"{so_far}, {len(suspects)} leak suspect(s)"
+        return so_far
 
     def status_line(self) -> str:
         return format_status(

@@ -35,7 +35,7 @@ __all__ = [
     "unperturbed_figures",
 ]
 
-FAIL_VERDICTS = ("leak", "aborted", "target_failed", "error")
+FAIL_VERDICTS = ("leak", "aborted", "target_failed", "inconclusive", "error")
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,13 @@ _CADENCE: dict[str, dict[str, tuple[float, float, float]]] = {
     },
     "workload": {"interval": (1 / 20, 1.0, 10.0)},
     "run": {"stop_timeout": (1 / 4, 5.0, 30.0)},
+    # Warm-up and window scaled so that the detector judges a full window before the end
+    # (its shortest window is half the window): else every short soak is "inconclusive".
+    "detection": {
+        "warmup": (1 / 5, 2.0, 60.0),
+        "warmup_max": (2 / 5, 4.0, 600.0),
+        "window": (3 / 5, 8.0, 1800.0),
+    },
 }
 
 # Fast cadence for soakd's tests: every sampler ticks within a second, warm-up is short.
@@ -111,7 +118,7 @@ def build_config(
         warmup_max = data.get("detection", {}).get("warmup_max")
         detection: dict[str, Any] = {"warmup": round_s}
         if warmup_max is None or seconds(warmup_max) < round_s:
-            detection["warmup_max"] = max(round_s, 600.0)
+            detection["warmup_max"] = round_s
         explicit["detection"] = detection
     _merge(data, explicit)
     return data
