@@ -89,6 +89,20 @@ class TargetConfig(_Model):
         return self.scenario or self.factory or "?"
 
 
+# Measured: below ~64 MiB of address space the worker cannot even start its threads.
+_MIN_WORKER_MEMORY = 64 * 2**20
+
+
+def _hard_address_limit() -> int | None:
+    """This process's hard RLIMIT_AS (a child cannot get more), None when unlimited."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+    return None if hard == resource.RLIM_INFINITY else hard
+
+
 class RunConfig(_Model):
     """``[run]``: how long the soak lasts and the limits put on the worker."""
 
@@ -99,6 +113,23 @@ class RunConfig(_Model):
     worker_memory_limit: Size | None = None  # RLIMIT_AS on the worker (tests, hard caps)
 
     _positive = field_validator("duration", "start_timeout")(_must_be_positive)
+
+    @field_validator("worker_memory_limit")
+    @classmethod
+    def _applicable(cls, value: int | None) -> int | None:
+        """A limit ``setrlimit`` accepts and under which Python can start at all."""
+        if value is None:
+            return value
+        if value < _MIN_WORKER_MEMORY:
+            raise ValueError(
+                f"{value} bytes is too small for the worker to start Python (its address "
+                f"space alone needs more): use at least {_MIN_WORKER_MEMORY // 2**20}MiB"
+            )
+        hard = _hard_address_limit()
+        if value >= 2**63 or (hard is not None and value > hard):
+            most = "2**63 - 1 bytes" if hard is None else f"{hard} bytes (this box's hard limit)"
+            raise ValueError(f"{value} bytes cannot be set as RLIMIT_AS: at most {most}")
+        return value
 
 
 class ThinkTime(_Model):

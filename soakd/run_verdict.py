@@ -136,7 +136,9 @@ def _health(f: RunFacts, b: HealthBounds) -> list[dict[str, Any]]:
 
 
 def _end_to_end(f: RunFacts, b: HealthBounds) -> dict[str, Any]:
-    growths = {"rss": f.rss_growth_bytes, "heap": f.heap_growth_bytes}
+    # RSS only: the heap level is an estimate until exact tracing calibrates it, and the
+    # process's memory is what the bound (and the box) is about.
+    growths = {"rss": f.rss_growth_bytes}
     over = [k for k, v in growths.items() if v is not None and v > b.max_unjudged_growth_bytes]
     return {
         "rss_growth_bytes": None if f.rss_growth_bytes is None else round(f.rss_growth_bytes),

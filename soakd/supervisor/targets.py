@@ -13,6 +13,7 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import Protocol
@@ -115,18 +116,26 @@ class WorkerProcess:
 
                 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "soakd.worker",
-            pass_fds=(child.fileno(),),
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=preexec if limit else None,
-        )
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "soakd.worker",
+                pass_fds=(child.fileno(),),
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=preexec if limit else None,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            parent.close()
+            child.close()
+            self._state.fail(
+                self._recorder.emit, "target_failed", "start", f"cannot start the worker: {exc}"
+            )
+            return
         child.close()
         self.link = WorkerLink(await Channel.open(parent), self._on_message)
         self._recorder.emit("worker.started", pid=self.proc.pid)
@@ -213,8 +222,12 @@ class PythonTarget:
     async def start(self, tg: TaskGroup) -> None:
         assert self.worker is not None
         await self.worker.spawn()
-        assert self.worker.proc is not None and self.worker.link is not None
-        self.psproc = psutil.Process(self.worker.proc.pid)
+        if self.worker.proc is None or self.worker.link is None:
+            return  # could not start: the run has failed already
+        try:
+            self.psproc = psutil.Process(self.worker.proc.pid)
+        except psutil.Error:
+            self.psproc = None  # died at once (a memory cap too small to start): watch says so
         self._stats = WorkerStats(self.worker.link, self._timeout)
         self.worker.watch(tg)
 
@@ -269,7 +282,7 @@ class ExternalTarget:
             self._state.ready.set()
         if self.proc is not None:
             tg.start_soon(pump_output, self.proc, self._log)
-        if self.psproc is not None:
+        if self.proc is not None or self.psproc is not None:
             tg.start_soon(self._watch)
         if self.worker is not None:
             self.worker.watch(tg)
@@ -300,13 +313,28 @@ class ExternalTarget:
                     f"cannot start {self.command[0]!r}: {exc}",
                 )
                 return False
-            self.psproc = psutil.Process(self.proc.pid)
             self._recorder.emit("target.started", pid=self.proc.pid, command=self.command)
+            try:
+                self.psproc = psutil.Process(self.proc.pid)
+            except psutil.Error:
+                # Gone already (`/bin/false`): the watch below reports its exit code.
+                self.psproc = None
         else:
             assert self.pid is not None
-            self.psproc = psutil.Process(self.pid)
             self.agent_socket = attached_socket_path(self.pid)
-            self._recorder.emit("target.attached", pid=self.pid, name=self.psproc.name())
+            try:
+                self.psproc = psutil.Process(self.pid)
+                name = self.psproc.name()
+            except psutil.Error as exc:
+                self.psproc = None
+                self._state.fail(
+                    self._recorder.emit,
+                    "target_failed",
+                    "attach",
+                    f"cannot watch pid {self.pid}: {type(exc).__name__}: {exc}",
+                )
+                return False
+            self._recorder.emit("target.attached", pid=self.pid, name=name)
         return True
 
     def stats(self) -> StatsSource | None:
