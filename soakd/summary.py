@@ -26,6 +26,7 @@ from soakd.errors import (
     EXIT_LEAK,
     EXIT_PASS,
     EXIT_TARGET_FAILED,
+    EXIT_USAGE,
     RunDirError,
     StoreError,
 )
@@ -315,7 +316,8 @@ def build_summary(
         word.get("duration_s"), max(store.last_t, events.last_event_t, store.last_workload_t)
     )
     leaks: list[LeakRecord] = events.ledger.confirmed()
-    workload = _workload(store.totals, duration)
+    live = word.get("workload_totals")
+    workload = _workload(live if isinstance(live, Mapping) and live else store.totals, duration)
     unperturbed = _unperturbed(store.meta, events.perturbation)
     if unperturbed is not None:
         workload["unperturbed"] = unperturbed.figures()
@@ -360,6 +362,10 @@ def build_summary(
         summary["attribution"] = events.attribution
     if "reason" in word:
         summary["stop_reason"] = word["reason"]
+    if word.get("storage_error"):
+        # Exit 2, as for a run directory that cannot be written at the start (DESIGN).
+        summary["storage_error"] = str(word["storage_error"])
+        summary["exit_code"] = EXIT_USAGE
     return summary
 
 

@@ -330,11 +330,15 @@ class Supervisor:
                 message="no iteration completed during the run",
             )
         duration = state.now()
-        final = {
+        final: dict[str, Any] = {
             "duration_s": duration,
             "ended_at": summary.iso_utc(state.ended_epoch or time.time()),
             "reason": state.stop_reason,
         }
+        if recorder.storage_error is not None:
+            # The store missed writes: its totals may be old (or 0); these are the run's.
+            final["workload_totals"] = dict(self.monitor.totals)
+            final["storage_error"] = recorder.storage_error
         s: dict[str, Any] = {}
         try:
             s = await anyio.to_thread.run_sync(lambda: recorder.final_summary(final))
@@ -358,6 +362,14 @@ class Supervisor:
         except Exception as exc:
             recorder.emit("report.failed", "error", error=f"{type(exc).__name__}: {exc}")
         self.exit_code = summary.VERDICT_EXIT[verdict]
+        if recorder.storage_error is not None and self.summary_error is None:
+            lost = recorder.job_failures.get("store", 0)
+            self.summary_error = (
+                f"storage failed in the run directory {self.run_dir.path}: "
+                f"{recorder.storage_error}; {lost} write(s) lost, what was written is kept "
+                f"(verdict so far: {verdict}, {self.monitor.iterations} iterations); free "
+                "space or choose another --run-dir"
+            )
         if self.summary_error is not None:
             print(f"soakd: error: {self.summary_error}", file=sys.stderr, flush=True)
             self.exit_code = EXIT_USAGE

@@ -44,6 +44,7 @@ class RunRecorder:
         self.store = SampleStore(run.samples)
         self.observers: list[RunObserver] = []
         self.job_failures: dict[str, int] = {}
+        self.storage_error: str | None = None  # the first failed store write
         # soakd's own work in the target (what the workload is judged without); bounded
         self.perturbation = PerturbationLog()
 
@@ -109,6 +110,8 @@ class RunRecorder:
 
     def job_failed(self, name: str, exc: BaseException) -> None:
         """A scheduled job failed: counted, and told at the 1st, 10th, 100th, every 1000th."""
+        if name == "store" and self.storage_error is None:
+            self.storage_error = f"{type(exc).__name__}: {exc}"
         count = self.job_failures.get(name, 0) + 1
         self.job_failures[name] = count
         if count in (1, 10, 100) or count % 1000 == 0:

@@ -53,6 +53,7 @@ class WorkloadMonitor:
         self._thresholds = thresholds
         self._interval_s = interval_s
         self.iterations = 0
+        self.totals: dict[str, Any] = {}
         self.last_t = 0.0
         self.stalled = False
         self.unperturbed = UnperturbedTotals()
@@ -66,6 +67,7 @@ class WorkloadMonitor:
             self.stalled = False
             self._recorder.emit("workload.resumed")
         self.iterations = int(totals.get("iterations", 0) or 0)
+        self.totals = totals  # the live totals: the store's copy may lag (a full disk)
         clean = _samples(interval)
         start = t - _span(interval, self._interval_s)
         perturbed = self._judge(start, t, interval)

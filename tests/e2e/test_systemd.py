@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 
 from soakd.config import GuardConfig, RunConfig
-from soakd.errors import EXIT_ABORTED, EXIT_LEAK, EXIT_TARGET_FAILED, EXIT_USAGE
+from soakd.errors import (
+    EXIT_ABORTED,
+    EXIT_INCONCLUSIVE,
+    EXIT_LEAK,
+    EXIT_TARGET_FAILED,
+    EXIT_USAGE,
+)
 from soakd.units import parse_size
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,7 +136,13 @@ def test_service_contract() -> None:
         assert one(unit, "Service", "WatchdogSec") == "60s"
         assert one(unit, "Service", "Restart") == "on-failure"
         prevented = {int(v) for v in one(unit, "Service", "RestartPreventExitStatus").split()}
-        assert prevented == {EXIT_USAGE, EXIT_LEAK, EXIT_ABORTED, EXIT_TARGET_FAILED}
+        assert prevented == {
+            EXIT_USAGE,
+            EXIT_LEAK,
+            EXIT_ABORTED,
+            EXIT_TARGET_FAILED,
+            EXIT_INCONCLUSIVE,
+        }
         # Stopping = the workload's stop timeout, then the final report: well within.
         stop = float(one(unit, "Service", "TimeoutStopSec").removesuffix("s"))
         assert stop >= RunConfig().stop_timeout + 60
