@@ -327,6 +327,11 @@ def format_failure(result: SoakResult) -> str:
     lines = [f"soak of {result.target} failed (soakd verdict {result.verdict}, "
              f"exit code {result.exit_code}):"]  # fmt: skip
     lines += [f"  - {f}" for f in result.failures]
+    reason = s.get("verdict_reason")
+    if isinstance(reason, str) and reason:
+        lines.append(f"  why: {reason[:1000]}")
+    if s.get("interrupted") is True:
+        lines.append("  the soak was interrupted before its planned end")
     for leak in s.get("leaks") or []:
         lines += _leak_lines(leak, "leak")
     if result.verdict not in ("pass", "leak"):

@@ -112,6 +112,9 @@ def build_config(
         explicit["target"] = target
     if spec.users is not None:
         explicit["workload"] = {"users": spec.users}
+    if spec.max_error_rate is not None:
+        # One bar, not two: soakd's health check judges the rate the test allows.
+        explicit["health"] = {"max_error_rate": spec.max_error_rate}
     if spec.rounds > 1:
         # soakd judges nothing before the warm-up floor: make that the first round.
         round_s = round(duration_s / spec.rounds, 3)
