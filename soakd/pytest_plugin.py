@@ -22,8 +22,9 @@ phase), so a failed soak is a failed test, not an error.
 A soak fails the test (with soakd's verdict, leaks with site and traceback, the top growing
 allocation sites when snapshots exist, and the kept run directory) when:
 
-- the verdict is ``leak``, ``aborted``, ``target_failed``, ``inconclusive`` (soakd judged
-  nothing, or the soak was interrupted: the message says why) or ``error``;
+- the verdict is ``leak``, ``aborted``, ``target_failed`` or ``error``;
+- the verdict is ``inconclusive`` (soakd judged no full window, or the soak was interrupted)
+  and the soak has no ``max_rss_growth`` of its own to judge by (or was interrupted);
 - RSS growth after warm-up exceeds ``max_rss_growth`` (see below);
 - the error rate exceeds ``max_error_rate``;
 - the p50 time to the first ``status`` event (the ``first_status`` milestone; the first event

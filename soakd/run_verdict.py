@@ -6,10 +6,11 @@ one full window of the process's memory and found no leak. Everything else says 
 =============== ====== ==================================================================
 verdict          exit   when (first that holds)
 =============== ====== ==================================================================
-target_failed    5      the target failed (crash, import error, start timeout), no iteration
-                        completed, or it was unhealthy: error rate over ``max_error_rate``,
-                        every iteration timed out, no iteration completed for ``max_stall``
+target_failed    5      the target failed (crash, import error, start timeout) or no
+                        iteration completed
 aborted          4      a threshold rule with ``action = "abort"`` fired
+target_failed    5      the target was unhealthy: error rate over ``max_error_rate``, every
+                        iteration timed out, no iteration completed for ``max_stall``
 leak             3      a leak was confirmed (with ``on_leak = "fail"``); or the detector
                         could not judge and the end-to-end growth (RSS or heap, first sample
                         to last) exceeds ``max_unjudged_growth``
@@ -171,11 +172,11 @@ def decide(f: RunFacts, b: HealthBounds | None = None) -> Decision:
     if f.driven and f.iterations == 0:
         return Decision("target_failed", "no iteration completed during the run")
     health = _health(f, b)
+    if f.aborted:  # the user's own rule stopped the run: its word, with the health figures
+        return Decision("aborted", "a threshold rule with action = abort fired", health)
     if health:
         reason = "unhealthy: " + "; ".join(h["message"] for h in health)
         return Decision("target_failed", reason, health)
-    if f.aborted:
-        return Decision("aborted", "a threshold rule with action = abort fired")
     if f.leaks:
         return Decision("leak")
     interrupted = _interrupted(f)

@@ -35,7 +35,7 @@ __all__ = [
     "unperturbed_figures",
 ]
 
-FAIL_VERDICTS = ("leak", "aborted", "target_failed", "inconclusive", "error")
+FAIL_VERDICTS = ("leak", "aborted", "target_failed", "error")
 
 
 @dataclass(frozen=True)
@@ -274,6 +274,12 @@ def evaluate(summary: Mapping[str, Any], growth: Growth, spec: SoakSpec) -> list
     verdict = str(summary.get("verdict", "error"))
     if verdict in FAIL_VERDICTS:
         failures.append(f"soakd verdict: {verdict} (exit code {summary.get('exit_code')})")
+    elif verdict == "inconclusive" and (
+        spec.max_rss_growth is None or summary.get("interrupted") is True
+    ):
+        # soakd judged nothing and neither did this soak (no growth bound): not a pass.
+        reason = summary.get("verdict_reason") or "nothing was judged"
+        failures.append(f"soakd verdict: inconclusive (exit code 7): {reason}")
     if spec.max_rss_growth is not None:
         if growth.growth_bytes is None:
             failures.append("RSS growth unknown: the run recorded no RSS samples")

@@ -159,9 +159,11 @@ def test_worker_memory_limit_turns_a_hog_into_memory_errors(tmp_path: Path) -> N
     body = '[target]\nfactory = "fault_targets:Hog"\noptions = {mb = 32, after_s = 0.5}\n'
     proc, run, _ = soak(tmp_path, body, "5s", run='worker_memory_limit = "1GiB"\n')
     summary = summary_of(run)
-    # RLIMIT_AS makes allocations fail inside the target: errors, not a dead worker
-    assert proc.returncode == 0, proc.stderr
-    assert summary["verdict"] == "pass"
+    # RLIMIT_AS makes allocations fail inside the target: errors, not a dead worker; a target
+    # failing most calls is not healthy, whatever its memory does
+    assert proc.returncode == 5, proc.stderr
+    assert summary["verdict"] == "target_failed" and summary["failure"] is None
+    assert [h["check"] for h in summary["health"]] == ["error_rate"]
     assert summary["workload"]["errors_by_class"].get("MemoryError", 0) > 0
     assert 500 * 1024**2 < summary["memory"]["rss_peak_bytes"] < limit
     assert max(v for _, v in series(run, "rss_bytes")) < limit
@@ -170,9 +172,10 @@ def test_worker_memory_limit_turns_a_hog_into_memory_errors(tmp_path: Path) -> N
 def test_fd_exhaustion_is_counted_and_sampled(tmp_path: Path) -> None:
     body = '[target]\nfactory = "fault_targets:FdLeaker"\noptions = {limit = 96}\n'
     proc, run, _ = soak(tmp_path, body, "4s")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 5, proc.stderr  # unhealthy: most calls fail with EMFILE
     summary = summary_of(run)
-    assert summary["verdict"] == "pass"
+    assert summary["verdict"] == "target_failed" and summary["failure"] is None
+    assert [h["check"] for h in summary["health"]] == ["error_rate"]
     workload = summary["workload"]
     assert workload["errors_by_class"].get("OSError", 0) > 0  # EMFILE, every iteration once full
     assert workload["errors"] < workload["iterations"]  # the first ones succeeded
@@ -183,7 +186,7 @@ def test_fd_exhaustion_is_counted_and_sampled(tmp_path: Path) -> None:
 def test_stdout_and_stderr_flood_keep_worker_log_bounded(tmp_path: Path) -> None:
     body = '[target]\nfactory = "fault_targets:Flooder"\noptions = {kb = 16}\n'
     proc, run, _ = soak(tmp_path, body, "3s", run='worker_log_limit = "32KiB"\n')
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 7, proc.stderr  # 3 s: inconclusive
     assert (run / "worker.log").stat().st_size <= 32 * 1024 + 200
     summary = summary_of(run)
     # both streams at 16 KiB per iteration: far more than the limit was dropped, not stored
@@ -203,7 +206,7 @@ def test_forked_children_are_gone_after_the_run(tmp_path: Path) -> None:
     pidfile = tmp_path / "children.pids"
     body = f'[target]\nfactory = "fault_targets:Forker"\noptions = {{pidfile = "{pidfile}"}}\n'
     proc, run, elapsed = soak(tmp_path, body, "3s")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 7, proc.stderr  # 3 s: inconclusive
     pids = _pids(pidfile)
     assert len(pids) == 4  # sh + its sleeping grandchild + two per-iteration children
     wait_for(lambda: not any(pid_alive(p) for p in pids), 5, "the target's children to be gone")
@@ -287,7 +290,7 @@ def test_supervisor_sigkill_then_report_rebuilds_up_to_the_kill(tmp_path: Path) 
     no_traceback(report.stderr)
     summary = summary_of(run)
     assert summary["interrupted"] is True
-    assert summary["verdict"] == "pass"
+    assert summary["verdict"] == "inconclusive" and summary["exit_code"] == 7  # never pass
     assert summary["workload"]["iterations"] > 100
     assert summary["duration_s"] == pytest.approx(last_rss_t, abs=1.5)
     assert summary["memory"]["rss_end_bytes"] == series(run, "rss_bytes")[-1][1]
@@ -314,9 +317,9 @@ def test_sigterm_with_iterations_in_flight_finishes_within_the_stop_timeout(
     finally:
         proc.kill()
     no_traceback(err)
-    assert proc.returncode == 0
+    assert proc.returncode == 7  # interrupted: the verdict so far is never pass
     summary = summary_of(run)
-    assert summary["stop_reason"] == "signal SIGTERM" and summary["interrupted"] is False
+    assert summary["stop_reason"] == "signal SIGTERM" and summary["interrupted"] is True
     assert summary["workload"]["iterations"] > 50
     assert summary["workload"]["cancelled"] == 2  # both users' 30 s iterations, cut at stop
     assert (run / "report.html").exists() and (run / "report.md").exists()

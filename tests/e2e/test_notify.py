@@ -146,11 +146,14 @@ async def test_ready_status_stopping_sequence(manager: Manager) -> None:
         )
         statuses = [m["STATUS"] for m in manager.messages()]
         assert statuses[-1] == (
-            "elapsed 12s, 500 iterations (2 errors), worker rss 100.0 MiB, verdict so far: pass"
+            "elapsed 12s, 500 iterations (2 errors), worker rss 100.0 MiB, "
+            "verdict so far: not judged yet"
         )
+        notifier.on_event("detection.judged", {"series": "heap", "window_s": 60.0})
+        assert manager.messages()[-1]["STATUS"].endswith("verdict so far: no leak so far")
 
         notifier.on_event("leak.suspected", {"kind": "heap", "site": "/app/cache.py:12"})
-        assert manager.messages()[-1]["STATUS"].endswith("pass, 1 leak suspect(s)")
+        assert manager.messages()[-1]["STATUS"].endswith("no leak so far, 1 leak suspect(s)")
         notifier.on_event("leak.confirmed", {"kind": "heap", "site": "/app/cache.py:12"})
         assert manager.messages()[-1]["STATUS"].endswith("leak: heap at /app/cache.py:12")
 
@@ -285,7 +288,7 @@ def test_cli_reports_ready_status_watchdog_stopping(tmp_path: Path, manager: Man
     finally:
         proc.kill()
         _, stderr = proc.communicate()
-    assert proc.returncode == 0, stderr
+    assert proc.returncode == 7, stderr  # 4 s: inconclusive
     ready, stopping = first(received, "READY"), first(received, "STOPPING")
     assert received[0][1] == {"STATUS": "starting"}
     assert 0 < ready < stopping
@@ -293,7 +296,8 @@ def test_cli_reports_ready_status_watchdog_stopping(tmp_path: Path, manager: Man
     assert len(pings) >= 3  # a ping every 0.5 s over a 4 s soak
     statuses = [m["STATUS"] for _, m in received if "STATUS" in m]
     assert any(re.search(r"\d+ iterations.*worker rss [0-9.]+ MiB", s) for s in statuses)
-    assert statuses[-1].endswith("verdict so far: pass (finished)")
+    assert statuses[-1].endswith("verdict so far: inconclusive (finished)")
+    assert not any(s.endswith("verdict so far: pass") for s in statuses)
     # The worker must not report to the service manager as if it were the service.
     assert all(m.get("READY") != "1" for _, m in received[ready + 1 :])
 

@@ -312,8 +312,8 @@ def test_a_soak_runs_with_memory_deny_write_execute(tmp_path: Path) -> None:
     )
     if proc.returncode == 77:
         pytest.skip("kernel without PR_SET_MDWE (Linux < 6.3)")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == EXIT_INCONCLUSIVE, proc.stderr[-3000:]  # 3 s: not judged
     summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
-    assert summary["verdict"] == "pass"
+    assert summary["verdict"] == "inconclusive" and summary["failure"] is None
     assert summary["workload"]["iterations"] > 0
     assert (run / "report.html").exists()

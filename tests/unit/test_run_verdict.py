@@ -84,8 +84,10 @@ def test_unhealthy_outranks_a_leak_and_a_failure_outranks_both() -> None:
     assert decide(facts(driven=False, iterations=0)).verdict == "pass"
 
 
-def test_abort_outranks_a_leak() -> None:
+def test_abort_outranks_a_leak_and_ill_health() -> None:
     assert decide(facts(aborted=True, leaks=True)).verdict == "aborted"
+    d = decide(facts(aborted=True, errors=5000))
+    assert d.verdict == "aborted" and [h["check"] for h in d.health] == ["error_rate"]
     assert decide(facts(leaks=True)).verdict == "leak"
 
 
