@@ -388,10 +388,10 @@ def test_full_filesystem_gives_a_clear_error_or_a_verdict(tmp_path: Path, leave_
 def test_disk_that_fills_mid_run_is_a_storage_error_not_a_target_failure(tmp_path: Path) -> None:
     with mounted_tmpfs(tmp_path / "small", "size=4m") as mount:
         filler = _fill(mount, 900 * 1024)  # room to start; the target's output fills the rest
-        body = '[target]\nfactory = "simple_targets:Printer"\n[run]\nworker_log_limit = "2MiB"\n'
-        cfg = write_config(tmp_path, body)
+        cfg = write_config(tmp_path, '[target]\nfactory = "simple_targets:Printer"\n')
         run = mount / "run"
-        proc = run_soakd("run", "-c", str(cfg), "-d", "8s", "--run-dir", str(run), cwd=tmp_path)
+        proc = run_soakd("run", "-c", str(cfg), "-d", "8s", "--run-dir", str(run),
+                         "--set", 'run.worker_log_limit="2MiB"', cwd=tmp_path)  # fmt: skip
         no_traceback(proc.stderr)
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert f"storage failed in the run directory {run}" in proc.stderr
