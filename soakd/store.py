@@ -251,7 +251,7 @@ class RunStore:
     def longest_silence(self, name: str, end: float) -> float:
         """The longest time between points of ``name`` with a value above 0 (and from the last
         to ``end``), less one typical spacing: a series of per-interval counts then gives the
-        longest time in which nothing was counted. 0 without two points."""
+        longest time in which nothing was counted. 0 without points."""
         times = [
             float(r[0])
             for r in self._q(
@@ -267,10 +267,10 @@ class RunStore:
                 (name,),
             )
         ]
-        if len(every) < 2:
+        if not every:
             return 0.0
         spacing = sorted(b - a for a, b in itertools.pairwise(every))
-        dt = spacing[len(spacing) // 2]
+        dt = spacing[len(spacing) // 2] if spacing else 0.0
         marks = [every[0] - dt, *times, end]
         return max(0.0, max(b - a for a, b in itertools.pairwise(marks)) - dt)
 

@@ -117,6 +117,9 @@ def test_frozen_worker_is_target_failed(tmp_path: Path) -> None:
         ready = wait_for(
             lambda: [e for e in events(run_dir) if e["event"] == "worker.ready"], 60, "worker.ready"
         )
+        wait_for(  # iterations completed first: then it froze
+            lambda: any(e["event"] == "workload.interval" for e in events(run_dir)), 60, "work"
+        )
         os.kill(int(ready[0]["pid"]), signal.SIGSTOP)
         _, err = proc.communicate(timeout=150)
     finally:
