@@ -50,6 +50,8 @@ EventName = Literal[
     "detection.warmup_end",
     "attribution.ready",
     "attribution.fallback",
+    "attribution.zoomed",
+    "attribution.unzoomed",
     "tracing.started",
     "tracing.stopped",
     "snapshot.saved",

@@ -81,6 +81,19 @@ class Agent:
                 return False
         return True
 
+    def set_profiler_interval(self, interval: int) -> bool:
+        """Sample every ``interval`` bytes from now on: a fresh profile (the estimates of blocks
+        sampled at another rate cannot be mixed). False when the profiler does not run."""
+        if self._profiler is None or not self._profiler.running:
+            return False
+        if self._profiler.stats().interval != interval:
+            try:
+                self._profiler.start(interval=interval, frames=self.frames)
+            except (RuntimeError, ValueError) as exc:
+                self._profiler_lost = f"sampled profiler failed to restart: {exc}"
+                return False
+        return True
+
     def stop_profiler(self) -> None:
         if self._profiler is not None and self._profiler.running:
             self._profiler.stop()
