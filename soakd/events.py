@@ -51,6 +51,8 @@ EventName = Literal[
     "detection.judged",
     "attribution.ready",
     "attribution.fallback",
+    "attribution.zoomed",
+    "attribution.unzoomed",
     "tracing.started",
     "tracing.stopped",
     "snapshot.saved",

@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 # The causes the supervisor records (any other string is kept too, up to MAX_CAUSES).
-CAUSES: Final[tuple[str, ...]] = ("tracemalloc", "types", "snapshot", "sites")
+CAUSES: Final[tuple[str, ...]] = ("tracemalloc", "profiler_zoom", "types", "snapshot", "sites")
 MAX_SPANS: Final = 2000  # merged spans kept; a day of 10 s snapshots fits ~4 times over
 MAX_CAUSES: Final = 16  # distinct causes counted; the rest count as "other"
 OTHER: Final = "other"

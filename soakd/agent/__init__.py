@@ -61,6 +61,9 @@ class Agent:
         self._types = TypeCounter(max_types)
         self._profiler = profiler.SampledProfiler() if profiler.AVAILABLE else None
         self._profiler_lost: str | None = profiler.UNAVAILABLE_REASON
+        # The running profile has seen every allocation since the process started (not since
+        # a restart at another interval): only such a profile tells the heap's mean block.
+        self._profile_whole = False
 
     # -- the sampled profiler ----------------------------------------------------------------
 
@@ -78,6 +81,21 @@ class Agent:
                 self._profiler.start(interval=interval, frames=self.frames)
             except (RuntimeError, ValueError) as exc:
                 self._profiler_lost = f"sampled profiler failed to start: {exc}"
+                return False
+            self._profile_whole = True
+        return True
+
+    def set_profiler_interval(self, interval: int) -> bool:
+        """Sample every ``interval`` bytes from now on: a fresh profile (the estimates of blocks
+        sampled at another rate cannot be mixed). False when the profiler does not run."""
+        if self._profiler is None or not self._profiler.running:
+            return False
+        if self._profiler.stats().interval != interval:
+            self._profile_whole = False
+            try:
+                self._profiler.start(interval=interval, frames=self.frames)
+            except (RuntimeError, ValueError) as exc:
+                self._profiler_lost = f"sampled profiler failed to restart: {exc}"
                 return False
         return True
 
@@ -151,7 +169,14 @@ class Agent:
             del stacks
         else:
             return SitesResult.not_tracing(tracemalloc.get_tracemalloc_memory())
-        result = self._sites_result(groups, interval, snapshot_path, role, t, taken_at)
+        # The heap level is the block count times a mean block size. From a sampled profile that
+        # size is taken once: re-estimated every few seconds its sampling noise would move the
+        # level with no block allocated; and a profile restarted mid-run holds only recent
+        # blocks (churn, not the heap's mix).
+        calibrate = interval is None or (self._profile_whole and not self._heap.calibrated)
+        result = self._sites_result(
+            groups, interval, snapshot_path, role, t, taken_at, calibrate=calibrate
+        )
         return replace(result, cpu_s=time.thread_time() - cpu_started)
 
     def _sites_result(
@@ -162,8 +187,11 @@ class Agent:
         role: str,
         t: float | None,
         taken_at: str,
+        *,
+        calibrate: bool = True,
     ) -> SitesResult:
-        self._heap.calibrate(groups.traced_bytes, groups.blocks)
+        if calibrate:
+            self._heap.calibrate(groups.traced_bytes, groups.blocks)
         result = SitesResult(
             sites=tuple(groups.by_site()[: self.max_sites]),
             traced_bytes=groups.traced_bytes,

@@ -41,9 +41,11 @@ __all__ = [
     "sites_params",
 ]
 
-Op = Literal["ping", "heap", "sites", "types", "tasks", "start_tracing", "stop_tracing"]
+Op = Literal[
+    "ping", "heap", "sites", "types", "tasks", "start_tracing", "stop_tracing", "profile"
+]  # fmt: skip
 OPS: Final[tuple[Op, ...]] = (
-    "ping", "heap", "sites", "types", "tasks", "start_tracing", "stop_tracing",
+    "ping", "heap", "sites", "types", "tasks", "start_tracing", "stop_tracing", "profile",
 )  # fmt: skip
 
 
@@ -330,4 +332,15 @@ def dispatch(
     if op == "sites":
         path, role, t = sites_params(params)
         return agent.sites(path, role, t=t)
+    if op == "profile":
+        interval = params.get("interval")
+        if isinstance(interval, bool) or not isinstance(interval, int) or interval <= 0:
+            raise TypeError("interval must be a positive integer (bytes)")
+        agent.set_profiler_interval(interval)
+        return Hello(
+            pid=os.getpid(),
+            tracing=agent.tracing,
+            argv=tuple(sys.argv[:8]),
+            profiler=agent.profiler_status(),
+        )
     raise ValueError(f"unknown op {op!r}")

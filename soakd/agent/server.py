@@ -309,6 +309,9 @@ class AgentClient:
     def start_tracing(self) -> TracingState:
         return self._ask({"op": "start_tracing"}, TracingState.from_json)
 
+    def profile(self, interval: int) -> Hello:
+        return self._ask({"op": "profile", "interval": interval}, Hello.from_json)
+
     def stop_tracing(self) -> TracingState:
         return self._ask({"op": "stop_tracing"}, TracingState.from_json)
 

@@ -41,6 +41,10 @@ class StatsSource(Protocol):
 
     async def stop_tracing(self) -> TracingState: ...
 
+    async def profile(self, interval: int) -> Hello:
+        """Restart the sampled profiler at ``interval`` bytes (a fresh profile)."""
+        ...
+
 
 class WorkerStats:
     """Statistics from soakd's worker over its :class:`~soakd.channel.WorkerLink`.
@@ -77,6 +81,10 @@ class WorkerStats:
     async def stop_tracing(self) -> TracingState:
         return TracingState.from_json(await self._link.request("stop_tracing", TRACING_TIMEOUT_S))
 
+    async def profile(self, interval: int) -> Hello:
+        result = await self._link.request("profile", TRACING_TIMEOUT_S, interval=interval)
+        return Hello.from_json(result)
+
 
 class AgentStats:
     """Statistics from the agent inside an external target, through an :class:`AgentClient`.
@@ -109,3 +117,6 @@ class AgentStats:
 
     async def stop_tracing(self) -> TracingState:
         return await anyio.to_thread.run_sync(self.client.stop_tracing)
+
+    async def profile(self, interval: int) -> Hello:
+        return await anyio.to_thread.run_sync(lambda: self.client.profile(interval))

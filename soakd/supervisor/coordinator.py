@@ -139,8 +139,16 @@ class Supervisor:
     async def analyze(self) -> None:
         """Judge what was sampled, then start or stop tracing as the policy says."""
         result = await self.analysis.analyze()
-        decision = self.tracer.policy.decide(result.t, result.suspicious, result.findings)
-        if decision == "start":
+        policy = self.tracer.policy
+        zoomed = policy.zoomed
+        decision = policy.decide(result.t, result.suspicious, result.findings)
+        if decision == "zoom" or (decision is not None and zoomed):
+            normal = self.config.sampling.profiler_interval
+            reason = "suspicion" if decision == "zoom" else decision
+            if await self.tracer.zoom(decision == "zoom", reason, self.target.stats(), normal):
+                self.sites.taken = 0  # the next snapshot is the new profile's baseline
+                await self.sites.sample()
+        elif decision == "start":
             await self.tracer.set(True, "suspicion", self.target.stats())
             await self.sites.sample()
             # Modules the first grouping imports (snapshot writer, gzip) step the level up.

@@ -30,7 +30,7 @@ FAST_SITES_S = 60.0
 EXPIRY_HOLDS = 5.0
 EXPIRY_FLOOR_S = 600.0
 
-Decision = Literal["start", "attributed", "cleared", "expired"]
+Decision = Literal["start", "zoom", "attributed", "cleared", "expired"]
 
 
 @dataclass
@@ -47,11 +47,22 @@ class TracingPolicy:
     since: float = 0.0
     sampled: bool = False  # the target's sampled profiler gives the sites
     expired_at: float | None = None
+    # Sampled mode: the profiler samples at ``zoom_interval`` while a suspect needs a site
+    # (the same start, hold and stop rules as exact tracing, at a small fraction of its cost).
+    zoom_interval: int = 0
+    zoomed: bool = False
+    zoom_since: float = 0.0
+    zoom_expired_at: float | None = None
 
     @classmethod
     def from_config(cls, sampling: SamplingConfig, params: DetectionParams) -> TracingPolicy:
         """The hold is the detector's ``tracing_hold_s`` (its derivation is documented there)."""
-        return cls(sampling.tracemalloc, sampling.enabled, hold_s=params.tracing_hold_s)
+        return cls(
+            sampling.tracemalloc,
+            sampling.enabled,
+            hold_s=params.tracing_hold_s,
+            zoom_interval=sampling.profiler_zoom_interval,
+        )
 
     @property
     def always(self) -> bool:
@@ -72,12 +83,17 @@ class TracingPolicy:
         return self.tracing or self.sampled
 
     def fresh(self, now: float) -> bool:
-        """Tracing started less than ``FAST_SITES_S`` ago: its sites get their first points."""
+        """Tracing (or a zoom) started less than ``FAST_SITES_S`` ago: its sites get their
+        first points."""
+        if self.zoomed:
+            return now - self.zoom_since < FAST_SITES_S
         return self.tracing and now - self.since < FAST_SITES_S
 
     def decide(self, now: float, suspicious: bool, findings: Sequence[Finding]) -> Decision | None:
-        """After an analysis at ``now``: start tracing, stop it (and why), or leave it."""
-        if self.mode != "on-suspicion" or (self.sampled and not self.tracing):
+        """After an analysis at ``now``: start tracing (or zoom), stop it (and why), or leave it."""
+        if self.sampled and not self.tracing:
+            return self._decide_zoom(now, suspicious, findings)
+        if self.mode != "on-suspicion":
             return None
         if not self.tracing:
             if not self.enabled:
@@ -93,11 +109,36 @@ class TracingPolicy:
         # Never under ten minutes: a loaded box may need several holds to attribute.
         return max(EXPIRY_HOLDS * self.hold_s, EXPIRY_FLOOR_S)
 
+    def _decide_zoom(
+        self, now: float, suspicious: bool, findings: Sequence[Finding]
+    ) -> Decision | None:
+        if not self.enabled or self.zoom_interval <= 0:
+            return None
+        if not self.zoomed:
+            if self.zoom_expired_at is not None and now - self.zoom_expired_at < self._expiry_s:
+                return None
+            unattributed = any(f.kind in ("heap", "objects") and f.site is None for f in findings)
+            return "zoom" if suspicious or unattributed else None
+        if now - self.zoom_since >= self._expiry_s:
+            self.zoom_expired_at = now
+            return "expired"
+        return self._settled(now, self.zoom_since, suspicious, findings)
+
+    def zoom(self, on: bool, now: float) -> None:
+        self.zoomed = on
+        self.zoom_since = now
+
     def _stop(self, now: float, suspicious: bool, findings: Sequence[Finding]) -> Decision | None:
         if now - self.since >= self._expiry_s:
             self.expired_at = now
             return "expired"
-        if now - self.since < self.hold_s or suspicious:
+        return self._settled(now, self.since, suspicious, findings)
+
+    def _settled(
+        self, now: float, since: float, suspicious: bool, findings: Sequence[Finding]
+    ) -> Decision | None:
+        """Whether a suspect's search for a site (since ``since``) is over, and how."""
+        if now - since < self.hold_s or suspicious:
             return None
         if any(
             f.kind in ("heap", "objects") and (f.state == "suspected" or f.site is None)
@@ -164,8 +205,43 @@ class Tracer:
         self._emit("tracing.started" if on else "tracing.stopped", reason=reason)
         return True
 
+    async def zoom(
+        self, on: bool, reason: str, stats: StatsSource | None, normal_interval: int
+    ) -> bool:
+        """Sample more often (``on``) or as usual again; False when nothing changed.
+
+        Either way the profile starts afresh, and so do the site series; the zoom's own cost
+        in the target is recorded as a perturbation span like any of soakd's work there.
+        """
+        policy = self.policy
+        if on == policy.zoomed or stats is None:
+            return False
+        interval = policy.zoom_interval if on else normal_interval
+        hello = await stats.profile(interval)
+        now = self._clock()
+        self._restart_sites(now)
+        if on:
+            policy.zoom(True, now)
+            self._recorder.perturbation_open("profiler_zoom", now)
+        else:
+            since = policy.zoom_since
+            policy.zoom(False, now)
+            self._recorder.perturbation_close("profiler_zoom", now)
+            self._recorder.perturbed("profiler_zoom", since, now, reason=reason)
+        status = hello.profiler or {}
+        self._emit(
+            "attribution.zoomed" if on else "attribution.unzoomed",
+            reason=reason,
+            interval_bytes=status.get("interval_bytes", interval),
+        )
+        return True
+
     def finish(self) -> None:
         """At the run's end: exact tracing still on was a perturbation up to now."""
+        if self.policy.zoomed:
+            now = self._clock()
+            self._recorder.perturbation_close("profiler_zoom", now)
+            self._recorder.perturbed("profiler_zoom", self.policy.zoom_since, now, reason="run_end")
         if self.policy.tracing:
             now = self._clock()
             self._recorder.perturbation_close("tracemalloc", now)

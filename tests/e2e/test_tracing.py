@@ -76,14 +76,21 @@ confirm_after = 2
     ready = [e for e in evs if e["event"] == "attribution.ready"]
     assert ready and ready[0]["mode"] == "sampled" and ready[0]["interval_bytes"] == 64 * 1024
     assert not [e for e in evs if e["event"] == "tracing.started"]
+    # The growth was suspected before any site explained it: the profiler zoomed in for it.
+    zoomed = [e for e in evs if e["event"] == "attribution.zoomed"]
+    confirmed = [e for e in evs if e["event"] == "leak.confirmed" and e["site"]]
+    assert zoomed and zoomed[0]["interval_bytes"] == 8192 and zoomed[0]["reason"] == "suspicion"
+    assert zoomed[0]["t"] < confirmed[0]["t"]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["leaks"][0]["site"].endswith("simple_targets.py:34")
-    # Snapshots carry the sampled estimates, and `soakd diff` says how noisy they are.
+    assert "profiler_zoom" in summary["perturbation"]["by_cause"], summary["perturbation"]
+    # Snapshots carry the sampled estimates, and `soakd diff` says how noisy they are; the
+    # baseline was taken again when the zoomed profile started.
     latest = run / "snapshots" / "latest.json.gz"
     baseline = run / "snapshots" / "baseline.json.gz"
     diff = run_soakd("diff", str(baseline), str(latest), cwd=tmp_path)
     assert diff.returncode == 0, diff.stderr
-    assert "sampled every 64.0 KiB" in diff.stdout and "±" in diff.stdout
+    assert "sampled every 8.0 KiB" in diff.stdout and "±" in diff.stdout
     assert "simple_targets.py:34" in diff.stdout
 
 

@@ -67,11 +67,39 @@ def test_keeps_tracing_while_a_heap_finding_lacks_its_site() -> None:
 
 
 def test_with_the_sampled_profiler_tracemalloc_never_starts_on_suspicion() -> None:
-    p = policy()
+    p = policy(profiler_zoom_interval=0)
     p.sampled = True
     assert p.sites_available and not p.tracing
     assert p.decide(70.0, suspicious=True, findings=[]) is None
     assert p.decide(70.0, False, [finding(site=None, state="suspected")]) is None
+
+
+def test_sampled_profiler_zooms_in_while_a_suspect_needs_a_site() -> None:
+    p = policy()  # zoom to 8 KiB; hold 120 s
+    p.sampled = True
+    assert p.zoom_interval == 8192
+    assert p.decide(70.0, suspicious=False, findings=[]) is None
+    assert p.decide(70.0, suspicious=True, findings=[]) == "zoom"
+    assert p.decide(70.0, False, [finding(site=None, state="suspected")]) == "zoom"
+    p.zoom(True, 100.0)
+    assert p.fresh(100.0 + FAST_SITES_S - 1) and not p.tracing
+    unattributed = [finding(site=None, state="confirmed")]
+    assert p.decide(219.0, False, []) is None  # within the hold
+    assert p.decide(400.0, False, unattributed) is None  # still no site
+    assert p.decide(400.0, False, [finding(first=150.0)]) == "attributed"
+    assert p.decide(221.0, False, []) == "cleared"
+
+
+def test_zoom_expires_and_rests_like_exact_tracing() -> None:
+    p = policy()
+    p.sampled = True
+    p.zoom(True, 100.0)
+    unattributed = [finding(site=None, state="suspected")]
+    assert p.decide(699.0, True, unattributed) is None
+    assert p.decide(700.0, True, unattributed) == "expired"
+    p.zoom(False, 700.0)
+    assert p.decide(1299.0, True, unattributed) is None
+    assert p.decide(1300.0, True, unattributed) == "zoom"
 
 
 def test_exact_tracing_on_suspicion_expires_and_rests_as_long() -> None:
