@@ -201,8 +201,15 @@ def test_fast_test_preset_runs_at_the_short_soak_profile_floor(tmp_path: Path) -
     assert fast.run.stop_timeout == floor.run.stop_timeout
 
 
-def test_rounds_one_leaves_detection_alone() -> None:
-    assert "detection" not in build_config(soak_spec("a:B"), 30.0)
+def test_detection_is_scaled_so_that_a_short_soak_is_judged() -> None:
+    detection = build_config(soak_spec("a:B"), 30.0)["detection"]
+    assert detection == {"warmup": 6.0, "warmup_max": 12.0, "window": 18.0}
+    # warm-up at its latest, then the shortest window (half the window), within the soak
+    assert detection["warmup_max"] + detection["window"] / 2 < 30.0
+    # an hour's soak gets soakd's own defaults
+    assert build_config(soak_spec("a:B"), 3600.0)["detection"] == {
+        "warmup": 60.0, "warmup_max": 600.0, "window": 1800.0
+    }  # fmt: skip
 
 
 def test_unreadable_user_config_is_a_usage_error(tmp_path: Path) -> None:
