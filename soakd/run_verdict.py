@@ -12,8 +12,8 @@ aborted          4      a threshold rule with ``action = "abort"`` fired
 target_failed    5      the target was unhealthy: error rate over ``max_error_rate``, every
                         iteration timed out, no iteration completed for ``max_stall``
 leak             3      a leak was confirmed (with ``on_leak = "fail"``); or the detector
-                        could not judge and the end-to-end growth (RSS or heap, first sample
-                        to last) exceeds ``max_unjudged_growth``
+                        could not judge and RSS grew from the first sample to the last by
+                        more than ``max_unjudged_growth``
 inconclusive     7      the detector never judged a full window (run too short, warm-up never
                         ended), or the run was interrupted before its planned end
 pass             0      none of the above
@@ -67,7 +67,6 @@ class RunFacts:
     warmup_floor_s: float = 60.0
     warmup_max_s: float = 600.0
     min_window_s: float = 60.0
-    sampling: bool = True  # heap sampled: False leaves only RSS to judge
 
     @property
     def interrupted(self) -> bool:
@@ -139,8 +138,8 @@ def _health(f: RunFacts, b: HealthBounds) -> list[dict[str, Any]]:
 def _end_to_end(f: RunFacts, b: HealthBounds) -> dict[str, Any]:
     # RSS only: the heap level is an estimate until exact tracing calibrates it, and the
     # process's memory is what the bound (and the box) is about.
-    growths = {"rss": f.rss_growth_bytes}
-    over = [k for k, v in growths.items() if v is not None and v > b.max_unjudged_growth_bytes]
+    rss = f.rss_growth_bytes
+    over = ["rss"] if rss is not None and rss > b.max_unjudged_growth_bytes else []
     return {
         "rss_growth_bytes": None if f.rss_growth_bytes is None else round(f.rss_growth_bytes),
         "heap_growth_bytes": None if f.heap_growth_bytes is None else round(f.heap_growth_bytes),

@@ -39,7 +39,6 @@ __all__ = [
     "SCHEMA",
     "VERDICT_EXIT",
     "build_summary",
-    "decide_verdict",
     "iso_utc",
     "leak_sort_key",
     "rebuild_summary",
@@ -381,7 +380,6 @@ def _run_facts(
     by_class = workload.get("errors_by_class")
     timeouts = by_class.get("timeout", 0) if isinstance(by_class, Mapping) else 0
     driven = store.meta.get("driven", "1") == "1"
-    sampling = store.config.get("sampling")
     return run_verdict.RunFacts(
         duration_s=duration,
         planned_s=events.planned_s,
@@ -402,7 +400,6 @@ def _run_facts(
         warmup_floor_s=_num(det.get("warmup"), 60.0),
         warmup_max_s=_num(det.get("warmup_max"), 600.0),
         min_window_s=min(60.0, _num(det.get("window"), 1800.0) / 2),
-        sampling=not isinstance(sampling, Mapping) or sampling.get("enabled", True) is not False,
     )
 
 
@@ -439,17 +436,6 @@ def _health_bounds(config: Mapping[str, Any]) -> run_verdict.HealthBounds:
         max_stall_s=_num(h.get("max_stall"), d.max_stall_s),
         max_unjudged_growth_bytes=_num(h.get("max_unjudged_growth"), d.max_unjudged_growth_bytes),
     )
-
-
-def decide_verdict(*, failed: bool, aborted: bool, leaks: bool, iterations: int) -> str:
-    """The run's verdict: a failed target outranks an abort, which outranks a leak."""
-    if failed or iterations == 0:
-        return "target_failed"
-    if aborted:
-        return "aborted"
-    if leaks:
-        return "leak"
-    return "pass"
 
 
 def write_summary(run_dir: Path, summary: Mapping[str, Any]) -> Path:

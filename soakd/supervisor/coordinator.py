@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from soakd import rundir, summary
+from soakd import run_verdict, rundir, summary
 from soakd.config import Config
 from soakd.errors import EXIT_INTERNAL, EXIT_USAGE, RunDirError
 from soakd.supervisor import schedule
@@ -319,12 +319,19 @@ class Supervisor:
 
     @property
     def verdict(self) -> str:
-        return summary.decide_verdict(
-            failed=self.state.failure is not None,
+        """The verdict from what the supervisor holds, when the summary cannot be built from
+        disk: the same decision, on the facts known here."""
+        facts = run_verdict.RunFacts(
+            duration_s=self.state.now(),
+            driven=self.target.driven,
+            iterations=self.monitor.iterations,
+            failed=self.state.failure,
             aborted=self.state.aborted,
             leaks=self.analysis.confirmed() and self.config.detection.on_leak == "fail",
-            iterations=self.monitor.iterations if self.target.driven else -1,
+            judged=self.analysis.judged_reported,
+            stop_reason=self.state.stop_reason,
         )
+        return run_verdict.decide(facts).verdict
 
     async def _close(self) -> None:
         """The summary from what is on disk (as `soakd report` would decide), reports, exit."""
