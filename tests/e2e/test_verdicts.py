@@ -105,22 +105,35 @@ def test_unhealthy_target_is_target_failed_with_its_figure(
     assert "Verdict: target\\_failed" in report and "Why: unhealthy: " in report  # Markdown
 
 
-def test_frozen_worker_is_target_failed(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path, '[target]\nfactory = "simple_targets:Echo"\n' + HEALTH)
+def _soak_in_background(
+    tmp_path: Path, body: str, duration: str
+) -> tuple[subprocess.Popen[str], Path]:
+    """``soakd run`` of an Echo-like config, started and left running; its run directory."""
+    cfg = write_config(tmp_path, body)
     run_dir = tmp_path / "run"
     proc = subprocess.Popen(
-        soakd_cmd("run", "-c", str(cfg), "-d", "14s", "--run-dir", str(run_dir)),
+        soakd_cmd("run", "-c", str(cfg), "-d", duration, "--run-dir", str(run_dir)),
         cwd=tmp_path, env=soak_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip
+    return proc, run_dir
+
+
+def _first(run_dir: Path, name: str) -> dict[str, Any]:
+    """The run's first ``name`` event, waited for."""
+    found = wait_for(lambda: [e for e in events(run_dir) if e["event"] == name], 60, name)
+    return dict(found[0])
+
+
+ECHO = '[target]\nfactory = "simple_targets:Echo"\n'
+
+
+def test_frozen_worker_is_target_failed(tmp_path: Path) -> None:
+    proc, run_dir = _soak_in_background(tmp_path, ECHO + HEALTH, "14s")
     try:
-        ready = wait_for(
-            lambda: [e for e in events(run_dir) if e["event"] == "worker.ready"], 60, "worker.ready"
-        )
-        wait_for(  # iterations completed first: then it froze
-            lambda: any(e["event"] == "workload.interval" for e in events(run_dir)), 60, "work"
-        )
-        os.kill(int(ready[0]["pid"]), signal.SIGSTOP)
+        ready = _first(run_dir, "worker.ready")
+        _first(run_dir, "workload.interval")  # iterations completed first: then it froze
+        os.kill(int(ready["pid"]), signal.SIGSTOP)
         _, err = proc.communicate(timeout=150)
     finally:
         proc.kill()
@@ -182,18 +195,11 @@ def test_leak_from_the_first_second_in_a_run_shorter_than_warmup_max(tmp_path: P
 
 
 def test_sigkilled_run_rebuilt_by_report_is_never_pass(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path, '[target]\nfactory = "simple_targets:Echo"\n')
-    run_dir = tmp_path / "run"
-    proc = subprocess.Popen(
-        soakd_cmd("run", "-c", str(cfg), "-d", "60s", "--run-dir", str(run_dir)),
-        cwd=tmp_path, env=soak_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    proc, run_dir = _soak_in_background(tmp_path, ECHO, "60s")
     try:
-        wait_for(
-            lambda: any(e["event"] == "workload.interval" for e in events(run_dir)), 60, "workload"
-        )
+        _first(run_dir, "workload.interval")
         proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        proc.communicate(timeout=30)
     finally:
         proc.kill()
     rebuilt = run_soakd("report", str(run_dir), cwd=tmp_path)
@@ -210,17 +216,9 @@ def test_sigkilled_run_rebuilt_by_report_is_never_pass(tmp_path: Path) -> None:
 
 
 def test_sigterm_before_the_end_is_inconclusive_so_far(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path, '[target]\nfactory = "simple_targets:Echo"\n')
-    run_dir = tmp_path / "run"
-    proc = subprocess.Popen(
-        soakd_cmd("run", "-c", str(cfg), "-d", "60s", "--run-dir", str(run_dir)),
-        cwd=tmp_path, env=soak_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    proc, run_dir = _soak_in_background(tmp_path, ECHO, "60s")
     try:
-        wait_for(
-            lambda: any(e["event"] == "workload.interval" for e in events(run_dir)), 60, "workload"
-        )
+        _first(run_dir, "workload.interval")
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     finally:
