@@ -310,12 +310,7 @@ def dispatch(
     agent). Raises ValueError for an unknown ``op``, TypeError for malformed ``params``.
     """
     if op == "ping":
-        return Hello(
-            pid=os.getpid(),
-            tracing=agent.tracing,
-            argv=tuple(sys.argv[:8]),
-            profiler=agent.profiler_status(),
-        )
+        return _hello(agent)
     if op == "heap":
         # The supervisor reads the task count from the heap sample: one request per interval.
         return replace(agent.heap(), tasks=float(tasks()))
@@ -337,10 +332,14 @@ def dispatch(
         if isinstance(interval, bool) or not isinstance(interval, int) or interval <= 0:
             raise TypeError("interval must be a positive integer (bytes)")
         agent.set_profiler_interval(interval)
-        return Hello(
-            pid=os.getpid(),
-            tracing=agent.tracing,
-            argv=tuple(sys.argv[:8]),
-            profiler=agent.profiler_status(),
-        )
+        return _hello(agent)  # with the profiler's status after the restart
     raise ValueError(f"unknown op {op!r}")
+
+
+def _hello(agent: Agent) -> Hello:
+    return Hello(
+        pid=os.getpid(),
+        tracing=agent.tracing,
+        argv=tuple(sys.argv[:8]),
+        profiler=agent.profiler_status(),
+    )
