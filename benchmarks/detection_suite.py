@@ -104,6 +104,8 @@ SCENARIOS: tuple[Scenario, ...] = (
              duration_s=300),
     Scenario("interp-caches", "InterpreterCaches", False, "re, lru_cache, intern, import",
              duration_s=240),
+    Scenario("gc-lag", "CyclicGarbage", False,
+             "cyclic garbage waits minutes for a full collection", duration_s=300),
     Scenario("pools", "BoundedPools", False, "fd/thread/task pools growing to a bound",
              duration_s=300),
 )  # fmt: skip

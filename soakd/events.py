@@ -49,6 +49,7 @@ EventName = Literal[
     # detection and attribution
     "detection.warmup_end",
     "detection.judged",
+    "detection.collecting",
     "attribution.ready",
     "attribution.fallback",
     "attribution.zoomed",

@@ -328,6 +328,29 @@ class InterpreterCaches(Base):
         sys.intern(f"token-{k % 500}")
 
 
+class _Session:
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.state: dict[str, Any] = {"owner": self, "seen": n}  # a cycle, as real ones are
+
+
+class CyclicGarbage(Base):
+    """Per-query sessions with reference cycles, kept a while in a bounded deque, then dropped.
+
+    A dropped session survived the young collections: it is garbage in the oldest generation,
+    freed only by a full collection. Beside a large long-lived heap those are rare (pending
+    objects must reach a quarter of it), so gc-tracked counts rise for many minutes: not a leak.
+    """
+
+    def __init__(self, long_lived: int = 400_000, recent: int = 500, seed: int = 1) -> None:
+        super().__init__(seed)
+        self.heap = [{"row": [i]} for i in range(long_lived // 2)]  # dict + list each
+        self.recent: deque[_Session] = deque(maxlen=recent)
+
+    def step(self, query: str) -> None:
+        self.recent.append(_Session(self.n))
+
+
 class BoundedPools(Base):
     """Resource pools that grow with load to a bound: fds, threads, tasks (not leaks)."""
 

@@ -10,6 +10,7 @@ event loop's thread.
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 import tracemalloc
@@ -143,8 +144,16 @@ class Agent:
         """Unfinished asyncio tasks of the running loop; call on the loop's thread."""
         return count_tasks()
 
-    def types(self) -> TypesSample:
-        """Live gc-tracked objects per type name: the top ``max_types`` plus growers."""
+    def types(self, collect: bool = False) -> TypesSample:
+        """Live gc-tracked objects per type name: the top ``max_types`` plus growers.
+
+        ``collect``: run a full collection first (unless the target disabled the collector,
+        whose cyclic garbage then really stays). Between full collections the counts include
+        cyclic garbage and tuples and dicts not yet untracked, which pile up in the oldest
+        generation for minutes and read as growth.
+        """
+        if collect and gc.isenabled():
+            gc.collect()
         return TypesSample(self._types.sample())
 
     def sites(

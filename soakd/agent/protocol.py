@@ -315,7 +315,7 @@ def dispatch(
         # The supervisor reads the task count from the heap sample: one request per interval.
         return replace(agent.heap(), tasks=float(tasks()))
     if op == "types":
-        return agent.types()
+        return agent.types(collect=_flag(params, "collect"))
     if op == "tasks":
         return tasks()
     if op == "start_tracing":
@@ -334,6 +334,13 @@ def dispatch(
         agent.set_profiler_interval(interval)
         return _hello(agent)  # with the profiler's status after the restart
     raise ValueError(f"unknown op {op!r}")
+
+
+def _flag(params: Mapping[str, Any], name: str) -> bool:
+    value = params.get(name, False)
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be true or false")
+    return value
 
 
 def _hello(agent: Agent) -> Hello:

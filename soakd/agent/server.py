@@ -303,8 +303,8 @@ class AgentClient:
     def tasks(self) -> int:
         return int(self._call({"op": "tasks"}))
 
-    def types(self) -> TypesSample:
-        return self._ask({"op": "types"}, TypesSample.from_json)
+    def types(self, collect: bool = False) -> TypesSample:
+        return self._ask({"op": "types", "collect": collect}, TypesSample.from_json)
 
     def start_tracing(self) -> TracingState:
         return self._ask({"op": "start_tracing"}, TracingState.from_json)

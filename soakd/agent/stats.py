@@ -29,7 +29,7 @@ class StatsSource(Protocol):
 
     async def heap(self) -> HeapSample: ...
 
-    async def types(self) -> TypesSample: ...
+    async def types(self, collect: bool = False) -> TypesSample: ...
 
     async def tasks(self) -> int: ...
 
@@ -63,8 +63,9 @@ class WorkerStats:
     async def heap(self) -> HeapSample:
         return HeapSample.from_json(await self._link.request("heap", self._timeout))
 
-    async def types(self) -> TypesSample:
-        return TypesSample.from_json(await self._link.request("types", self._timeout))
+    async def types(self, collect: bool = False) -> TypesSample:
+        result = await self._link.request("types", self._timeout, collect=collect)
+        return TypesSample.from_json(result)
 
     async def tasks(self) -> int:
         return int(await self._link.request("tasks", self._timeout))
@@ -101,8 +102,8 @@ class AgentStats:
     async def heap(self) -> HeapSample:
         return await anyio.to_thread.run_sync(self.client.heap)
 
-    async def types(self) -> TypesSample:
-        return await anyio.to_thread.run_sync(self.client.types)
+    async def types(self, collect: bool = False) -> TypesSample:
+        return await anyio.to_thread.run_sync(lambda: self.client.types(collect))
 
     async def tasks(self) -> int:
         return await anyio.to_thread.run_sync(self.client.tasks)

@@ -150,6 +150,10 @@ class Detector:
         """How many series of ``signal`` are held."""
         return self._tracks.count(signal)
 
+    def objects_growing(self) -> bool:
+        """True when some object type's latest verdict is growth (a finding or not yet)."""
+        return any(t.verdict is not None and t.verdict.is_leak for t in self._tracks.of("type"))
+
     def suspicious(self, now: float) -> bool:
         """True when heap, malloc, RSS or object counts rise and no site explains it yet.
 

@@ -84,14 +84,23 @@ class StateMachine:
         confirm = self._params.confirm_after
         if verdict.is_leak:
             track.streak += 1
+            last = track.series.last
             if track.streak == 1:
                 track.streak_since = now
+                track.streak_data_t = last[0] if last is not None else now
             track.misses = 0
             track.leak_verdict = verdict
             # Persistence in time too, however often analyses run: a one-off step near the
             # window's end reads as growth for a few analyses, until the flat part after it shows.
+            # And on data newer than what started it: analyses outpace slow series (object
+            # counts), and re-judging one sample thrice is not three agreeing analyses.
             persisted = track.streak >= confirm and (
-                confirm == 1 or now - track.streak_since >= self._confirm_span(track.signal)
+                confirm == 1
+                or (
+                    now - track.streak_since >= self._confirm_span(track.signal)
+                    and last is not None
+                    and last[0] > track.streak_data_t
+                )
             )
             if persisted and track.signal == "heap":
                 since = track.first_detected_s if track.state != "none" else now

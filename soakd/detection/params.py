@@ -31,6 +31,11 @@ class DetectionParams:
     min_count_slope_per_h: float = 20.0  # fds, threads, tasks
     min_object_slope_per_h: float = 600.0  # live objects of one type: churn is large
     min_count_growth: float = 3.0  # a count must grow by at least this over the window
+    # Live objects of one type must grow by at least this over the window: the interpreter's
+    # and libraries' own bounded structures fill by about as much (asyncio keeps up to ~100
+    # cancelled timer handles, lru_cache holds 128 by default) and, counted after full
+    # collections, their filling is a clean ramp.
+    min_object_growth: float = 100.0
     confidence: float = 0.99
     confirm_after: int = 3  # consecutive analyses agreeing before "confirmed"
     # Site series the detector holds (not ``sampling.max_sites``, the sites sent per sample).

@@ -44,6 +44,7 @@ class Track:
     state: TrackState = "none"
     streak: int = 0  # consecutive leak verdicts
     streak_since: float = 0.0  # when the streak began
+    streak_data_t: float = 0.0  # the series' latest sample when the streak began
     misses: int = 0  # consecutive decisive non-leak verdicts while suspected/confirmed
     leak_analyses: int = 0
     first_detected_s: float = 0.0

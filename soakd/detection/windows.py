@@ -52,7 +52,9 @@ class Thresholds:
             heap=heap,
             native=native,
             count=count,
-            objects=replace(count, min_slope=p.min_object_slope_per_h / HOUR),
+            objects=replace(
+                count, min_slope=p.min_object_slope_per_h / HOUR, min_growth=p.min_object_growth
+            ),
             suspect_rss=replace(native, min_slope=p.suspect_rss_slope_bytes_per_h / HOUR),
         )
 

@@ -72,6 +72,9 @@ class AnalysisLoop:
         self._pending: list[Sample | Discontinuity] = []
         self.last_t = float("-inf")
         self.suspected = False  # a finding awaits confirmation (or clearing)
+        # Python memory or object counts grew at an analysis (sticky): from then on, samples
+        # of object counts follow full collections (see TypeSampler).
+        self.collect_wanted = False
         self.warmup_reported = False
         self.judged_reported = False
         self.groupings = 0  # site groupings started + finished: odd while one runs
@@ -161,7 +164,7 @@ class AnalysisLoop:
         batch, self._pending = self._pending, []
         detector = self.detector
 
-        def work() -> tuple[list[Finding], float | None, bool, list[Finding]]:
+        def work() -> tuple[list[Finding], float | None, bool, list[Finding], bool]:
             for item in batch:
                 if isinstance(item, Discontinuity):
                     detector.mark_discontinuity(item.signal, item.t)
@@ -176,9 +179,21 @@ class AnalysisLoop:
                         noise=item.noise,
                     )
             changes = detector.analyze(now)
-            return changes, detector.warmup_end(), detector.suspicious(now), detector.findings()
+            return (
+                changes,
+                detector.warmup_end(),
+                detector.suspicious(now),
+                detector.findings(),
+                detector.objects_growing(),
+            )
 
-        changes, warmup, suspicious, findings = await anyio.to_thread.run_sync(work)
+        changes, warmup, suspicious, findings, growing = await anyio.to_thread.run_sync(work)
+        self.collect_wanted = (
+            self.collect_wanted
+            or growing
+            or suspicious
+            or any(f.kind in ("heap", "objects") for f in findings)
+        )
         self.suspected = any(f.state == "suspected" for f in findings)
         if not self.warmup_reported and warmup is not None:
             self.warmup_reported = True

@@ -90,7 +90,14 @@ class Supervisor:
         self.heap = HeapSampler(
             self.state, self._stats, self.recorder, self.analysis, self.thresholds
         )
-        self.types = TypeSampler(self.state, self._stats, self.recorder, self.analysis)
+        self.types = TypeSampler(
+            self.state,
+            self._stats,
+            self.recorder,
+            self.analysis,
+            config.sampling,
+            config.workload.interval,
+        )
         self.sites = SiteSampler(
             self.state, config.sampling, run, self._stats, self.recorder, self.analysis, policy
         )

@@ -22,6 +22,7 @@ from soakd.detection import SiteInfo
 from soakd.rundir import RunDir
 from soakd.supervisor.analysis import AnalysisLoop
 from soakd.supervisor.recorder import RunRecorder
+from soakd.supervisor.schedule import types_every
 from soakd.supervisor.state import RunState
 from soakd.supervisor.thresholds import Thresholds
 from soakd.supervisor.tracing import TracingPolicy
@@ -161,24 +162,55 @@ def perturbed(recorder: RunRecorder, cause: str, start: float, end: float, **det
 
 
 class TypeSampler:
-    """Live objects per type in the target (the ``objects`` leak kind)."""
+    """Live objects per type in the target (the ``objects`` leak kind).
+
+    Between the collector's full collections, counts include cyclic garbage and tuples and
+    dicts not yet untracked: they pile up in the oldest generation for minutes and read as
+    growth, of the counts and of the heap (garbage holds its blocks). Once the detector sees
+    Python memory or a type grow, every sample follows a full collection, more often
+    (``COLLECTED_TYPES_INTERVAL_S``), and the type series restart there: only growth that
+    survives collections is judged. The heap level is not restarted (that would delay every
+    heap verdict): its garbage falls at the first collection and stays bounded by the cadence.
+    A collection costs the target about what the count does, and only from the first
+    suspicion on.
+    """
 
     def __init__(
-        self, state: RunState, stats: GetStats, recorder: RunRecorder, analysis: AnalysisLoop
+        self,
+        state: RunState,
+        stats: GetStats,
+        recorder: RunRecorder,
+        analysis: AnalysisLoop,
+        sampling: SamplingConfig,
+        workload_interval_s: float,
     ) -> None:
         self._state = state
         self._stats = stats
         self._recorder = recorder
         self._analysis = analysis
+        self._interval = sampling.types_interval
+        self._collected_interval = types_every(sampling.types_interval, workload_interval_s)
+        self.collecting = False
+        self.last_t = -math.inf
 
     async def __call__(self) -> None:
+        now = self._state.now()
+        if not self.collecting and self._analysis.collect_wanted:
+            self.collecting = True
+            # Also a change in the target's behaviour: its cyclic garbage is freed sooner.
+            self._recorder.emit("detection.collecting", interval_s=self._collected_interval)
+            self._analysis.restart("type", now)
+        every = self._collected_interval if self.collecting else self._interval
+        if now - self.last_t < 0.9 * every:
+            return
         stats = self._stats()
         if stats is None:
             return
-        started = self._state.now()
-        counts = (await stats.types()).counts
+        self.last_t = now
+        started = now
+        counts = (await stats.types(collect=self.collecting)).counts
         t = self._state.now()
-        # The walk over every gc-tracked object holds the target's GIL throughout.
+        # The walk over every gc-tracked object (and the collection) holds the target's GIL.
         perturbed(self._recorder, "types", started, t)
         if not counts:
             return

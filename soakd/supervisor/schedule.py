@@ -57,6 +57,16 @@ def bounded(
     return run
 
 
+# While object counts are suspected, each types sample follows a full collection, this often.
+COLLECTED_TYPES_INTERVAL_S = 10.0
+
+
+def types_every(types_interval: float, workload_interval_s: float) -> float:
+    """The types job's period: the collected cadence, on workload-interval boundaries."""
+    fast = max(COLLECTED_TYPES_INTERVAL_S, workload_interval_s)
+    return min(types_interval, fast)
+
+
 def jobs(
     s: SamplingConfig,
     *,
@@ -84,7 +94,13 @@ def jobs(
     if s.enabled:
         specs += [
             JobSpec("sample_heap", heap, s.heap_interval),
-            JobSpec("sample_types", types, s.types_interval, offset_s=workload_interval_s / 2),
+            # Run at the faster of its two cadences; the sampler decides which one is due.
+            JobSpec(
+                "sample_types",
+                types,
+                types_every(s.types_interval, workload_interval_s),
+                offset_s=workload_interval_s / 2,
+            ),
             # Site samples halfway between heap samples: a heap sample taken during a grouping
             # (the agent's temporary blocks) is not judged, and must not be every one of them.
             JobSpec(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.util
 import json
 import os
@@ -186,6 +187,26 @@ def test_types_sees_a_growing_custom_class_even_when_it_is_rare() -> None:
     assert rare in third  # once reported, followed so that its series stays continuous
 
 
+class Cyclic:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_types_after_a_collection_leaves_out_cyclic_garbage() -> None:
+    agent = Agent(max_types=5)
+    name = type_name(Cyclic)
+    gc.disable()  # the garbage the collector has not reached yet, made deterministic
+    try:
+        for _ in range(20_000):
+            Cyclic()
+        assert agent.types()[name] >= 20_000  # counted while it waits for a collection
+        # A target that disabled its collector really keeps its garbage: no collection.
+        assert agent.types(collect=True)[name] >= 20_000
+    finally:
+        gc.enable()
+    assert agent.types(collect=True).get(name, 0) == 0
+
+
 def test_types_counts_while_tracing_too(tracing_agent: Agent) -> None:
     kept = [GrowingRecord(i) for i in range(20_000)]
     assert tracing_agent.types()[type_name(GrowingRecord)] >= len(kept)
@@ -364,7 +385,7 @@ def test_python_m_soakd_agent_serves_a_real_child(tmp_path: Path) -> None:
             assert client.tasks() == 4  # three workers and main()
             assert client.heap()["tasks"] == 4.0
             first = client.sites(str(tmp_path / "a.json.gz"), "baseline", t=0.5)
-            types_a = client.types()
+            types_a = client.types(collect=True)
             leaked = lambda: client.heap()["traced_bytes"] > first["traced_bytes"] + 500_000  # noqa: E731
             _wait_for(leaked, 15, "the child to leak 500 kB more")
             second = client.sites(str(tmp_path / "b.json.gz"), "latest", t=1.5)

@@ -21,7 +21,10 @@ def _confirmed() -> tuple[StateMachine, Track]:
     machine = StateMachine(TrackTable(params), params, Thresholds.from_params(params))
     track = Track("site", "/app/x.py:1", BoundedSeries(100))
     leak = _verdict("leak", RATE, 0.6 * RATE, 1.4 * RATE)
-    states = [machine.step(track, leak, t) for t in (100.0, 200.0, 300.0)]
+    states = []
+    for t in (100.0, 200.0, 300.0):
+        track.series.append(t - 1.0, RATE * t)
+        states.append(machine.step(track, leak, t))
     assert "confirmed" in states and track.state == "confirmed"
     return machine, track
 
@@ -56,3 +59,16 @@ def test_suspicion_not_reproduced_is_dropped_as_before() -> None:
     weak = _verdict("flat", 0.8 * RATE, -0.1 * RATE, 1.7 * RATE)
     states = [machine.step(track, weak, 110.0 + 10 * i) for i in range(3)]
     assert states == [None, None, "cleared"]
+
+
+def test_a_streak_confirms_only_on_newer_data() -> None:
+    """Analyses outpace a slow series: re-judging one sample is not agreeing analyses."""
+    params = DetectionParams(confirm_after=3)
+    machine = StateMachine(TrackTable(params), params, Thresholds.from_params(params))
+    track = Track("type", "Record", BoundedSeries(100))
+    leak = _verdict("leak", 1.0, 0.5, 1.5)
+    track.series.append(95.0, 100.0)
+    states = [machine.step(track, leak, 100.0 + 10 * i) for i in range(6)]
+    assert states == ["suspected", None, None, None, None, None]
+    track.series.append(165.0, 110.0)  # the next sample of the series
+    assert machine.step(track, leak, 170.0) == "confirmed"

@@ -306,10 +306,13 @@ def test_start_is_idempotent_and_restarts_on_new_settings(prof: SampledProfiler)
 def test_clear_forgets_samples_and_keeps_sampling(prof: SampledProfiler) -> None:
     prof.start(interval=SMALL, frames=4)
     keep = _alloc(4000, 100)
+    assert prof.stats().sampled >= 5  # 400 kB at 16 KiB
     prof.clear()
-    # Counters first: building the snapshot's Python objects allocates, and may be sampled.
-    assert prof.stats().sampled == 0
-    assert prof.snapshot() == []
+    # Counters first: building the snapshot's Python objects allocates, and may be sampled;
+    # so may the interpreter's own allocations on the way to stats() (rarely, one).
+    after = prof.stats()
+    assert after.sampled <= 1 and after.live_blocks <= 1
+    assert _estimate(prof.snapshot(), _site(_alloc)) is None
     del keep  # frees of forgotten blocks are not found: nothing breaks
     keep = _alloc(4000, 100)
     assert prof.running and _estimate(prof.snapshot(), _site(_alloc)) is not None
