@@ -18,8 +18,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal, NotRequired, TypedDict
+from typing import TYPE_CHECKING, Any, Final, Literal, NotRequired, TypedDict, cast
 
+from soakd.causes import evidence_keys, group_causes
 from soakd.coerce import num, text
 from soakd.coerce import opt_str as _opt_str
 from soakd.detection import KIND_RANK
@@ -77,6 +78,8 @@ class LeakRecord(TypedDict):
     analyses: int
     signals: list[str]
     method: NotRequired[str]  # "end_to_end" when no trend was judged
+    # Findings of the same cause folded into this one (soakd.causes): kind, site, type, ...
+    evidence: NotRequired[list[dict[str, Any]]]
 
 
 # -- producing -----------------------------------------------------------------------------
@@ -120,7 +123,7 @@ def record_from_event(fields: Mapping[str, Any]) -> LeakRecord:
     """A ``leak.*`` event (or a summary entry) as summary.json lists it; numbers made finite."""
     tb = fields.get("traceback")
     signals = fields.get("signals")
-    return {
+    record: LeakRecord = {
         "kind": fields.get("kind"),  # type: ignore[typeddict-item]  # kept as found on disk
         "site": fields.get("site"),
         "traceback": [str(f) for f in tb] if isinstance(tb, list) else [],
@@ -136,6 +139,17 @@ def record_from_event(fields: Mapping[str, Any]) -> LeakRecord:
         "analyses": int(_float(fields.get("analyses"))),
         "signals": signals if isinstance(signals, list) else [],
     }
+    evidence = _evidence_of(fields).get("evidence")
+    if evidence is not None:
+        record["evidence"] = evidence
+    return record
+
+
+def _evidence_of(fields: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    raw = fields.get("evidence")
+    if not isinstance(raw, list):
+        return {}
+    return {"evidence": [dict(e) for e in raw[:64] if isinstance(e, Mapping)]}
 
 
 def leak_key(fields: Mapping[str, Any]) -> LeakKey:
@@ -166,12 +180,13 @@ def leak_sort_key(leak: Mapping[str, Any]) -> tuple[float, float]:
 
 
 def attributed(leaks: Iterable[LeakRecord]) -> list[LeakRecord]:
-    """In certainty order, without the bare heap-level leak once a site explains it (the
-    detector hides it from its findings too)."""
-    out = list(leaks)
-    if any(leak["kind"] == "heap" and leak.get("site") for leak in out):
-        out = [leak for leak in out if leak["kind"] != "heap" or leak.get("site")]
-    return sorted(out, key=leak_sort_key)
+    """One entry per cause (``soakd.causes``), in certainty order, without the bare heap-level
+    leak once a site explains it (the detector hides it from its findings too)."""
+    out = sorted(leaks, key=leak_sort_key)
+    grouped = cast(list[LeakRecord], group_causes(out))
+    if any(leak["kind"] == "heap" and leak.get("site") for leak in grouped):
+        grouped = [leak for leak in grouped if leak["kind"] != "heap" or leak.get("site")]
+    return grouped
 
 
 # -- folding -------------------------------------------------------------------------------
@@ -251,6 +266,7 @@ class LeakEntry:
     first_detected_s: float | None
     analyses: object
     signals: object
+    evidence: tuple[str, ...] = ()  # findings of the same cause, one line each
 
     @property
     def key(self) -> LeakKey:
@@ -276,7 +292,14 @@ def _leak_from(data: Mapping[str, Any], status: str) -> LeakEntry:
         first_detected_s=num(data.get("first_detected_s")),
         analyses=data.get("analyses"),
         signals=data.get("signals"),
+        evidence=tuple(_evidence_label(e) for e in _evidence_of(data).get("evidence", [])),
     )
+
+
+def _evidence_label(e: Mapping[str, Any]) -> str:
+    slope, unit = num(e.get("slope_per_h")), text(e.get("unit") or "", 20)
+    rate = f" {slope:+.3g} {unit}/h" if slope is not None else ""
+    return text(f"{leak_label(e)}{rate}", 1200)
 
 
 _STATUS_ORDER: Final = {"confirmed": 0, "suspected": 1, "cleared": 2}
@@ -303,6 +326,7 @@ def leak_entries(
         merged.update({k: v for k, v in raw.items() if v is not None})
         out.append(_leak_from(merged, "confirmed"))
         seen.add(key)
+        seen.update(evidence_keys(raw))  # shown under their cause
     for key, (status, e) in latest.items():
         if key in seen:
             continue

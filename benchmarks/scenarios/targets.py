@@ -144,12 +144,12 @@ class ObjectLeak(Base):
 class NativeLeak(Base):
     """mallocs and touches ``kib`` KiB per query, never freed: RSS grows, the Python heap not."""
 
-    def __init__(self, kib: int = 2, seed: int = 1) -> None:
+    def __init__(self, kib: float = 2, seed: int = 1) -> None:
         super().__init__(seed)
         self.kib = kib
 
     def step(self, query: str) -> None:
-        size = self.kib * 1024
+        size = int(self.kib * 1024)
         pointer = _libc.malloc(size)
         if pointer:
             _libc.memset(pointer, 1, size)

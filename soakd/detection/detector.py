@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from soakd.analysis.verdicts import SeriesVerdict, VerdictParams
 from soakd.detection.corroboration import native_verdict, site_verdict
 from soakd.detection.findings import (
@@ -18,7 +20,7 @@ from soakd.detection.tracks import SiteInfo, Track, TrackTable
 from soakd.detection.warmup import WarmupJudge
 from soakd.detection.windows import Thresholds, judge_window
 
-__all__ = ["Detector"]
+__all__ = ["Detector", "native_wait"]
 
 # Heap-kind signals first: native and objects decisions look at them.
 _ANALYSIS_ORDER: tuple[SignalKind, ...] = (
@@ -33,6 +35,15 @@ _ANALYSIS_ORDER: tuple[SignalKind, ...] = (
 
 # The process-wide memory levels: a decisive verdict on one is a judged run.
 _LEVELS: tuple[SignalKind, ...] = ("heap", "rss")
+
+
+def native_wait(slope_low: float, bar: float, p: DetectionParams, ceiling: float) -> float:
+    """How long RSS-only growth must be seen: the whole ``ceiling`` at the bar, a quarter of
+    it at twice the bar (the wait falls with the square of the lower bound's excess), never
+    less than the shortest window."""
+    if slope_low <= bar or bar <= 0.0:
+        return ceiling
+    return max(p.min_window_s, ceiling * (bar / slope_low) ** 2)
 
 
 class Detector:
@@ -107,7 +118,7 @@ class Detector:
                     rss_warmup = self._warmup.decide_rss(now)
                     if rss_warmup is None:
                         continue
-                    verdict = self._judge(track, now, max(warmup, rss_warmup), vp, min_window)
+                    verdict = self._judge_rss(track, now, max(warmup, rss_warmup), vp, min_window)
                     verdict = native_verdict(self._tracks, verdict, now, self._th)
                 else:
                     verdict = self._judge(track, now, warmup, vp, min_window)
@@ -126,6 +137,23 @@ class Detector:
         self, track: Track, now: float, warmup: float, vp: VerdictParams, min_window: float
     ) -> SeriesVerdict:
         return judge_window(track, now, warmup, vp, min_window, self.params)
+
+    def _judge_rss(
+        self, track: Track, now: float, warmup: float, vp: VerdictParams, ceiling: float
+    ) -> SeriesVerdict:
+        """RSS growth must persist for a while (allocator creep fades), but less the further
+        its slope's lower bound lies above the bar: the native window is a ceiling."""
+        p = self.params
+        v = self._judge(track, now, warmup, vp, min(p.min_window_s, ceiling))
+        if v.duration_s >= ceiling or not v.decisive:
+            return v
+        if v.is_leak and v.duration_s >= native_wait(v.slope_low, vp.min_slope, p, ceiling):
+            return v
+        return replace(
+            v,
+            pattern="insufficient",
+            reason=f"RSS judged on {v.duration_s:.0f}s; its slope needs a longer window",
+        )
 
     # -- reading ---------------------------------------------------------------------------
 

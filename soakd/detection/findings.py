@@ -105,12 +105,16 @@ class StateMachine:
             if persisted and track.signal == "heap":
                 since = track.first_detected_s if track.state != "none" else now
                 persisted = not self._awaiting_attribution(since, now)
+            track.stopped_since = None
             if track.state == "none":
                 if track.signal == "type" and self._heap_active():
                     return None
                 track.state = "confirmed" if persisted else "suspected"
-                track.first_detected_s = now
-                track.leak_analyses = 1
+                # A suspicion dropped moments ago and back: the same episode, its first sign.
+                if now - track.dropped_s > self._episode_gap(track.signal):
+                    track.first_detected_s = now
+                    track.leak_analyses = 0
+                track.leak_analyses += 1
                 return track.state
             track.leak_analyses += 1
             if track.state == "suspected" and persisted:
@@ -120,18 +124,38 @@ class StateMachine:
         track.streak = 0
         if track.state == "none":
             return None
-        if track.state == "confirmed" and not _stopped(verdict, track.leak_verdict):
-            # A confirmed leak whose window merely fails the test again (a weak leak near the
-            # noise, a sawtooth riding on it) is still the same leak: only evidence that the
-            # growth stopped or slowed clears it.
-            track.misses = 0
-            return None
+        if track.state == "confirmed":
+            return self._maybe_clear_confirmed(track, verdict, now)
         track.misses += 1
         if track.misses >= confirm:
             track.state = "none"
             track.misses = 0
+            track.dropped_s = now
             return "cleared"
         return None
+
+    def _maybe_clear_confirmed(
+        self, track: Track, verdict: SeriesVerdict, now: float
+    ) -> FindingState | None:
+        """Hysteresis: a confirmed leak whose window merely fails the test again (a weak leak
+        near the noise, a sawtooth riding on it) is still the same leak. Only evidence that the
+        growth stopped or slowed clears it, and only once that evidence has held for a whole
+        shortest window: then a window lies entirely after the growth stopped."""
+        if not _stopped(verdict, track.leak_verdict):
+            track.misses = 0
+            track.stopped_since = None
+            return None
+        if track.stopped_since is None:
+            track.stopped_since = now
+        track.misses += 1
+        if track.misses < self._params.confirm_after:
+            return None
+        if now - track.stopped_since < self._clear_span(track.signal):
+            return None
+        track.state = "none"
+        track.misses = 0
+        track.stopped_since = None
+        return "cleared"
 
     def _heap_active(self) -> bool:
         heap_kind: tuple[SignalKind, ...] = ("site", "heap")
@@ -147,6 +171,16 @@ class StateMachine:
             (last := t.series.last) is not None and now - last[0] <= self._params.gap_s
             for t in self._tracks.of("site")
         )
+
+    def _clear_span(self, signal: SignalKind) -> float:
+        """How long a confirmed leak must look stopped before it is cleared."""
+        _, min_window = self._th.for_signal(signal, self._params)
+        return min(min_window, self._params.min_window_s)
+
+    def _episode_gap(self, signal: SignalKind) -> float:
+        """A suspicion back within this long of being dropped continues its episode."""
+        _, min_window = self._th.for_signal(signal, self._params)
+        return max(min_window, self._params.min_window_s)
 
     def _confirm_span(self, signal: SignalKind) -> float:
         """How long a streak of leak verdicts must last before it confirms a finding."""

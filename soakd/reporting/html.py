@@ -274,6 +274,9 @@ def _leak(run: RunData, leak: LeakEntry, index: int) -> str:
         ("analyses", _e(leak.analyses if leak.analyses is not None else "—")),
         ("signals", _json_block(leak.signals, 4000) if leak.signals is not None else "—"),
     ]
+    if leak.evidence:
+        items = "".join(f"<li>{_e(e)}</li>" for e in leak.evidence)
+        stats.append(("same cause, also seen as", f"<ul>{items}</ul>"))
     parts = [f"<h3 id='leak-{index}'>{_e(title)}</h3>", _table(stats)]
     site = run.sites.get(leak.site or "")
     traceback = leak.traceback or (site.traceback if site else ())

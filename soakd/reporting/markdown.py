@@ -65,6 +65,9 @@ def _leak(leak: LeakEntry) -> list[str]:
         out.append(f"- analyses: {md(leak.analyses)}")
     if leak.signals is not None:
         out.append(f"- signals: {code(compact_json(leak.signals), 1000)}")
+    if leak.evidence:
+        out.append("- same cause, also seen as:")
+        out += [f"  - {md(e)}" for e in leak.evidence]
     if leak.traceback:
         out += ["", "Traceback (innermost first):", "", _code_block(list(leak.traceback))]
     context = source_context(leak.site)

@@ -567,3 +567,30 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
         for d in svg["paths"]
     )
     assert not [u for u in parsed.urls if re.match(r"(?i)\s*(https?:)?//", u)]
+
+
+@pytest.mark.slow
+def test_report_lists_one_leak_per_cause_with_its_evidence(tmp_path: Path) -> None:
+    """A stranded-task leak holds Task objects: one tasks leak, the type under it."""
+    run = build_run(tmp_path, finished=False)
+    (run / "summary.json").unlink()
+    common = {"site": None, "traceback": [], "unit": "count", "p_value": 1e-8, "analyses": 4}
+    with (run / "events.jsonl").open("a", encoding="utf-8") as fh:
+        fh.write("\n")  # after the line a SIGKILL cut
+        fh.write(_event("leak.confirmed", 700.0, kind="tasks", type=None, slope_per_h=3600.0,
+                        slope_low_per_h=3000.0, growth=600.0, first_detected_s=650.0,
+                        **common) + "\n")  # fmt: skip
+        fh.write(_event("leak.confirmed", 710.0, kind="objects", type="_asyncio.Task",
+                        slope_per_h=3600.0, slope_low_per_h=3000.0, growth=610.0,
+                        first_detected_s=640.0, **common) + "\n")  # fmt: skip
+    proc = _soakd("report", str(run))
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    kinds = [(leak["kind"], leak.get("type")) for leak in summary["leaks"]]
+    assert kinds == [("heap", None), ("tasks", None)]
+    tasks = summary["leaks"][1]
+    assert [(e["kind"], e["type"]) for e in tasks["evidence"]] == [("objects", "_asyncio.Task")]
+    assert tasks["first_detected_s"] == 640.0  # the cause's first sign, from its evidence
+    md = (run / "report.md").read_text(encoding="utf-8")
+    assert "same cause, also seen as:\n  - objects at \\_asyncio.Task" in md
+    assert "CONFIRMED: objects" not in md  # not listed as a leak of its own

@@ -11,6 +11,7 @@ import pytest
 
 from soakd.config import Config, load_config
 from soakd.detection import DetectionParams, Detector, Finding, SignalKind, SiteInfo
+from soakd.detection.detector import native_wait
 
 KB = 1024.0
 MIB = 1024.0 * 1024.0
@@ -191,10 +192,25 @@ class TestLeaks:
         run = simulate(feeds, 900.0, dt=2.0, every=30.0, params=params)
         [leak] = run.detector.findings()
         assert (leak.kind, leak.key, leak.state) == ("native", "rss", "confirmed")
-        # RSS-only growth must persist for native_min_window_s after warm-up before suspicion.
-        assert run.at("suspected")[0] >= 60.0 + 300.0
+        # RSS-only growth at twice the bar: judged on a quarter of native_min_window_s, never
+        # on less than the shortest window after warm-up.
+        assert 60.0 + 60.0 <= run.at("suspected")[0] < 60.0 + 300.0
         assert any(s.startswith("heap flat") for s in leak.signals)
         assert leak.as_leak()["site"] is None
+
+    def test_native_wait_falls_with_the_slope(self) -> None:
+        """The native window is a ceiling: RSS growth just above the bar waits nearly all of
+        it, growth far above it only the shortest window."""
+        params = DetectionParams(native_min_window_s=300.0)
+        bar = params.min_native_slope_bytes_per_h / 3600.0
+        found = {}
+        for ratio in (1.3, 4.0):
+            feeds = flat_process(rss=noisy(RSS0, 5e3, rate=ratio * bar))
+            run = simulate(feeds, 900.0, dt=2.0, every=10.0, params=params)
+            found[ratio] = run.at("suspected")[0]
+        assert found[4.0] <= 60.0 + 60.0 + 20.0  # the shortest window after warm-up
+        assert found[1.3] >= 60.0 + 300.0 / 1.3**2  # at least (bar/slope)² of the ceiling
+        assert native_wait(0.5 * bar, bar, params, 300.0) == 300.0  # below the bar: all of it
 
     def test_rss_growth_explained_by_heap_is_not_native(self) -> None:
         params = DetectionParams(native_min_window_s=300.0)

@@ -46,8 +46,9 @@ def test_confirmed_leak_that_slowed_or_stopped_is_cleared() -> None:
         _verdict("flat", -0.1 * RATE, -0.5 * RATE, 0.4 * RATE),
     ):
         machine, track = _confirmed()
-        states = [machine.step(track, stopped, 400.0 + 10 * i) for i in range(2)]
-        assert states == [None, "cleared"], stopped
+        # Only once the stop has held for a whole shortest window (30 s for a site).
+        states = [machine.step(track, stopped, 400.0 + 10 * i) for i in range(4)]
+        assert states == [None, None, None, "cleared"], stopped
         assert track.state == "none"
 
 
@@ -72,3 +73,30 @@ def test_a_streak_confirms_only_on_newer_data() -> None:
     assert states == ["suspected", None, None, None, None, None]
     track.series.append(165.0, 110.0)  # the next sample of the series
     assert machine.step(track, leak, 170.0) == "confirmed"
+
+
+def test_one_weak_window_between_stops_restarts_the_span() -> None:
+    machine, track = _confirmed()
+    stopped = _verdict("plateau", 0.5 * RATE, 0.3 * RATE, 0.7 * RATE)
+    rising = _verdict("leak", RATE, 0.6 * RATE, 1.4 * RATE)
+    assert [machine.step(track, stopped, t) for t in (400.0, 410.0, 420.0)] == [None] * 3
+    track.series.append(425.0, RATE * 425)
+    assert machine.step(track, rising, 425.0) is None  # the growth is back: still confirmed
+    states = [machine.step(track, stopped, 430.0 + 10 * i) for i in range(4)]
+    assert states == [None, None, None, "cleared"]
+
+
+def test_a_suspicion_dropped_and_back_keeps_its_first_sign() -> None:
+    params = DetectionParams(confirm_after=3)
+    machine = StateMachine(TrackTable(params), params, Thresholds.from_params(params))
+    track = Track("heap", "heap", BoundedSeries(100))
+    leak = _verdict("leak", RATE, 0.6 * RATE, 1.4 * RATE)
+    weak = _verdict("flat", 0.8 * RATE, -0.1 * RATE, 1.7 * RATE)
+    track.series.append(99.0, 1.0)
+    assert machine.step(track, leak, 100.0) == "suspected"
+    assert [machine.step(track, weak, t) for t in (110.0, 120.0, 130.0)] == [None, None, "cleared"]
+    assert machine.step(track, leak, 150.0) == "suspected"  # within a window of the drop
+    assert track.first_detected_s == 100.0
+    assert [machine.step(track, weak, t) for t in (160.0, 170.0, 180.0)] == [None, None, "cleared"]
+    assert machine.step(track, leak, 400.0) == "suspected"  # long after: a new episode
+    assert track.first_detected_s == 400.0

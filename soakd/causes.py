@@ -1,0 +1,179 @@
+"""One leak per root cause: findings that share a cause are grouped under it as evidence.
+
+A leak shows in several series at once: stranded tasks hold their coroutines' frames and
+futures (a ``tasks`` finding, ``objects`` findings for those types, the heap level and the
+sites that allocate them); leaked threads hold their stacks (``threads`` and RSS); a leaking
+line is seen at its site and in the count of the class it creates. Listed side by side they
+read as several leaks, a consequence first. :func:`group_causes` keeps one entry per cause:
+
+* an OS-resource leak (``fds``, ``tasks``, ``threads``) is the cause of the heap level, RSS
+  and object counts of the types such a resource holds, and of heap sites whose traceback
+  passes through the code that makes the resource (``asyncio`` task creation, ``threading``,
+  ``socket``/``open``);
+* of sites on one call chain (one's traceback holds the other's site) the most grown stays;
+* an object type is evidence of the site whose source line names its class.
+
+The cause keeps its own fields, the earliest ``first_detected_s`` of its group, and lists the
+others under ``evidence``. Pure: it works on ``leaks[]`` records as summary.json holds them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+__all__ = ["EVIDENCE_FIELDS", "evidence_keys", "group_causes"]
+
+RESOURCE_KINDS: Final[tuple[str, ...]] = ("fds", "tasks", "threads")
+
+# Type names (last dotted part) a leaked resource of each kind holds.
+_HELD_TYPES: Final[dict[str, frozenset[str]]] = {
+    "tasks": frozenset(
+        {
+            "Task",
+            "Future",
+            "coroutine",
+            "Context",
+            "frame",
+            "cell",
+            "TimerHandle",
+            "Handle",
+            "async_generator",
+            "Event",
+            "CancelScope",
+            "TaskState",
+            "_TaskStepMethWrapper",
+        }
+    ),
+    "threads": frozenset(
+        {
+            "Thread",
+            "lock",
+            "RLock",
+            "Condition",
+            "Event",
+            "frame",
+            "cell",
+            "_DummyThread",
+            "WorkerThread",
+            "Semaphore",
+        }
+    ),
+    "fds": frozenset(
+        {
+            "socket",
+            "SSLSocket",
+            "TextIOWrapper",
+            "BufferedReader",
+            "BufferedWriter",
+            "BufferedRandom",
+            "FileIO",
+            "SocketIO",
+            "Popen",
+            "DefaultSelector",
+            "EpollSelector",
+            "_SelectorSocketTransport",
+            "StreamReader",
+            "StreamWriter",
+        }
+    ),
+}
+# Files (path endings) whose frames in a site's traceback mean it allocates a resource.
+_SPAWN_FILES: Final[dict[str, tuple[str, ...]]] = {
+    "tasks": ("asyncio/tasks.py", "asyncio/base_events.py", "anyio/_backends/_asyncio.py"),
+    "threads": ("threading.py", "concurrent/futures/thread.py"),
+    "fds": ("socket.py", "ssl.py", "subprocess.py", "selectors.py", "asyncio/selector_events.py"),
+}
+EVIDENCE_FIELDS: Final[tuple[str, ...]] = (
+    "kind", "site", "type", "slope_per_h", "unit", "growth", "first_detected_s",
+)  # fmt: skip
+
+
+def group_causes(leaks: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``leaks`` (most certain first) with each consequence folded into its cause's
+    ``evidence``; causes keep their order. Records already grouped keep their evidence."""
+    out = [dict(leak) for leak in leaks]
+    owner: dict[int, int] = {}  # index of a consequence -> index of its cause
+    for i, leak in enumerate(out):
+        if leak.get("kind") in RESOURCE_KINDS:
+            for j, other in enumerate(out):
+                if j != i and j not in owner and _held_by(other, str(leak["kind"])):
+                    owner[j] = i
+    sites = [i for i, leak in enumerate(out) if leak.get("site") and i not in owner]
+    for i in sites:
+        for j in sites:
+            if i != j and j not in owner and i not in owner and _same_chain(out[i], out[j]):
+                keep, drop = (i, j) if _growth(out[i]) >= _growth(out[j]) else (j, i)
+                owner[drop] = keep
+    for j, leak in enumerate(out):
+        if leak.get("kind") == "objects" and j not in owner:
+            for i in sites:
+                if i not in owner and _names_class(out[i], leak.get("type")):
+                    owner[j] = i
+                    break
+    for j, i in owner.items():
+        while i in owner:  # a consequence of a consequence belongs to the root
+            i = owner[i]
+        cause = out[i]
+        evidence = list(cause.get("evidence") or [])
+        evidence.append({k: out[j].get(k) for k in EVIDENCE_FIELDS})
+        evidence.extend(out[j].get("evidence") or [])
+        cause["evidence"] = evidence
+        firsts = [f for f in (cause.get("first_detected_s"), out[j].get("first_detected_s"))
+                  if isinstance(f, int | float)]  # fmt: skip
+        if firsts:
+            cause["first_detected_s"] = min(firsts)
+    return [leak for j, leak in enumerate(out) if j not in owner]
+
+
+def evidence_keys(leak: Mapping[str, Any]) -> list[tuple[str, str | None, str | None]]:
+    """The ``(kind, site, type)`` of each finding grouped under ``leak``."""
+    out = []
+    for e in leak.get("evidence") or []:
+        if isinstance(e, Mapping):
+            site, type_ = e.get("site"), e.get("type")
+            out.append(
+                (
+                    str(e.get("kind") or "?"),
+                    site if isinstance(site, str) else None,
+                    type_ if isinstance(type_, str) else None,
+                )
+            )
+    return out
+
+
+def _held_by(leak: Mapping[str, Any], resource: str) -> bool:
+    kind = leak.get("kind")
+    if kind in RESOURCE_KINDS:
+        return False
+    if kind == "native":
+        return resource == "threads"  # thread stacks are RSS the heap does not see
+    if kind == "objects":
+        name = str(leak.get("type") or "").rsplit(".", 1)[-1]
+        return name in _HELD_TYPES[resource]
+    if kind == "heap" and not leak.get("site"):
+        return True  # the heap level: the resources' objects are in it
+    tb = leak.get("traceback")
+    frames = [f for f in tb if isinstance(f, str)] if isinstance(tb, list) else []
+    files = [f.rsplit(":", 1)[0] for f in frames]
+    return any(f.endswith(_SPAWN_FILES[resource]) for f in files)
+
+
+def _same_chain(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    tb_a, tb_b = a.get("traceback"), b.get("traceback")
+    return (isinstance(tb_a, list) and b.get("site") in tb_a) or (
+        isinstance(tb_b, list) and a.get("site") in tb_b
+    )
+
+
+def _names_class(site: Mapping[str, Any], type_name: object) -> bool:
+    line = site.get("line")
+    if not isinstance(line, str) or not isinstance(type_name, str) or not type_name:
+        return False
+    cls = type_name.rsplit(".", 1)[-1]
+    return f"{cls}(" in line
+
+
+def _growth(leak: Mapping[str, Any]) -> float:
+    g = leak.get("growth")
+    return float(g) if isinstance(g, int | float) else 0.0

@@ -1,0 +1,108 @@
+"""One leak per root cause: consequences are grouped under their cause as evidence."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from soakd.causes import group_causes
+from soakd.leaks import LeakLedger
+
+ASYNCIO = "/usr/lib/python3.11/asyncio"
+
+
+def _leak(kind: str, **fields: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "kind": kind,
+        "site": None,
+        "traceback": [],
+        "type": None,
+        "slope_per_h": 1000.0,
+        "unit": "count" if kind in ("tasks", "threads", "fds", "objects") else "bytes",
+        "growth": 100.0,
+        "p_value": 0.001,
+        "first_detected_s": 100.0,
+        "line": None,
+    }
+    return {**base, **fields}
+
+
+def test_a_stranded_task_leak_is_one_tasks_leak_with_its_heap_as_evidence() -> None:
+    site = "/app/jobs.py:40"
+    leaks = [
+        _leak("heap", site=site, first_detected_s=80.0, growth=5e6,
+              traceback=[f"{ASYNCIO}/base_events.py:436", site, "/app/main.py:9"]),
+        _leak("heap", first_detected_s=90.0),
+        _leak("tasks", first_detected_s=120.0),
+        _leak("objects", type="_asyncio.Task"),
+        _leak("objects", type="coroutine"),
+    ]  # fmt: skip
+    [cause] = group_causes(leaks)
+    assert cause["kind"] == "tasks"
+    assert cause["first_detected_s"] == 80.0  # the group's first sign
+    assert sorted((e["kind"], e["site"] or e["type"] or "") for e in cause["evidence"]) == [
+        ("heap", ""),
+        ("heap", site),
+        ("objects", "_asyncio.Task"),
+        ("objects", "coroutine"),
+    ]
+
+
+def test_a_thread_leak_owns_its_stacks_and_allocations_not_an_unrelated_site() -> None:
+    own = "/app/pool.py:12"
+    unrelated = "/app/cache.py:7"
+    leaks = [
+        _leak("heap", site=own, traceback=[own, "/usr/lib/python3.11/threading.py:982"]),
+        _leak("heap", site=unrelated, traceback=[unrelated, "/app/main.py:3"]),
+        _leak("native"),
+        _leak("threads"),
+    ]
+    out = group_causes(leaks)
+    assert [(leak["kind"], leak["site"]) for leak in out] == [
+        ("heap", unrelated),
+        ("threads", None),
+    ]
+    assert {(e["kind"], e["site"]) for e in out[1]["evidence"]} == {("heap", own), ("native", None)}
+
+
+def test_sites_on_one_call_chain_are_one_leak_at_the_most_grown() -> None:
+    inner, outer = "/app/parse.py:88", "/app/handler.py:21"
+    leaks = [
+        _leak("heap", site=outer, growth=1e5, traceback=[outer, "/app/main.py:3"]),
+        _leak("heap", site=inner, growth=4e6, traceback=[inner, outer, "/app/main.py:3"]),
+    ]
+    [cause] = group_causes(leaks)
+    assert cause["site"] == inner
+    assert [e["site"] for e in cause["evidence"]] == [outer]
+
+
+def test_a_type_is_evidence_of_the_site_that_creates_it() -> None:
+    site = "/app/store.py:5"
+    leaks = [
+        _leak("heap", site=site, traceback=[site], line="self.items.append(Record(query))"),
+        _leak("objects", type="app.store.Record"),
+        _leak("objects", type="app.other.Session"),
+    ]
+    out = group_causes(leaks)
+    assert [(leak["kind"], leak["site"] or leak["type"]) for leak in out] == [
+        ("heap", site),
+        ("objects", "app.other.Session"),
+    ]
+    assert [e["type"] for e in out[0]["evidence"]] == ["app.store.Record"]
+
+
+def test_independent_leaks_stay_separate() -> None:
+    leaks = [
+        _leak("heap", site="/app/a.py:1", traceback=["/app/a.py:1"]),
+        _leak("fds"),
+        _leak("objects", type="app.Widget"),
+    ]
+    assert len(group_causes(leaks)) == 3
+
+
+def test_the_summary_lists_causes_from_the_events() -> None:
+    ledger = LeakLedger()
+    for fields in (_leak("tasks"), _leak("objects", type="_asyncio.Task"), _leak("heap")):
+        ledger.apply("leak.confirmed", fields)
+    [leak] = ledger.confirmed()
+    assert leak["kind"] == "tasks"
+    assert {e["kind"] for e in leak.get("evidence", [])} == {"objects", "heap"}
