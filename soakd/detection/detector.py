@@ -95,6 +95,10 @@ class Detector:
         """
         self._tracks.add(signal, key, t, value, info, count, noise)
 
+    def mark_collected(self, t: float) -> None:
+        """A full collection ran in the target just before ``t`` (see ``collection_check``)."""
+        self._tracks.collected_at = max(self._tracks.collected_at, t)
+
     def mark_discontinuity(self, signal: SignalKind, t: float) -> None:
         """Judge ``signal``'s series only from ``t`` on (e.g. tracemalloc was restarted)."""
         self._tracks.mark_discontinuity(signal, t)

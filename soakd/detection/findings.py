@@ -105,6 +105,8 @@ class StateMachine:
             if persisted and track.signal == "heap":
                 since = track.first_detected_s if track.state != "none" else now
                 persisted = not self._awaiting_attribution(since, now)
+            if persisted and track.signal in ("heap", "site", "type"):
+                persisted = not self._awaiting_collection(track, now)
             track.stopped_since = None
             if track.state == "none":
                 if track.signal == "type" and self._heap_active():
@@ -171,6 +173,15 @@ class StateMachine:
             (last := t.series.last) is not None and now - last[0] <= self._params.gap_s
             for t in self._tracks.of("site")
         )
+
+    def _awaiting_collection(self, track: Track, now: float) -> bool:
+        """True while no full collection has run since the streak began (and the wait for
+        one has not run out)."""
+        if not self._params.collection_check:
+            return False
+        if self._tracks.collected_at >= track.streak_since:
+            return False
+        return now - track.streak_since < self._params.attribution_wait_s
 
     def _clear_span(self, signal: SignalKind) -> float:
         """How long a confirmed leak must look stopped before it is cleared."""

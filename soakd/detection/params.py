@@ -74,6 +74,11 @@ class DetectionParams:
     # detector's shortest windows. Read by the supervisor, not by the detector.
     tracing_hold_s: float = 120.0
 
+    # Python memory and object findings confirm only after a full collection in the target
+    # since their streak began (garbage awaiting one reads as growth for minutes), or after
+    # ``attribution_wait_s`` if none comes. Set when the supervisor collects on suspicion.
+    collection_check: bool = False
+
     def __post_init__(self) -> None:
         # from_config cannot break these (DetectionConfig checks its keys); direct use can.
         if self.warmup_max_s < self.warmup_floor_s:
@@ -107,6 +112,7 @@ class DetectionParams:
           short ``window`` is still judged on half of it.
         - ``tracing_hold_s = max(12 × sampling.sites_interval, min(120 s, window))``: a dozen
           site samples and two of the shortest windows.
+        - ``collection_check = sampling.enabled``: the supervisor collects on suspicion.
 
         Every other field keeps its default.
         """
@@ -124,4 +130,5 @@ class DetectionParams:
             confidence=cfg.confidence,
             confirm_after=cfg.confirm_after,
             tracing_hold_s=max(12 * sampling.sites_interval, min(120.0, cfg.window)),
+            collection_check=sampling.enabled,
         )

@@ -75,6 +75,7 @@ class TrackTable:
         self.params = params
         self._groups: dict[SignalKind, dict[str, Track]] = {}
         self.restarted: dict[SignalKind, float] = {}  # latest discontinuity per signal
+        self.collected_at = -math.inf  # the target's latest full collection we know of
         self.dropped = 0  # samples refused: out of order or not finite
 
     def __contains__(self, signal: SignalKind) -> bool:

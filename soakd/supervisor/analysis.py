@@ -45,6 +45,13 @@ class Discontinuity:
 
 
 @dataclass(frozen=True)
+class Collected:
+    """A full collection ran in the target just before ``t``."""
+
+    t: float
+
+
+@dataclass(frozen=True)
 class Analysis:
     """What one analysis at ``t`` found: the new states, and what the tracing policy needs."""
 
@@ -69,11 +76,11 @@ class AnalysisLoop:
         self._clock = clock
         self._emit = emit
         self._thresholds = thresholds
-        self._pending: list[Sample | Discontinuity] = []
+        self._pending: list[Sample | Discontinuity | Collected] = []
         self.last_t = float("-inf")
         self.suspected = False  # a finding awaits confirmation (or clearing)
-        # Python memory or object counts grew at an analysis (sticky): from then on, samples
-        # of object counts follow full collections (see TypeSampler).
+        # Python memory or object counts are suspected of growing: samples of object counts
+        # follow full collections meanwhile (see TypeSampler).
         self.collect_wanted = False
         self.warmup_reported = False
         self.judged_reported = False
@@ -88,13 +95,16 @@ class AnalysisLoop:
         return self.detector.params
 
     # -- feeding ---------------------------------------------------------------------------
-    def _feed(self, item: Sample | Discontinuity) -> None:
+    def _feed(self, item: Sample | Discontinuity | Collected) -> None:
         if len(self._pending) >= MAX_PENDING:  # analysis stalled: keep the newest half
             del self._pending[: MAX_PENDING // 2]
         self._pending.append(item)
 
     def restart(self, signal: SignalKind, t: float) -> None:
         self._feed(Discontinuity(signal, t))
+
+    def collected(self, t: float) -> None:
+        self._feed(Collected(t))
 
     def feed_process(self, t: float, values: Mapping[str, float]) -> None:
         rss = values["rss_bytes"] - self.overhead_bytes  # tracemalloc's own tables are not a leak
@@ -168,6 +178,8 @@ class AnalysisLoop:
             for item in batch:
                 if isinstance(item, Discontinuity):
                     detector.mark_discontinuity(item.signal, item.t)
+                elif isinstance(item, Collected):
+                    detector.mark_collected(item.t)
                 else:
                     detector.add(
                         item.signal,
@@ -189,10 +201,9 @@ class AnalysisLoop:
 
         changes, warmup, suspicious, findings, growing = await anyio.to_thread.run_sync(work)
         self.collect_wanted = (
-            self.collect_wanted
-            or growing
+            growing
             or suspicious
-            or any(f.kind in ("heap", "objects") for f in findings)
+            or any(f.kind in ("heap", "objects") and f.state == "suspected" for f in findings)
         )
         self.suspected = any(f.state == "suspected" for f in findings)
         if not self.warmup_reported and warmup is not None:

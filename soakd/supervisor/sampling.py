@@ -166,13 +166,12 @@ class TypeSampler:
 
     Between the collector's full collections, counts include cyclic garbage and tuples and
     dicts not yet untracked: they pile up in the oldest generation for minutes and read as
-    growth, of the counts and of the heap (garbage holds its blocks). Once the detector sees
-    Python memory or a type grow, every sample follows a full collection, more often
-    (``COLLECTED_TYPES_INTERVAL_S``), and the type series restart there: only growth that
-    survives collections is judged. The heap level is not restarted (that would delay every
-    heap verdict): its garbage falls at the first collection and stays bounded by the cadence.
-    A collection costs the target about what the count does, and only from the first
-    suspicion on.
+    growth, of the counts and of the heap (garbage holds its blocks). While the detector
+    suspects Python memory or a type of growing, every sample follows a full collection, more
+    often (``COLLECTED_TYPES_INTERVAL_S``), and the detector confirms such a finding only after
+    a collection (the growth survived one). The type series restart at each switch (their
+    level moves by the garbage); the heap level is not restarted (that would delay every heap
+    verdict). A collection costs the target about what the count does, only while suspected.
     """
 
     def __init__(
@@ -195,10 +194,12 @@ class TypeSampler:
 
     async def __call__(self) -> None:
         now = self._state.now()
-        if not self.collecting and self._analysis.collect_wanted:
-            self.collecting = True
+        if self.collecting != self._analysis.collect_wanted:
+            self.collecting = not self.collecting
             # Also a change in the target's behaviour: its cyclic garbage is freed sooner.
-            self._recorder.emit("detection.collecting", interval_s=self._collected_interval)
+            self._recorder.emit(
+                "detection.collecting", on=self.collecting, interval_s=self._collected_interval
+            )
             self._analysis.restart("type", now)
         every = self._collected_interval if self.collecting else self._interval
         if now - self.last_t < 0.9 * every:
@@ -212,6 +213,8 @@ class TypeSampler:
         t = self._state.now()
         # The walk over every gc-tracked object (and the collection) holds the target's GIL.
         perturbed(self._recorder, "types", started, t)
+        if self.collecting:
+            self._analysis.collected(t)
         if not counts:
             return
         self._recorder.record(t, {f"type:{k}": float(v) for k, v in counts.items()})

@@ -100,3 +100,33 @@ def test_a_suspicion_dropped_and_back_keeps_its_first_sign() -> None:
     assert [machine.step(track, weak, t) for t in (160.0, 170.0, 180.0)] == [None, None, "cleared"]
     assert machine.step(track, leak, 400.0) == "suspected"  # long after: a new episode
     assert track.first_detected_s == 400.0
+
+
+def test_memory_growth_confirms_only_after_it_survived_a_full_collection() -> None:
+    """Garbage awaiting a full collection reads as growth: the supervisor collects on
+    suspicion and the finding confirms once a collection ran since its streak began."""
+    params = DetectionParams(confirm_after=3, collection_check=True)
+    tracks = TrackTable(params)
+    machine = StateMachine(tracks, params, Thresholds.from_params(params))
+    track = Track("type", "app.Session", BoundedSeries(100))
+    leak = _verdict("leak", 1.0, 0.5, 1.5)
+    states = []
+    for i in range(6):
+        track.series.append(95.0 + 10 * i, 100.0 + i)
+        states.append(machine.step(track, leak, 100.0 + 10 * i))
+    assert states == ["suspected"] + [None] * 5  # no collection yet
+    tracks.collected_at = 151.0
+    track.series.append(155.0, 106.0)
+    assert machine.step(track, leak, 160.0) == "confirmed"
+
+
+def test_without_a_collection_the_wait_runs_out() -> None:
+    params = DetectionParams(confirm_after=3, collection_check=True)
+    machine = StateMachine(TrackTable(params), params, Thresholds.from_params(params))
+    track = Track("type", "app.Session", BoundedSeries(100))
+    leak = _verdict("leak", 1.0, 0.5, 1.5)
+    states = []
+    for i in range(14):
+        track.series.append(95.0 + 10 * i, 100.0 + i)
+        states.append(machine.step(track, leak, 100.0 + 10 * i))
+    assert states.index("confirmed") == 12  # attribution_wait_s (120 s) after the streak began
