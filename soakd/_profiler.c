@@ -84,10 +84,16 @@ typedef struct {
     FrameKey frames[];
 } Stack;
 
+/* A block's size, with the index of the interval it was sampled at in the top byte: its
+ * weights at free time must be the ones it was added with, across set_interval(). */
 typedef struct {
     size_t size;
     Stack *stack;
 } BlockInfo;
+
+#define EPOCH_SHIFT 56
+#define SIZE_MASK ((((size_t)1) << EPOCH_SHIFT) - 1)
+#define MAX_EPOCHS 256
 
 typedef struct {
     PyMemAllocatorEx prev; /* the allocator we chain to */
@@ -104,6 +110,9 @@ static struct {
     int probe_hit;
 
     double interval;
+    double intervals[MAX_EPOCHS]; /* every interval of this profile, by epoch */
+    int n_intervals;
+    size_t epoch; /* index of `interval` in `intervals` */
     int frames;
     Py_ssize_t max_blocks;
     Py_ssize_t max_stacks;
@@ -171,10 +180,10 @@ default_seed(void)
 /* A block of s bytes is sampled with p = 1 - exp(-s/interval): it stands for s/p bytes and
  * 1/p blocks. Recomputed at free time from the size, so the table stores only the size. */
 static void
-block_weights(size_t size, double *w, double *inv_p, double *var)
+block_weights(size_t size, double interval, double *w, double *inv_p, double *var)
 {
     double s = (double)size;
-    double p = s > 0 ? -expm1(-s / S.interval) : 0.0;
+    double p = s > 0 ? -expm1(-s / interval) : 0.0;
     if (p <= 0.0) { /* zero-byte block: counts as one block, no bytes */
         *w = 0.0;
         *inv_p = 1.0;
@@ -268,10 +277,10 @@ block_delete_slot(size_t i)
 }
 
 static void
-stack_remove_block(Stack *st, size_t size)
+stack_remove_block(Stack *st, size_t packed)
 {
     double w, inv_p, var;
-    block_weights(size, &w, &inv_p, &var);
+    block_weights(packed & SIZE_MASK, S.intervals[packed >> EPOCH_SHIFT], &w, &inv_p, &var);
     st->live--;
     st->free_w2 += w * w;
     if (st->live == 0) { /* exact zero: no floating-point residue from add/subtract */
@@ -537,14 +546,15 @@ static void
     S.remaining = PARKED; /* allocations made while capturing pass through */
     S.sampled++;
     double w, inv_p, var;
-    block_weights(size, &w, &inv_p, &var);
+    size &= SIZE_MASK;
+    block_weights(size, S.interval, &w, &inv_p, &var);
     if (!block_room()) {
         S.dropped++;
         S.dropped_w += w;
     }
     else {
         Stack *st = capture_stack();
-        block_put((uintptr_t)ptr, size, st);
+        block_put((uintptr_t)ptr, size | (S.epoch << EPOCH_SHIFT), st);
         st->live++;
         st->est_bytes += w;
         st->est_blocks += inv_p;
@@ -848,6 +858,9 @@ prof_start(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
     if (tables_create() < 0)
         return PyErr_NoMemory();
     S.interval = (double)interval;
+    S.intervals[0] = S.interval;
+    S.n_intervals = 1;
+    S.epoch = 0;
     S.frames = frames;
     S.max_blocks = max_blocks;
     S.max_stacks = max_stacks;
@@ -861,6 +874,37 @@ prof_start(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
     S.enabled = 1;
     S.remaining = draw_countdown();
     Py_RETURN_NONE;
+}
+
+/* Samples from now on at another interval, keeping every sample taken so far: each block keeps
+ * the weights of the interval it was sampled at, so the estimates stay unbiased (a
+ * Horvitz-Thompson sum needs each unit's own inclusion probability, not a common one). */
+static PyObject *
+prof_set_interval(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    long long interval = PyLong_AsLongLong(arg);
+    if (interval == -1 && PyErr_Occurred())
+        return NULL;
+    if (interval < 1 || interval > (1LL << 40)) {
+        PyErr_Format(PyExc_ValueError, "interval must be in [1, 2**40] bytes: %lld", interval);
+        return NULL;
+    }
+    if (!is_running()) {
+        PyErr_SetString(PyExc_RuntimeError, "the sampled profiler is not running");
+        return NULL;
+    }
+    int k = 0;
+    while (k < S.n_intervals && S.intervals[k] != (double)interval)
+        k++;
+    if (k == S.n_intervals) {
+        if (S.n_intervals == MAX_EPOCHS)
+            Py_RETURN_FALSE; /* the caller restarts the profile instead */
+        S.intervals[S.n_intervals++] = (double)interval;
+    }
+    S.interval = (double)interval;
+    S.epoch = (size_t)k;
+    S.remaining = draw_countdown();
+    Py_RETURN_TRUE;
 }
 
 static void
@@ -926,6 +970,9 @@ prof_clear(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
     S.enabled = 0;
     S.remaining = PARKED;
     tables_release();
+    S.intervals[0] = S.interval; /* no block of an older interval is left */
+    S.n_intervals = 1;
+    S.epoch = 0;
     if (was_enabled) {
         if (tables_create() < 0)
             return PyErr_NoMemory();
@@ -1025,6 +1072,9 @@ static PyMethodDef prof_methods[] = {
     {"reinstall", prof_reinstall, METH_NOARGS,
      "Put the hooks back where another tool's stop() took them out; True if it did."},
     {"is_running", prof_is_running, METH_NOARGS, "Sampling allocations now."},
+    {"set_interval", prof_set_interval, METH_O,
+     "set_interval(bytes): sample at another mean interval, keeping the samples; False when a "
+     "profile has seen too many intervals (restart it)."},
     {"clear", prof_clear, METH_NOARGS, "Forget every sample and stack; keep running."},
     {"snapshot", prof_snapshot, METH_NOARGS,
      "[(frames, est_bytes, est_blocks, variance, sampled_blocks, alloc_w2, free_w2), ...]"},

@@ -55,6 +55,7 @@ class _Extension(Protocol):
     def stop(self) -> None: ...
     def reinstall(self) -> bool: ...
     def is_running(self) -> bool: ...
+    def set_interval(self, interval: int) -> bool: ...
     def clear(self) -> None: ...
     def snapshot(self) -> list[_RawStack]: ...
     def stats(self) -> dict[str, Any]: ...
@@ -235,6 +236,18 @@ class SampledProfiler:
             ext.stop()
         ext.start(interval, frames, max_blocks, max_stacks, seed or 0)
         self._settings = settings
+
+    def set_interval(self, interval: int) -> bool:
+        """Sample at another mean interval from now on, keeping every sample: each block keeps
+        the weights of the interval it was sampled at, so the estimates stay unbiased and the
+        sites' series continuous. False (nothing changed) when this profile has already seen
+        too many intervals: restart it with :meth:`start` then."""
+        if not 1 <= interval <= 2**40:
+            raise ValueError(f"interval must be 1..2**40 bytes: {interval}")
+        kept = _require().set_interval(interval)
+        if kept and self._settings is not None:
+            self._settings = (interval, *self._settings[1:])
+        return kept
 
     def stop(self) -> None:
         """Stop sampling and forget the samples (stays chained, passing through, when another

@@ -65,6 +65,8 @@ class Agent:
         # The running profile has seen every allocation since the process started (not since
         # a restart at another interval): only such a profile tells the heap's mean block.
         self._profile_whole = False
+        # The last interval change kept the samples (the sites' series need no restart).
+        self._profile_continuous = True
 
     # -- the sampled profiler ----------------------------------------------------------------
 
@@ -87,14 +89,17 @@ class Agent:
         return True
 
     def set_profiler_interval(self, interval: int) -> bool:
-        """Sample every ``interval`` bytes from now on: a fresh profile (the estimates of blocks
-        sampled at another rate cannot be mixed). False when the profiler does not run."""
+        """Sample every ``interval`` bytes from now on, keeping the samples taken so far (the
+        site series stay continuous: ``profiler_status()["continuous"]``); a fresh profile
+        when that cannot be done. False when the profiler does not run."""
         if self._profiler is None or not self._profiler.running:
             return False
         if self._profiler.stats().interval != interval:
-            self._profile_whole = False
             try:
-                self._profiler.start(interval=interval, frames=self.frames)
+                self._profile_continuous = self._profiler.set_interval(interval)
+                if not self._profile_continuous:
+                    self._profile_whole = False
+                    self._profiler.start(interval=interval, frames=self.frames)
             except (RuntimeError, ValueError) as exc:
                 self._profiler_lost = f"sampled profiler failed to restart: {exc}"
                 return False
@@ -114,6 +119,7 @@ class Agent:
                 "frames": st.frames,
                 "memory_bytes": st.memory_bytes,
                 "dropped_blocks": st.dropped_blocks,
+                "continuous": self._profile_continuous,
                 "lost": None,
             }
         lost = self._profiler_lost or "sampled profiler not started"

@@ -210,8 +210,10 @@ class Tracer:
     ) -> bool:
         """Sample more often (``on``) or as usual again; False when nothing changed.
 
-        Either way the profile starts afresh, and so do the site series; the zoom's own cost
-        in the target is recorded as a perturbation span like any of soakd's work there.
+        The profile keeps its samples (each weighted at the interval it was taken at), so the
+        site series go on; an agent that had to start a fresh profile says so, and they
+        restart. The zoom's own cost in the target is recorded as a perturbation span like any
+        of soakd's work there.
         """
         policy = self.policy
         if on == policy.zoomed or stats is None:
@@ -219,7 +221,8 @@ class Tracer:
         interval = policy.zoom_interval if on else normal_interval
         hello = await stats.profile(interval)
         now = self._clock()
-        self._restart_sites(now)
+        if not (hello.profiler or {}).get("continuous", False):
+            self._restart_sites(now)
         if on:
             policy.zoom(True, now)
             self._recorder.perturbation_open("profiler_zoom", now)
