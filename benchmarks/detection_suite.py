@@ -254,7 +254,7 @@ class Outcome:
 
 
 WARMUP_FLOOR_S = 60.0  # detection.warmup's default
-HOLD_S = 120.0  # a leaky run goes on this long after its confirmation: does it flap?
+HOLD_S = 60.0  # a leaky run goes on this long after its confirmation: does it flap?
 
 
 def flap_count(evs: list[dict[str, Any]]) -> int:
