@@ -13,6 +13,7 @@ symbolic link, and a file that cannot be read is a ``RunDirError``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -237,6 +238,8 @@ def open_regular(path: Path) -> BinaryIO:
             raise RunDirError(
                 f"{path} is a symbolic link; soakd reads only regular files in a run directory"
             )
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
         if not stat.S_ISREG(st.st_mode):
             raise RunDirError(
                 f"{path} is not a regular file ({_kind(st.st_mode)}); not a soakd file"
@@ -244,7 +247,7 @@ def open_regular(path: Path) -> BinaryIO:
         # O_NONBLOCK: if it was swapped for a FIFO since lstat, opening must not wait
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
         fd = os.open(path, flags)
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError):
         raise
     except OSError as exc:
         raise RunDirError(f"cannot read {path}: {exc.strerror or exc}", EXIT_USAGE) from None
@@ -295,6 +298,8 @@ def iter_events(path: Path) -> Iterator[dict[str, Any] | None]:
         fh = open_regular(path)
     except FileNotFoundError:
         return
+    except OSError as exc:  # a directory in its place
+        raise RunDirError(f"cannot read {path}: {exc.strerror or exc}") from None
     with fh:
         while True:
             try:
