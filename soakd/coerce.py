@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 
-__all__ = ["compact_json", "dig", "num", "opt_str", "text"]
+__all__ = ["compact_json", "dig", "num", "opt_str", "printable", "text"]
+
+# Terminal control characters (ESC starts colour, cursor and title sequences; CR overwrites a
+# line; C1 codes are ESC's 8-bit forms). Tab and newline stay: they only move the cursor on.
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def num(value: object) -> float | None:
@@ -33,10 +38,17 @@ def dig(data: object, *keys: str) -> object:
     return data
 
 
+def printable(value: str) -> str:
+    """``value`` with terminal control characters shown as ``\\xNN`` instead of acted on."""
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", value)
+
+
 def text(value: object, limit: int = 500) -> str:
-    """A bounded one-line string for display (escaping is the renderer's job)."""
+    """A bounded string for display, control characters escaped (a run file's strings reach
+    terminals); HTML escaping is the renderer's job."""
     s = value if isinstance(value, str) else "" if value is None else str(value)
-    return s if len(s) <= limit else s[: limit - 1] + "…"
+    s = s if len(s) <= limit else s[: limit - 1] + "…"
+    return printable(s)
 
 
 def opt_str(value: object, limit: int = 2000) -> str | None:

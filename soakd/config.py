@@ -19,6 +19,7 @@ from pydantic import (
 # Re-exported: rules and sinks read the valid leak kinds from the config module.
 from soakd.detection.kinds import LEAK_KINDS as LEAK_KINDS
 from soakd.errors import ConfigError
+from soakd.redact import redact_url
 from soakd.units import parse_duration, parse_size
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -83,9 +84,9 @@ class TargetConfig(_Model):
 
     @property
     def name(self) -> str:
-        """The target as the summary names it."""
+        """The target as the summary, events and metrics name it (credentials redacted)."""
         if self.http is not None:
-            return self.http.url
+            return redact_url(self.http.url)
         return self.scenario or self.factory or "?"
 
 
@@ -470,6 +471,9 @@ class OutputConfig(_Model):
 
     runs_dir: str = "runs"
     retention: int = Field(default=50, ge=1)  # keep this many run directories
+    # private: run directories 0700, files 0600; group: 0750 / 0640, to share with the group
+    # on purpose. A stricter umask wins either way.
+    mode: Literal["private", "group"] = "private"
     console: Literal["auto", "json", "pretty"] = "auto"
 
 
@@ -521,6 +525,10 @@ class Config(_Model):
         return p if p.is_absolute() else Path(self.base_dir) / p
 
 
+INTERNAL_FIELDS = frozenset({"source", "base_dir"})  # set by load_config, never by a user
+MAX_DEPTH = 32  # nesting of tables and arrays a config may have (options included)
+
+
 def _format_errors(source: str, exc: ValidationError, data: dict[str, Any]) -> str:
     lines: dict[str, list[str]] = {}  # "source: path = value" → messages (union members)
     for err in exc.errors():
@@ -529,7 +537,7 @@ def _format_errors(source: str, exc: ValidationError, data: dict[str, Any]) -> s
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             parent = _lookup_model(loc[:-1])
-            valid = ", ".join(sorted(parent.model_fields)) if parent else "see config/soakd.toml"
+            valid = ", ".join(_public_keys(parent)) if parent else "see config/soakd.toml"
             msg = f"unknown key; valid keys here: {valid}"
         value = err.get("input")
         shown = "" if err["type"] == "missing" else f" = {_short(value)}"
@@ -537,6 +545,37 @@ def _format_errors(source: str, exc: ValidationError, data: dict[str, Any]) -> s
         if msg not in messages:
             messages.append(msg)
     return "\n".join(f"{where}: {'; or '.join(msgs)}" for where, msgs in lines.items())
+
+
+def _public_keys(model: type[BaseModel]) -> list[str]:
+    """The keys a config file may set: not the internal fields (``source``, ``base_dir``)."""
+    return sorted(
+        (f.alias or name) for name, f in model.model_fields.items() if name not in INTERNAL_FIELDS
+    )
+
+
+def _check_depth(data: object, source: str) -> None:
+    """A ConfigError naming the key where ``data`` nests deeper than MAX_DEPTH (iterative:
+    a deep value must not exhaust the stack of whatever reads it later)."""
+    stack: list[tuple[object, list[str]]] = [(data, [])]
+    while stack:
+        node, path = stack.pop()
+        if len(path) > MAX_DEPTH:
+            key = ".".join(path[:8]) + (".…" if len(path) > 8 else "")
+            raise ConfigError(
+                f"{source}: {key}: nested more than {MAX_DEPTH} levels deep; no soakd setting "
+                "needs that: flatten the value"
+            )
+        if isinstance(node, dict):
+            stack.extend((v, [*path, str(k)]) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, [*path, f"[{i}]"]) for i, v in enumerate(node))
+
+
+def _deepest_line(text: str) -> int:
+    """The 1-based line with the most opening brackets (where a too-deep value is)."""
+    counts = [line.count("[") + line.count("{") for line in text.splitlines()] or [0]
+    return counts.index(max(counts)) + 1
 
 
 def _key_path(loc: tuple[int | str, ...], data: Any, *, missing: bool) -> list[str]:
@@ -603,6 +642,11 @@ def parse_set(items: list[str]) -> list[tuple[list[str], Any]]:
             )
         try:
             value = tomllib.loads(f"v = {raw}")["v"]
+        except RecursionError:
+            raise ConfigError(
+                f"--set {key}: the value is nested too deeply to read (more than "
+                f"{MAX_DEPTH} levels is never needed); flatten it"
+            ) from None
         except tomllib.TOMLDecodeError:
             if raw.strip() and all(c not in raw for c in "[]{}\"'="):
                 value = raw.strip()  # bare word: a string, so --set target.method=run works
@@ -645,14 +689,39 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+        except RecursionError:
+            raise ConfigError(
+                f"{p}: line {_deepest_line(text)}: a value nested too deeply to read (more "
+                f"than {MAX_DEPTH} levels is never needed); flatten it"
+            ) from None
         base = p.resolve().parent
     for keys, value in parse_set(overrides or []):
         _apply(data, keys, value, ".".join(keys))
         source = source if path is not None else "--set"
+    for key in sorted(INTERNAL_FIELDS & data.keys()):
+        raise ConfigError(
+            f"{source}: {key}: unknown key; valid keys here: {', '.join(_public_keys(Config))}"
+        )
+    _check_depth(data, source)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_errors(source, exc, data)) from None
     except (TypeError, ValueError) as exc:  # a validator that failed outside pydantic's wrapping
         raise ConfigError(f"{source}: {exc}") from None
-    return config.model_copy(update={"source": source, "base_dir": str(base)})
+    config = config.model_copy(update={"source": source, "base_dir": str(base)})
+    _check_files(config, source)
+    return config
+
+
+def _check_files(config: Config, source: str) -> None:
+    """Files the config names must exist now: check-config passes only what can run."""
+    name = config.workload.queries_file
+    if name is not None:
+        path = config.resolve(name)
+        if not path.is_file():
+            why = "is not a regular file" if path.exists() else "does not exist"
+            raise ConfigError(
+                f"{source}: workload.queries_file = {name!r}: {path} {why}; give a readable "
+                "file (relative paths are relative to the config file) or remove the key"
+            )

@@ -33,6 +33,7 @@ EventName = Literal[
     "summary.failed",
     "report.failed",
     "job.failed",
+    "metrics.listening",
     # the target
     "worker.started",
     "worker.ready",

@@ -1,23 +1,29 @@
 """The run directory: its layout (the one place of its file names), creation (never over an
-earlier run), retention, atomic writes and bounded reads of its files.
+earlier run), its modes, retention, atomic writes and bounded reads of its files.
 
-A run directory read back may come from another box or be damaged: reads here are bounded
-(one event line, one JSON file) and a file that cannot be read is a ``RunDirError``.
+A run directory is private: 0700, files 0600 (``[output] mode = "group"``: 0750 / 0640), a
+stricter umask wins. Files take their directory's mode without the execute bits, so
+``soakd report`` rewriting a group-shared run keeps it shared.
+
+A run directory read back may come from another box, be damaged or be hostile: reads here are
+bounded (one event line, one JSON file), open no special file (a FIFO, a device) and follow no
+symbolic link, and a file that cannot be read is a ``RunDirError``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
 import shutil
-import tempfile
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Literal
 
 from soakd.coerce import text
 from soakd.errors import EXIT_USAGE, RunDirError
@@ -30,9 +36,15 @@ CONFIG = "config.json"
 WORKER_LOG = "worker.log"
 REPORT_HTML = "report.html"
 REPORT_MD = "report.md"
+MARKER = ".soakd-run"  # holds the run id: retention removes only directories that have it
 SNAPSHOT_SUFFIX = ".json.gz"  # snapshots/<role>.json.gz, role baseline | latest | final
 MAX_EVENT_LINE = 1 << 20  # one event line; longer lines are skipped, not read whole
 MAX_JSON_BYTES = 64 << 20
+MAX_MARKER_BYTES = 256
+
+OutputMode = Literal["private", "group"]
+# directory mode per ``[output] mode``; files get it without the execute bits
+DIR_MODES: dict[str, int] = {"private": 0o700, "group": 0o750}
 
 
 @dataclass(frozen=True)
@@ -88,12 +100,16 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
 
 
-def create_run_dir(runs_dir: Path, explicit: Path | None, retention: int) -> RunDir:
-    """Make a fresh run directory; exit 2 naming the path when it cannot be made."""
+def create_run_dir(
+    runs_dir: Path, explicit: Path | None, retention: int, mode: OutputMode = "private"
+) -> RunDir:
+    """Make a fresh run directory (and the runs directory, the first time) with ``mode``'s
+    permissions and its marker; exit 2 naming the path when it cannot be made."""
     run_id = new_run_id()
+    dir_mode = DIR_MODES[mode]
     if explicit is not None:
         path = explicit
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        if os.path.islink(path) or (path.exists() and (not path.is_dir() or any(path.iterdir()))):
             raise RunDirError(
                 f"will not overwrite an existing run directory: {path}; "
                 "pass a new --run-dir or remove it"
@@ -106,16 +122,15 @@ def create_run_dir(runs_dir: Path, explicit: Path | None, retention: int) -> Run
             )
         path = runs_dir / run_id
     try:
-        if explicit is None:
-            runs_dir.mkdir(exist_ok=True)  # the first run makes the runs directory
-        path.mkdir(parents=explicit is not None, exist_ok=True)
-        (path / SNAPSHOTS).mkdir(exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_bytes(b"x")
-        probe.unlink()
+        if explicit is None and not runs_dir.exists():
+            runs_dir.mkdir(mode=dir_mode)  # the first run makes the runs directory
+        if path.exists():  # an empty --run-dir made beforehand: made as private as a new one
+            os.chmod(path, dir_mode & ~_umask())
+        else:
+            path.mkdir(mode=dir_mode, parents=explicit is not None)  # mkdir applies the umask
+        (path / SNAPSHOTS).mkdir(mode=dir_mode)
+        write_atomic(path / MARKER, run_id + "\n")  # also the write test
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            (path / ".write-test").unlink(missing_ok=True)  # created, then a full disk
         raise RunDirError(
             f"cannot create the run directory {path}: {exc.strerror or exc}; "
             "choose a writable --run-dir or output.runs_dir"
@@ -125,11 +140,49 @@ def create_run_dir(runs_dir: Path, explicit: Path | None, retention: int) -> Run
     return RunDir(path, run_id)
 
 
+def _umask() -> int:
+    """The process's umask (Linux reports it; elsewhere the usual 022)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def file_mode(directory: Path) -> int:
+    """The mode of a new file in ``directory``: the directory's without execute bits (a run
+    dir 0700 → 0600, 0750 → 0640); os.open applies the umask on top."""
+    try:
+        return stat.S_IMODE(os.stat(directory).st_mode) & 0o666
+    except OSError:
+        return 0o600
+
+
+def create_file(path: Path, flags: int = os.O_WRONLY | os.O_APPEND) -> int:
+    """Open ``path`` for writing (created with :func:`file_mode`), never through a link."""
+    return os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, file_mode(path.parent))
+
+
+def is_marked_run(path: Path) -> bool:
+    """``path`` is a real directory (no link) holding soakd's marker with its own name."""
+    try:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            return False
+        with open_regular(path / MARKER) as fh:
+            return fh.read(MAX_MARKER_BYTES).decode("utf-8", "replace").strip() == path.name
+    except (OSError, RunDirError):
+        return False
+
+
 def prune_runs(runs_dir: Path, retention: int, keep: Path) -> list[Path]:
-    """Delete the oldest soakd run directories beyond ``retention`` (only ones soakd made)."""
+    """Delete the oldest soakd run directories beyond ``retention``: only directories that
+    carry soakd's marker with their run id (a folder a person put there is never touched)."""
     runs = sorted(
-        (p for p in runs_dir.iterdir() if p.is_dir() and (p / EVENTS).exists() and p != keep),
-        key=lambda p: p.stat().st_mtime,
+        (p for p in runs_dir.iterdir() if p != keep and is_marked_run(p)),
+        key=lambda p: p.lstat().st_mtime,
     )
     removed = []
     for old in runs[: max(0, len(runs) - (retention - 1))]:
@@ -144,27 +197,23 @@ def check_run_dir(run_dir: Path) -> None:
         raise RunDirError(f"run directory not found: {run_dir}")
     if not run_dir.is_dir():
         raise RunDirError(f"not a directory: {run_dir}; pass a soakd run directory")
-    if not any((run_dir / n).is_file() for n in (SUMMARY, EVENTS, SAMPLES)):
+    if not any(os.path.lexists(run_dir / n) for n in (SUMMARY, EVENTS, SAMPLES)):
         raise RunDirError(
             f"not a soakd run directory (no {SUMMARY}, {EVENTS} or {SAMPLES}): {run_dir}"
         )
 
 
-def write_atomic(path: Path, data: str | bytes, *, private: bool = False) -> None:
+def write_atomic(path: Path, data: str | bytes) -> None:
     """Write via a temp file, fsync and rename, so readers never see half a file.
 
-    ``private`` files are created 0600 (``mkstemp``); the others get the umask's mode. Any
-    failure removes the temp file (a full disk must not leave one per write) and re-raises.
+    The file gets its directory's mode (:func:`file_mode`). Any failure removes the temp file
+    (a full disk must not leave one per write) and re-raises.
     """
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd: int | None = None
-    if private:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        tmp = Path(name)
-    else:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        with open(tmp if fd is None else fd, "wb") as fh:
+        fd = create_file(tmp, os.O_WRONLY | os.O_EXCL)
+        with open(fd, "wb") as fh:
             fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())
@@ -180,11 +229,58 @@ def write_json_atomic(path: Path, data: Any) -> None:
     write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
+def open_regular(path: Path) -> BinaryIO:
+    """Open a run directory's file for reading: a regular file, never through a symbolic link,
+    never a FIFO or a device (opening one can block, reading one never ends)."""
+    try:
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            raise RunDirError(
+                f"{path} is a symbolic link; soakd reads only regular files in a run directory"
+            )
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+        if not stat.S_ISREG(st.st_mode):
+            raise RunDirError(
+                f"{path} is not a regular file ({_kind(st.st_mode)}); not a soakd file"
+            )
+        # O_NONBLOCK: if it was swapped for a FIFO since lstat, opening must not wait
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+        fd = os.open(path, flags)
+    except (FileNotFoundError, IsADirectoryError):
+        raise
+    except OSError as exc:
+        raise RunDirError(f"cannot read {path}: {exc.strerror or exc}", EXIT_USAGE) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise RunDirError(f"{path} is not a regular file; not a soakd file")
+        os.set_blocking(fd, True)
+        return open(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a directory"),
+    ):
+        if test(mode):
+            return name
+    return "a special file"
+
+
 def load_json_file(path: Path) -> Any:
     """Parse a JSON file of bounded size; a RunDirError (exit 2) naming it when not usable."""
     try:
-        with path.open("rb") as fh:
+        with open_regular(path) as fh:
             raw = fh.read(MAX_JSON_BYTES + 1)
+    except FileNotFoundError:
+        raise RunDirError(f"cannot read {path}: no such file", EXIT_USAGE) from None
     except OSError as exc:
         raise RunDirError(f"cannot read {path}: {exc.strerror or exc}", EXIT_USAGE) from None
     if len(raw) > MAX_JSON_BYTES:
@@ -199,14 +295,17 @@ def load_json_file(path: Path) -> Any:
 def iter_events(path: Path) -> Iterator[dict[str, Any] | None]:
     """Each line of events.jsonl as a dict, or None for a line that is not a JSON object."""
     try:
-        fh = path.open("rb")
+        fh = open_regular(path)
     except FileNotFoundError:
         return
-    except OSError as exc:
+    except OSError as exc:  # a directory in its place
         raise RunDirError(f"cannot read {path}: {exc.strerror or exc}") from None
     with fh:
         while True:
-            line = fh.readline(MAX_EVENT_LINE)
+            try:
+                line = fh.readline(MAX_EVENT_LINE)
+            except OSError as exc:
+                raise RunDirError(f"cannot read {path}: {exc.strerror or exc}") from None
             if not line:
                 return
             if not line.endswith(b"\n") and len(line) >= MAX_EVENT_LINE:

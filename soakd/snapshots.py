@@ -43,8 +43,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from soakd.errors import EXIT_USAGE, SnapshotError
-from soakd.rundir import write_atomic
+from soakd.errors import EXIT_USAGE, RunDirError, SnapshotError
+from soakd.rundir import open_regular, write_atomic
 
 __all__ = [
     "MAX_DECOMPRESSED_BYTES",
@@ -173,7 +173,7 @@ def write_snapshot(path: str | os.PathLike[str], data: Snapshot | Mapping[str, A
     with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=6, mtime=0) as gz:
         gz.write(payload.encode("utf-8"))
     target.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(target, buffer.getvalue(), private=True)
+    write_atomic(target, buffer.getvalue())
     return target
 
 
@@ -183,11 +183,14 @@ def read_snapshot(
     """Read and validate a snapshot; any problem → SnapshotError (exit 2) naming the file."""
     name = str(path)
     try:
-        with gzip.open(name, "rb") as gz:
+        # a regular file only, never through a link: a FIFO or /dev/zero would never end
+        with open_regular(Path(name)) as fh, gzip.GzipFile(fileobj=fh, mode="rb") as gz:
             # read(n) decompresses in chunks and stops at n: a gzip bomb costs at most n bytes.
             raw = gz.read(max_bytes + 1)
     except FileNotFoundError:
         raise _bad(name, "no such file") from None
+    except RunDirError as exc:
+        raise _bad(name, str(exc).removeprefix(name).lstrip(": ")) from None
     except IsADirectoryError:
         raise _bad(name, "is a directory, expected a .json.gz snapshot file") from None
     except PermissionError:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import sqlite3
+import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from typing import Any
 
 from soakd.coerce import opt_str, text
 from soakd.errors import StoreError
+from soakd.rundir import create_file
 
 __all__ = [
     "SCHEMA",
@@ -56,6 +59,9 @@ class SampleStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        # Created here with the run directory's file mode: SQLite gives its -wal and -shm files
+        # the database file's mode, so all three stay as private as the directory.
+        os.close(create_file(path, os.O_WRONLY))
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -148,6 +154,26 @@ class Site:
     line: str | None
 
 
+def _check_store_files(path: Path) -> None:
+    """samples.db and its companions must be regular files, not links: SQLite follows links
+    and blocks opening a FIFO, and a foreign run directory may hold either."""
+    for name in ("", "-wal", "-shm", "-journal"):
+        companion = path.with_name(path.name + name)
+        try:
+            st = os.lstat(companion)
+        except FileNotFoundError:
+            if name:
+                continue
+            raise StoreError(f"{path}: no such file") from None
+        except OSError as exc:
+            raise StoreError(f"cannot read {companion}: {exc.strerror or exc}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise StoreError(
+                f"{companion} is not a regular file (a link, FIFO or device); soakd reads only "
+                "regular files in a run directory"
+            )
+
+
 class RunStore:
     """The read side of ``samples.db``, also mid-run and on a store from another box.
 
@@ -164,8 +190,9 @@ class RunStore:
     """
 
     def __init__(self, path: Path, *, strict: bool = True) -> None:
-        if not strict and not path.is_file():
+        if not strict and not os.path.lexists(path):
             raise FileNotFoundError(path)
+        _check_store_files(path)
         self.path = path
         self.strict = strict
         uri = f"{path.resolve().as_uri()}?mode=ro"

@@ -32,6 +32,7 @@ from soakd.errors import (
 )
 from soakd.leaks import LeakLedger, LeakRecord, leak_sort_key
 from soakd.perturbation import PerturbationLog
+from soakd.redact import redact_target
 from soakd.store import RunStore
 from soakd.workload.unperturbed import UnperturbedTotals
 
@@ -338,7 +339,8 @@ def build_summary(
         "duration_s": round(duration, 3),
         "verdict": verdict,
         "exit_code": VERDICT_EXIT.get(str(verdict), EXIT_INTERNAL),
-        "target": store.meta.get("target", "?"),
+        # redacted again: a store written before redaction existed may hold a raw URL
+        "target": redact_target(str(store.meta.get("target", "?"))),
         "workload": workload,
         "memory": memory,
         "leaks": leaks,

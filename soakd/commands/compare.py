@@ -9,7 +9,7 @@ Workload figures (throughput, error rate, latency and first-event percentiles) a
 the unperturbed intervals (``workload.unperturbed``: soakd's own work in the target left out)
 when the run and every baseline have them, else the whole run's; the output says which.
 
-Exit codes: 0 no regression · 6 regression found · 2 bad input.
+Exit codes: 0 no regression · 6 regression found · 2 bad input, or nothing comparable.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -103,7 +104,7 @@ def _started(summary: Mapping[str, Any]) -> float:
 
 
 def _run_summary(path: Path) -> dict[str, Any]:
-    if (path / SUMMARY).is_file():
+    if os.path.lexists(path / SUMMARY):  # a link or FIFO there is an error, not "absent"
         return load_summary_file(path)
     summary = rebuild_or_read_summary(path)
     if not summary:
@@ -266,6 +267,13 @@ def run(args: argparse.Namespace) -> int:
             f"only count runs of target {text(summary.get('target'), 200)!r})"
         )
     rows = compare(summary, [b for _, b in baselines], args.threshold)
+    if not any(c.value is not None and c.baselines for c in rows):
+        # "no regression" would pass a CI gate on a comparison that never happened
+        raise CommandError(
+            f"nothing to compare: no metric has a value in both {run_dir} and its "
+            f"{len(baselines)} baseline run(s) (summaries without workload or memory "
+            "figures); run longer soaks, or pass baselines of the same kind of run"
+        )
     regression = any(c.regression for c in rows)
     if args.json:
         payload = {

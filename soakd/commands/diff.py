@@ -9,6 +9,7 @@ import json
 import sys
 from typing import Any, TextIO
 
+from soakd.coerce import printable
 from soakd.errors import CommandError
 from soakd.snapshots import DiffRow, Snapshot, diff_snapshots, read_snapshot
 from soakd.units import format_size
@@ -54,7 +55,8 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         }
         stream.write(json.dumps(document, indent=2) + "\n")
     else:
-        stream.write(format_table(args.snap_a, a, args.snap_b, b, rows, args.group_by))
+        # a snapshot may be hostile: its strings must not drive the terminal (JSON escapes them)
+        stream.write(printable(format_table(args.snap_a, a, args.snap_b, b, rows, args.group_by)))
     return 0
 
 

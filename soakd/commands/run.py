@@ -65,7 +65,10 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--pid {args.pid}: no such process; pass the pid of a running process")
     runs_dir = Path(config.output.runs_dir).expanduser()  # relative to the working directory
     run_dir = create_run_dir(
-        runs_dir, Path(args.run_dir) if args.run_dir else None, config.output.retention
+        runs_dir,
+        Path(args.run_dir) if args.run_dir else None,
+        config.output.retention,
+        config.output.mode,
     )
     print(run_dir.path, flush=True)
     from soakd.supervisor import Supervisor

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from soakd.coerce import text
@@ -36,8 +37,9 @@ def format_seconds(seconds: float | None) -> str:
 def source_context(site: str | None, radius: int = 3) -> list[tuple[int, str]] | None:
     """The lines around ``file.py:N`` when that Python file exists here, else None.
 
-    Only ``.py`` files of bounded size are read: a foreign run dir must not be able to make
-    a report quote arbitrary files of this box.
+    A foreign run dir must not be able to make a report quote arbitrary files of this box
+    (soakd often runs as root): only ``.py`` regular files of bounded size, opened without
+    following a link and without blocking, that every user of the box may read anyway.
     """
     if not site:
         return None
@@ -45,13 +47,28 @@ def source_context(site: str | None, radius: int = 3) -> list[tuple[int, str]] |
     if not sep or not line_s.isdigit() or len(line_s) > 9 or not path_s.endswith(".py"):
         return None
     lineno = int(line_s)
-    path = Path(path_s)
+    if not os.path.isabs(path_s):
+        return None
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
     try:
-        if not path.is_absolute() or not path.is_file() or path.stat().st_size > MAX_SOURCE_BYTES:
-            return None
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        fd = os.open(path_s, flags)
     except (OSError, ValueError):
         return None
+    try:
+        st = os.fstat(fd)
+        # world-readable only: quoting must not show a reader what they could not read
+        if not stat.S_ISREG(st.st_mode) or not st.st_mode & stat.S_IROTH:
+            return None
+        if st.st_size > MAX_SOURCE_BYTES:
+            return None
+        os.set_blocking(fd, True)
+        with open(fd, "rb", closefd=False) as fh:
+            raw = fh.read(MAX_SOURCE_BYTES + 1)
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+    lines = raw.decode("utf-8", errors="replace").splitlines()
     if not 1 <= lineno <= len(lines):
         return None
     lo, hi = max(1, lineno - radius), min(len(lines), lineno + radius)

@@ -8,6 +8,7 @@ being finite, every line and file read is bounded, and a broken file is a ``Soak
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from soakd.coerce import dig, num, text
 from soakd.errors import SoakdError, SummaryError
 from soakd.events import REPORT_EVENTS
 from soakd.perturbation import PerturbationLog
+from soakd.redact import redact_config
 from soakd.rundir import (
     CONFIG,
     EVENTS,
@@ -107,7 +109,7 @@ def load_events(path: Path) -> tuple[list[dict[str, Any]], int]:
 def load_summary_file(run_dir: Path) -> dict[str, Any]:
     """summary.json as a dict ({} when absent); a SoakdError when it is not a JSON object."""
     path = run_dir / SUMMARY
-    if not path.is_file():
+    if not os.path.lexists(path):  # a link, FIFO or device there is an error, not "absent"
         return {}
     data = load_json_file(path)
     if not isinstance(data, dict):
@@ -131,18 +133,21 @@ def rebuild_or_read_summary(run_dir: Path) -> dict[str, Any]:
 
 
 def load_config_dump(run_dir: Path, meta: Mapping[str, str]) -> object:
-    """The effective config: config.json, else the ``config`` meta key; None when neither."""
+    """The effective config: config.json, else the ``config`` meta key; None when neither.
+
+    Redacted again on the way out: a run written before redaction existed (or by hand) must
+    not put a secret into a report."""
     path = run_dir / CONFIG
-    if path.is_file():
+    if os.path.lexists(path):
         try:
-            return load_json_file(path)
+            return redact_config(load_json_file(path))
         except SoakdError:
             return None  # a broken config dump must not cost the whole report
     raw = meta.get("config")
     if raw is None or len(raw) > MAX_JSON_BYTES:
         return None
     try:
-        return json.loads(raw)
+        return redact_config(json.loads(raw))
     except (ValueError, RecursionError):
         return None
 

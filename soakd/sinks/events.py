@@ -16,6 +16,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from soakd.rundir import create_file
+
 Listener = Callable[[str, dict[str, Any]], None]
 
 
@@ -71,7 +73,9 @@ class EventLog:
     ) -> None:
         out = stdout if stdout is not None else sys.stdout
         pretty = console == "pretty" or (console == "auto" and out.isatty())
-        self._file = path.open("a", encoding="utf-8") if path is not None else None
+        self._file: TextIO | None = None
+        if path is not None:  # held open for the run, closed by close()
+            self._file = open(create_file(path), "a", encoding="utf-8")  # noqa: SIM115
         self._sink = _Sink(self._file, out, pretty)
         self._t0 = started_monotonic
         self._listeners: list[Listener] = []

@@ -242,6 +242,14 @@ class Supervisor:
         self.recorder.start_observers(self.target.name)
         for obs in self.recorder.observers:
             await obs.start()
+            if self.config.metrics.enabled:
+                from soakd.sinks.metrics import MetricsServer  # aiohttp: only when used
+
+                if isinstance(obs, MetricsServer) and obs.port is not None:
+                    # the bound port, so that bind = "HOST:0" can be scraped at all
+                    self.recorder.emit(
+                        "metrics.listening", bind=self.config.metrics.bind, port=obs.port
+                    )
         self.recorder.emit(
             "run.started",
             target=self.target.name,

@@ -15,6 +15,7 @@ from typing import Any
 from soakd import rundir, summary
 from soakd.config import Config
 from soakd.perturbation import PerturbationLog
+from soakd.redact import redact_config
 from soakd.sinks.base import RunObserver
 from soakd.sinks.events import EventLog
 from soakd.sinks.observers import (
@@ -121,9 +122,10 @@ class RunRecorder:
 
     # -- start -----------------------------------------------------------------------------
     def write_meta(self, target_name: str, driven: bool) -> None:
-        """The run's identity and effective config, in samples.db and config.json."""
+        """The run's identity and effective config, in samples.db and config.json, secrets
+        redacted (the worker gets the real config through a memory file, never the disk)."""
         cfg = self.config
-        dump = cfg.model_dump(mode="json", by_alias=True)
+        dump = redact_config(cfg.model_dump(mode="json", by_alias=True))
         self.store.set_meta("run_id", self.run_dir.run_id)
         self.store.set_meta("started_epoch", repr(self.state.started_epoch))
         self.store.set_meta("started_at", summary.iso_utc(self.state.started_epoch))
@@ -134,7 +136,7 @@ class RunRecorder:
         self.store.set_meta("driven", "1" if driven else "0")
         rundir.write_json_atomic(
             self.run_dir.config,
-            {"config": cfg.model_dump(mode="json", by_alias=True), "base_dir": cfg.base_dir},
+            {"config": dump, "base_dir": cfg.base_dir},
         )
 
     def start_observers(self, target_name: str) -> None:

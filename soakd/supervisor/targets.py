@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -53,7 +54,7 @@ class WorkerLog:
     """Keeps the first ``limit`` bytes of the target's output; counts the rest."""
 
     def __init__(self, path: Path, limit: int) -> None:
-        self._fh = path.open("ab")
+        self._fh = open(rundir.create_file(path), "ab")  # noqa: SIM115 (held for the run)
         self._left = limit
         self.dropped = 0
 
@@ -106,8 +107,11 @@ class WorkerProcess:
     async def spawn(self) -> None:
         cfg = self._config
         parent, child = socket.socketpair()
+        # The full config (headers, URLs with credentials) goes to the worker in memory:
+        # config.json in the run directory is the redacted copy.
+        config_fd = _config_memfd(cfg)
         env = child_environment(os.environ)
-        env.update(worker_environment(child.fileno(), str(self._run.config), os.getpid()))
+        env.update(worker_environment(child.fileno(), config_fd, os.getpid()))
         limit = cfg.run.worker_memory_limit
 
         def preexec() -> None:
@@ -121,7 +125,7 @@ class WorkerProcess:
                 sys.executable,
                 "-m",
                 "soakd.worker",
-                pass_fds=(child.fileno(),),
+                pass_fds=(child.fileno(), config_fd),
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
@@ -130,6 +134,7 @@ class WorkerProcess:
                 preexec_fn=preexec if limit else None,
             )
         except (OSError, subprocess.SubprocessError) as exc:
+            os.close(config_fd)
             parent.close()
             child.close()
             self._state.fail(
@@ -137,6 +142,7 @@ class WorkerProcess:
             )
             return
         child.close()
+        os.close(config_fd)
         self.link = WorkerLink(await Channel.open(parent), self._on_message)
         self._recorder.emit("worker.started", pid=self.proc.pid)
 
@@ -205,6 +211,21 @@ class WorkerProcess:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, sig)
+
+
+def _config_memfd(config: Config) -> int:
+    """An anonymous memory file (no path, gone with its last fd) holding the full config."""
+    dump = {"config": config.model_dump(mode="json", by_alias=True), "base_dir": config.base_dir}
+    fd = os.memfd_create("soakd-config")  # close-on-exec: only pass_fds hands it on
+    try:
+        data = memoryview(json.dumps(dump).encode("utf-8"))
+        while data:
+            data = data[os.write(fd, data) :]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class PythonTarget:

@@ -1,7 +1,8 @@
 """Worker entry point (``python -m soakd.worker``), started by the supervisor.
 
 Environment (names in :mod:`soakd.worker`): ``SOAKD_CHANNEL_FD`` (our end of the socketpair)
-and ``SOAKD_CONFIG`` (the run's config.json). The worker dies with the supervisor:
+and ``SOAKD_CONFIG_FD`` (a memory file with the run's full config: config.json on disk is
+redacted). The worker dies with the supervisor:
 PR_SET_PDEATHSIG plus EOF on the channel. It answers the agent operations of
 :mod:`soakd.agent.protocol`, and ``stop``.
 """
@@ -155,7 +156,7 @@ class Worker:
 
 async def _amain() -> int:
     fd = int(os.environ[ENV_CHANNEL_FD])
-    with open(os.environ[ENV_CONFIG], encoding="utf-8") as fh:
+    with open(int(os.environ[ENV_CONFIG]), encoding="utf-8") as fh:
         raw = json.load(fh)
     config = Config.model_validate(raw["config"]).model_copy(update={"base_dir": raw["base_dir"]})
     sock = socket.socket(fileno=fd)
