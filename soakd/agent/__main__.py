@@ -5,9 +5,12 @@ Usage::
     python -m soakd.agent [--socket PATH] [--frames N] [--trace] script.py [ARGS ...]
     python -m soakd.agent [--socket PATH] [--frames N] [--trace] -m module [ARGS ...]
 
-The socket is PATH, else ``$SOAKD_AGENT_SOCKET``, else ``/tmp/soakd-agent-<pid>.sock``; it is
+The socket is PATH, else ``$SOAKD_AGENT_SOCKET``, else ``soakd-agent-<pid>-<random>.sock`` in
+this user's private directory (``$XDG_RUNTIME_DIR/soakd`` or ``/tmp/soakd-<uid>``); it is
 removed when the program ends, also on SIGTERM (unless the program installs its own handler).
 ``--trace`` starts tracemalloc before the program runs, so its import-time allocations count.
+When the agent cannot be served (the socket's place is unsafe or taken), the program runs
+without it after a warning on stderr: watching must never stop the app.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from soakd.agent.env import ENV_DISABLED
+from soakd.agent.protocol import AgentError
 from soakd.agent.server import serve
 
 _USAGE = (
@@ -73,7 +77,11 @@ def main(argv: Sequence[str]) -> int:
     else:
         return _usage("give a script or -m module to run")
     os.environ.pop(ENV_DISABLED, None)  # asked for explicitly
-    server = serve(socket_path, frames=frames, trace=trace)
+    try:
+        server = serve(socket_path, frames=frames, trace=trace)
+    except (AgentError, OSError) as exc:
+        print(f"soakd.agent: warning: running without the agent: {exc}", file=sys.stderr)
+        server = None
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:
