@@ -279,11 +279,11 @@ def test_400_idle_connections_leave_the_apps_threads_bounded(
                 except BlockingIOError:  # the listen backlog is full until the agent accepts
                     assert time.monotonic() < deadline, "the agent stopped accepting"
                     time.sleep(0.005)
-        busy = _ask(conns[-1], b'{"op": "ping"}\n')  # one past the limit: turned away
-        assert busy["ok"] is False and "busy" in str(busy["error"])
         time.sleep(0.5)
         threads = psutil.Process(app.pid).num_threads()
         assert threads <= before + MAX_CONNECTIONS, (before, threads)
+        busy = json.loads(conns[-1].makefile("rb").readline())  # past the limit: turned away
+        assert busy["ok"] is False and "busy" in str(busy["error"])
     finally:
         for sock in conns:
             sock.close()
