@@ -24,9 +24,9 @@ from soakd.agent.allocations import SiteResolver, TraceGroups, collect_sampled, 
 from soakd.agent.heap import HeapSampler
 from soakd.agent.objects import TypeCounter, count_tasks
 from soakd.agent.protocol import AgentError, HeapSample, SitesResult, TypesSample
-from soakd.agent.server import AgentClient, serve
+from soakd.agent.server import AgentClient, AgentRefused, serve
 
-__all__ = ["SNAPSHOT_SITES", "Agent", "AgentClient", "AgentError", "serve"]
+__all__ = ["SNAPSHOT_SITES", "Agent", "AgentClient", "AgentError", "AgentRefused", "serve"]
 
 # Entries (distinct tracebacks) kept in a snapshot file: enough to diff, small on disk.
 SNAPSHOT_SITES = 500

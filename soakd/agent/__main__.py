@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from types import FrameType
 
 from soakd.agent.env import ENV_DISABLED
-from soakd.agent.protocol import AgentError
 from soakd.agent.server import serve
 
 _USAGE = (
@@ -77,11 +76,7 @@ def main(argv: Sequence[str]) -> int:
     else:
         return _usage("give a script or -m module to run")
     os.environ.pop(ENV_DISABLED, None)  # asked for explicitly
-    try:
-        server = serve(socket_path, frames=frames, trace=trace)
-    except (AgentError, OSError) as exc:
-        print(f"soakd.agent: warning: running without the agent: {exc}", file=sys.stderr)
-        server = None
+    server = serve(socket_path, frames=frames, trace=trace)  # None, with a warning, if it cannot
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:

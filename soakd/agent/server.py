@@ -36,6 +36,7 @@ import selectors
 import socket
 import stat
 import struct
+import sys
 import tempfile
 import threading
 import time
@@ -305,7 +306,8 @@ def serve(
     ``trace=True`` starts tracemalloc right away (otherwise the watcher may ask for it).
     ``profile`` starts the sampled allocation profiler (interval: ``$SOAKD_PROFILER_INTERVAL``,
     which may also say "off"). Returns None without serving when ``$SOAKD_AGENT_DISABLED`` is
-    ``1`` (soakd's own processes set it).
+    ``1`` (soakd's own processes set it), and, after a warning on stderr, when the socket
+    cannot be served (its place is unsafe or taken): watching must never stop the app.
     """
     global _server
     if os.environ.get(ENV_DISABLED) == "1":
@@ -318,7 +320,11 @@ def serve(
 
             agent = Agent(frames=frames, max_sites=max_sites, max_types=max_types)
         # Bound first: when it cannot be, nothing was started in the app.
-        server = AgentServer(agent, path or default_socket_path())
+        try:
+            server = AgentServer(agent, path or default_socket_path())
+        except (AgentError, OSError) as exc:
+            print(f"soakd.agent: warning: running without the agent: {exc}", file=sys.stderr)
+            return None
         atexit.register(server.close)
         if trace:
             agent.start_tracing()

@@ -386,3 +386,11 @@ def test_the_private_dir_is_created_0700(short_dir: Path) -> None:
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
     ).stdout.strip()
     assert again != out  # a fresh random name each time
+
+
+def test_a_socket_path_that_cannot_be_served_leaves_the_app_running(short_dir: Path) -> None:
+    env = _agent_env(SOAKD_AGENT_SOCKET=str(short_dir / "missing" / "a.sock"))
+    app = _start_app(env)
+    _ready(app)
+    err = _stop(app)
+    assert "Traceback" not in err and "running without the agent" in err, err
