@@ -24,9 +24,9 @@ from soakd.agent.allocations import SiteResolver, TraceGroups, collect_sampled, 
 from soakd.agent.heap import HeapSampler
 from soakd.agent.objects import TypeCounter, count_tasks
 from soakd.agent.protocol import AgentError, HeapSample, SitesResult, TypesSample
-from soakd.agent.server import AgentClient, serve
+from soakd.agent.server import AgentClient, AgentRefused, serve
 
-__all__ = ["SNAPSHOT_SITES", "Agent", "AgentClient", "AgentError", "serve"]
+__all__ = ["SNAPSHOT_SITES", "Agent", "AgentClient", "AgentError", "AgentRefused", "serve"]
 
 # Entries (distinct tracebacks) kept in a snapshot file: enough to diff, small on disk.
 SNAPSHOT_SITES = 500
@@ -163,10 +163,16 @@ class Agent:
         return TypesSample(self._types.sample())
 
     def sites(
-        self, snapshot_path: str | None = None, role: str = "latest", *, t: float | None = None
+        self,
+        snapshot_path: str | None = None,
+        role: str = "latest",
+        *,
+        t: float | None = None,
+        inline: bool = False,
     ) -> SitesResult:
         """Group the live allocations by site (top ``max_sites`` by size); optionally write a
-        ``soakd.snapshot/1`` file, which records ``t`` (seconds since the run started).
+        ``soakd.snapshot/1`` file, which records ``t`` (seconds since the run started), or
+        return it in the answer (``inline``).
 
         While tracemalloc traces, its exact traces; otherwise the sampled profiler's estimates.
         """
@@ -190,7 +196,7 @@ class Agent:
         # blocks (churn, not the heap's mix).
         calibrate = interval is None or (self._profile_whole and not self._heap.calibrated)
         result = self._sites_result(
-            groups, interval, snapshot_path, role, t, taken_at, calibrate=calibrate
+            groups, interval, snapshot_path, role, t, taken_at, calibrate=calibrate, inline=inline
         )
         return replace(result, cpu_s=time.thread_time() - cpu_started)
 
@@ -204,6 +210,7 @@ class Agent:
         taken_at: str,
         *,
         calibrate: bool = True,
+        inline: bool = False,
     ) -> SitesResult:
         if calibrate:
             self._heap.calibrate(groups.traced_bytes, groups.blocks)
@@ -219,7 +226,7 @@ class Agent:
             tracing=True,
             sampling_interval=interval,
         )
-        if snapshot_path is not None:
+        if snapshot_path is not None or inline:
             from soakd.snapshots import Snapshot, write_snapshot
 
             started = time.perf_counter()
@@ -233,6 +240,9 @@ class Agent:
                 sampling_interval=interval,
             )
             del groups
-            path = os.fspath(write_snapshot(snapshot_path, snapshot))
-            result = replace(result, snapshot_path=path, write_s=time.perf_counter() - started)
+            if inline:
+                result = replace(result, snapshot=snapshot.to_json())
+            if snapshot_path is not None:
+                path = os.fspath(write_snapshot(snapshot_path, snapshot))
+                result = replace(result, snapshot_path=path, write_s=time.perf_counter() - started)
         return result

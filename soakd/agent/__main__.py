@@ -5,9 +5,12 @@ Usage::
     python -m soakd.agent [--socket PATH] [--frames N] [--trace] script.py [ARGS ...]
     python -m soakd.agent [--socket PATH] [--frames N] [--trace] -m module [ARGS ...]
 
-The socket is PATH, else ``$SOAKD_AGENT_SOCKET``, else ``/tmp/soakd-agent-<pid>.sock``; it is
+The socket is PATH, else ``$SOAKD_AGENT_SOCKET``, else ``soakd-agent-<pid>-<random>.sock`` in
+this user's private directory (``$XDG_RUNTIME_DIR/soakd`` or ``/tmp/soakd-<uid>``); it is
 removed when the program ends, also on SIGTERM (unless the program installs its own handler).
 ``--trace`` starts tracemalloc before the program runs, so its import-time allocations count.
+When the agent cannot be served (the socket's place is unsafe or taken), the program runs
+without it after a warning on stderr: watching must never stop the app.
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ def main(argv: Sequence[str]) -> int:
     else:
         return _usage("give a script or -m module to run")
     os.environ.pop(ENV_DISABLED, None)  # asked for explicitly
-    server = serve(socket_path, frames=frames, trace=trace)
+    server = serve(socket_path, frames=frames, trace=trace)  # None, with a warning, if it cannot
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:

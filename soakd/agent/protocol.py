@@ -180,7 +180,8 @@ class SitesResult(_WireView):
 
     ``own_blocks`` are soakd's own small blocks (which ``sys.getallocatedblocks()`` counts),
     ``pause_s`` the GIL-holding copy of the traces; ``snapshot_path`` and ``write_s`` are set
-    only when a snapshot file was asked for. ``sampling_interval`` is set when the sites come
+    only when a snapshot file was asked for, ``snapshot`` (a ``soakd.snapshot/1`` document)
+    when it was asked for in the answer. ``sampling_interval`` is set when the sites come
     from the sampled profiler: sizes and counts are then estimates with a ``variance``.
     """
 
@@ -199,6 +200,7 @@ class SitesResult(_WireView):
     # CPU time the agent's thread spent on this request: its work in the target, where the
     # wall-clock times above also count waiting for the target's GIL.
     cpu_s: float = 0.0
+    snapshot: Mapping[str, Any] | None = None
 
     @classmethod
     def not_tracing(cls, overhead_bytes: int) -> SitesResult:
@@ -227,6 +229,8 @@ class SitesResult(_WireView):
         if self.sampling_interval is not None:
             out["sampling_interval"] = self.sampling_interval
         out["cpu_s"] = self.cpu_s
+        if self.snapshot is not None:
+            out["snapshot"] = dict(self.snapshot)
         return out
 
     @classmethod
@@ -260,6 +264,7 @@ class SitesResult(_WireView):
                 None if raw.get("sampling_interval") is None else int(raw["sampling_interval"])
             ),
             cpu_s=float(raw.get("cpu_s", 0.0)),
+            snapshot=dict(raw["snapshot"]) if isinstance(raw.get("snapshot"), dict) else None,
         )
 
 
@@ -302,12 +307,19 @@ def sites_params(params: Mapping[str, Any]) -> tuple[str | None, str, float | No
 
 
 def dispatch(
-    agent: Agent, op: str, params: Mapping[str, Any], *, tasks: Callable[[], int]
+    agent: Agent,
+    op: str,
+    params: Mapping[str, Any],
+    *,
+    tasks: Callable[[], int],
+    files: bool = True,
 ) -> Answer:
     """Run one operation on ``agent``; blocking, so call it off the event loop.
 
     ``tasks`` counts the target's asyncio tasks from this thread (how depends on who hosts the
-    agent). Raises ValueError for an unknown ``op``, TypeError for malformed ``params``.
+    agent). ``files=False`` (an untrusted peer) refuses a ``sites`` snapshot_path with
+    PermissionError: the peer gets the snapshot in the answer (``snapshot: true``) instead.
+    Raises ValueError for an unknown ``op``, TypeError for malformed ``params``.
     """
     if op == "ping":
         return _hello(agent)
@@ -326,7 +338,12 @@ def dispatch(
         return TracingState(agent.tracing)
     if op == "sites":
         path, role, t = sites_params(params)
-        return agent.sites(path, role, t=t)
+        if path is not None and not files:
+            raise PermissionError(
+                "the agent writes no file its peer names: ask with snapshot=true and write"
+                " the answer's snapshot yourself"
+            )
+        return agent.sites(path, role, t=t, inline=_flag(params, "snapshot"))
     if op == "profile":
         interval = params.get("interval")
         if isinstance(interval, bool) or not isinstance(interval, int) or interval <= 0:

@@ -5,11 +5,20 @@ Protocol: one JSON object per line each way. Request ``{"op": OP, ...}`` with OP
 ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "message"}``. Requests of one
 connection are answered in order; the agent runs one request at a time across connections.
 
-The socket is ``$SOAKD_AGENT_SOCKET`` or ``soakd-agent-<pid>.sock`` in the temp directory (see
-:mod:`soakd.agent.env`), mode 0600: it is bound inside a fresh 0700 directory, chmod'ed, then
-renamed into place, so no other user ever gets a window to connect. Peers running as another
-(non-root) user are refused anyway (SO_PEERCRED). It is removed by :meth:`AgentServer.close`,
-at interpreter exit, and never by a forked child.
+The socket is ``$SOAKD_AGENT_SOCKET`` or ``soakd-agent-<pid>-<random>.sock`` in this user's
+private directory (see :mod:`soakd.agent.env`), mode 0600: it is bound inside a fresh 0700
+directory, chmod'ed, then renamed into place, so no other user ever gets a window to connect.
+Peers running as another (non-root) user are refused anyway (SO_PEERCRED). It is removed by
+:meth:`AgentServer.close`, at interpreter exit, and never by a forked child.
+
+The peer is untrusted input in the watched app: a request line is at most 64 KiB and nested at
+most 32 deep (``json`` would recurse until RecursionError), at most 8 connections are served at
+once (a thread each; more are answered with an error and closed) and an idle one is closed
+after a minute. No request names a file the agent writes: ``sites`` returns the snapshot in its
+answer and :class:`AgentClient` writes it on its side.
+
+The client checks who serves the socket (SO_PEERCRED): the watched process or one of its
+children, or, when no process is named, a process of this user or root.
 
 Limits of ``tasks`` here: the server thread is not the loop's thread, so it finds running loops
 through their tasks and asks each loop to count on its own thread; a loop blocked for more
@@ -27,9 +36,12 @@ import selectors
 import socket
 import stat
 import struct
+import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from soakd.agent.env import ENV_DISABLED, ENV_SOCKET, default_socket_path
@@ -45,7 +57,7 @@ from soakd.agent.protocol import (
     dispatch,
     encode,
 )
-from soakd.errors import SoakdError
+from soakd.errors import SnapshotError, SoakdError
 
 if TYPE_CHECKING:
     from soakd.agent import Agent
@@ -55,6 +67,7 @@ __all__ = [
     "ENV_SOCKET",
     "AgentClient",
     "AgentError",
+    "AgentRefused",
     "AgentServer",
     "default_socket_path",
     "serve",
@@ -62,7 +75,15 @@ __all__ = [
 
 _A = TypeVar("_A")
 _MAX_REQUEST = 64 * 1024
+_MAX_DEPTH = 32  # requests are flat; json.loads would recurse once per level
 _MAX_RESPONSE = 64 * 1024 * 1024
+MAX_CONNECTIONS = 8
+# The supervisor asks every few seconds on one connection; a silent peer only holds a slot.
+IDLE_TIMEOUT_S = 60.0
+
+
+class AgentRefused(AgentError):
+    """The process serving the socket is not the one watched: its answers would be forged."""
 
 
 class AgentServer:
@@ -72,11 +93,20 @@ class AgentServer:
     :func:`soakd.agent.protocol.dispatch`; one thread per connection, one request at a time.
     """
 
-    def __init__(self, agent: Agent, path: str) -> None:
+    def __init__(
+        self,
+        agent: Agent,
+        path: str,
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        idle_timeout: float = IDLE_TIMEOUT_S,
+    ) -> None:
         self.agent = agent
         self.path = os.path.abspath(path)
+        self.idle_timeout = idle_timeout
         self._owner_pid = os.getpid()
         self._lock = threading.Lock()  # one agent request at a time
+        self._slots = threading.BoundedSemaphore(max_connections)
         self._closed = threading.Event()
         self._listener, self._inode = _bind_private(self.path)
         self._wake_r, self._wake_w = os.pipe()
@@ -118,27 +148,38 @@ class AgentServer:
                     if not _same_user(conn):
                         conn.close()
                         continue
-                    threading.Thread(
-                        target=self._serve_connection,
-                        args=(conn,),
-                        name="soakd-agent-conn",
-                        daemon=True,
-                    ).start()
+                    if not self._slots.acquire(blocking=False):
+                        _refuse(conn, f"busy: {MAX_CONNECTIONS} connections are open already")
+                        continue
+                    try:
+                        threading.Thread(
+                            target=self._serve_connection,
+                            args=(conn,),
+                            name="soakd-agent-conn",
+                            daemon=True,
+                        ).start()
+                    except RuntimeError:  # no thread to be had: the app's limits come first
+                        self._slots.release()
+                        conn.close()
 
     def _serve_connection(self, conn: socket.socket) -> None:
-        with conn, conn.makefile("rwb") as stream:
-            while not self._closed.is_set():
-                try:
-                    line = stream.readline(_MAX_REQUEST + 1)
-                except OSError:
-                    return
-                if not line:
-                    return
-                if len(line) > _MAX_REQUEST:
-                    reply: dict[str, Any] = {"ok": False, "error": "request too long"}
-                    self._send(stream, reply)
-                    return
-                self._send(stream, self._answer(line))
+        try:
+            conn.settimeout(self.idle_timeout)  # also bounds a peer that never reads
+            with conn, conn.makefile("rwb") as stream:
+                while not self._closed.is_set():
+                    try:
+                        line = stream.readline(_MAX_REQUEST + 1)
+                    except OSError:
+                        return  # idle too long, or gone
+                    if not line:
+                        return
+                    if len(line) > _MAX_REQUEST:
+                        error = f"request longer than {_MAX_REQUEST} bytes"
+                        self._send(stream, {"ok": False, "error": error})
+                        return
+                    self._send(stream, self._answer(line))
+        finally:
+            self._slots.release()
 
     @staticmethod
     def _send(stream: Any, reply: dict[str, Any]) -> None:
@@ -147,18 +188,52 @@ class AgentServer:
             stream.flush()
 
     def _answer(self, line: bytes) -> dict[str, Any]:
+        if json_depth(line) > _MAX_DEPTH:
+            return {"ok": False, "error": f"request nested deeper than {_MAX_DEPTH} levels"}
         try:
             request = json.loads(line)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             return {"ok": False, "error": f"request is not JSON: {exc}"}
         if not isinstance(request, dict) or request.get("op") not in OPS:
             return {"ok": False, "error": f"unknown op; expected one of {', '.join(OPS)}"}
         try:
             with self._lock:
-                answer = dispatch(self.agent, request["op"], request, tasks=count_tasks_any_thread)
+                answer = dispatch(
+                    self.agent, request["op"], request, tasks=count_tasks_any_thread, files=False
+                )
                 return {"ok": True, "result": encode(answer)}
         except (ValueError, TypeError, OSError, SoakdError) as exc:
             return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def json_depth(data: bytes) -> int:
+    """How deep arrays and objects nest in JSON text ``data`` (brackets in strings ignored)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
+
+
+def _refuse(conn: socket.socket, message: str) -> None:
+    """Tell a peer why it is turned away, without waiting on it, and close."""
+    with contextlib.suppress(OSError):
+        conn.setblocking(False)
+        conn.send(json.dumps({"ok": False, "error": message}).encode() + b"\n")
+    conn.close()
 
 
 def _bind_private(path: str) -> tuple[socket.socket, int]:
@@ -231,7 +306,8 @@ def serve(
     ``trace=True`` starts tracemalloc right away (otherwise the watcher may ask for it).
     ``profile`` starts the sampled allocation profiler (interval: ``$SOAKD_PROFILER_INTERVAL``,
     which may also say "off"). Returns None without serving when ``$SOAKD_AGENT_DISABLED`` is
-    ``1`` (soakd's own processes set it).
+    ``1`` (soakd's own processes set it), and, after a warning on stderr, when the socket
+    cannot be served (its place is unsafe or taken): watching must never stop the app.
     """
     global _server
     if os.environ.get(ENV_DISABLED) == "1":
@@ -243,6 +319,13 @@ def serve(
             from soakd.agent import Agent
 
             agent = Agent(frames=frames, max_sites=max_sites, max_types=max_types)
+        # Bound first: when it cannot be, nothing was started in the app.
+        try:
+            server = AgentServer(agent, path or default_socket_path())
+        except (AgentError, OSError) as exc:
+            print(f"soakd.agent: warning: running without the agent: {exc}", file=sys.stderr)
+            return None
+        atexit.register(server.close)
         if trace:
             agent.start_tracing()
         if profile:
@@ -252,8 +335,6 @@ def serve(
             interval = profiler_interval(DEFAULT_INTERVAL)
             if interval is not None:
                 agent.start_profiler(interval)
-        server = AgentServer(agent, path or default_socket_path())
-        atexit.register(server.close)
         _server = server
         return server
 
@@ -265,12 +346,25 @@ class AgentClient:
     bounded by ``timeout`` (``sites_timeout`` for ``sites``, which copies every trace). Calls
     from several threads take turns: one stream carries one request and its answer at a time
     (interleaved, each caller would read another's answer, and every answer after it too).
+
+    Each connection is checked (SO_PEERCRED) before it is used: served by ``pid`` or one of
+    its descendants when a pid is given (the watched process), else by this user or root;
+    otherwise :class:`AgentRefused`.
     """
 
-    def __init__(self, path: str, timeout: float = 10.0, sites_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        path: str,
+        timeout: float = 10.0,
+        sites_timeout: float = 60.0,
+        *,
+        pid: int | None = None,
+    ) -> None:
         self.path = path
         self.timeout = timeout
         self.sites_timeout = sites_timeout
+        self.pid = pid
+        self.peer_pid: int | None = None  # who served the last connection
         self._sock: socket.socket | None = None
         self._stream: Any = None
         self._lock = threading.Lock()
@@ -318,8 +412,63 @@ class AgentClient:
     def sites(
         self, snapshot_path: str | None = None, role: str = "latest", *, t: float | None = None
     ) -> SitesResult:
-        request = {"op": "sites", "snapshot_path": snapshot_path, "role": role, "t": t}
-        return self._ask(request, SitesResult.from_json, self.sites_timeout)
+        """Sites now; with ``snapshot_path``, the snapshot the agent returns is written there
+        (by this process: the agent never writes a file its peer names)."""
+        request = {"op": "sites", "snapshot": snapshot_path is not None, "role": role, "t": t}
+        result = self._ask(request, SitesResult.from_json, self.sites_timeout)
+        if snapshot_path is None or result.snapshot is None:
+            return result
+        from soakd.snapshots import write_snapshot
+
+        started = time.perf_counter()
+        try:
+            path = os.fspath(write_snapshot(snapshot_path, result.snapshot))
+        except SnapshotError as exc:  # checked with the reader's rules before it is written
+            raise AgentError(f"agent at {self.path} sent a malformed snapshot: {exc}") from None
+        return replace(
+            result, snapshot=None, snapshot_path=path, write_s=time.perf_counter() - started
+        )
+
+    def connect(self, timeout: float | None = None) -> int:
+        """Open the connection now (and check its peer); the pid that serves it."""
+        with self._lock:
+            try:
+                self._open(timeout)
+            except OSError as exc:
+                self.close()
+                raise AgentError(f"cannot connect to the agent at {self.path}: {exc}") from None
+            assert self.peer_pid is not None
+            return self.peer_pid
+
+    def _open(self, timeout: float | None = None) -> None:
+        if self._sock is not None:
+            return
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout or self.timeout)
+        try:
+            sock.connect(self.path)
+            self.peer_pid = self._check_peer(sock)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        self._stream = sock.makefile("rwb")
+
+    def _check_peer(self, sock: socket.socket) -> int:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        peer_pid, peer_uid, _gid = struct.unpack("3i", creds)
+        if self.pid is None:
+            if peer_uid in (os.getuid(), 0):
+                return int(peer_pid)
+            expected = f"this user (uid {os.getuid()}) or root"
+        elif peer_pid == self.pid or _descends_from(peer_pid, self.pid):
+            return int(peer_pid)
+        else:
+            expected = f"the watched process {self.pid} or one of its children"
+        raise AgentRefused(
+            f"refusing the agent socket {self.path}: it is served by pid {peer_pid}"
+            f" (uid {peer_uid}), not by {expected}"
+        )
 
     def _ask(
         self,
@@ -342,32 +491,30 @@ class AgentClient:
             return self._exchange(request, timeout)
 
     def _exchange(self, request: dict[str, Any], timeout: float | None) -> Any:
+        reused = self._sock is not None
         try:
-            if self._sock is None:
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.settimeout(self.timeout)
-                try:
-                    sock.connect(self.path)
-                except OSError:
-                    sock.close()
-                    raise
-                self._sock = sock
-                self._stream = sock.makefile("rwb")
+            self._open()
+            assert self._sock is not None
             self._sock.settimeout(timeout or self.timeout)
             self._stream.write(json.dumps(request).encode() + b"\n")
             self._stream.flush()
             line = self._stream.readline(_MAX_RESPONSE + 1)
         except OSError as exc:
             self.close()  # a timed-out stream may still deliver the late answer: start afresh
+            if reused and not isinstance(exc, TimeoutError):
+                return self._exchange(request, timeout)  # the agent closed it while idle
             raise AgentError(
                 f"agent at {self.path} did not answer {request['op']}: {exc}"
             ) from None
+        if not line and reused:
+            self.close()
+            return self._exchange(request, timeout)  # closed while idle: once more, afresh
         if not line or len(line) > _MAX_RESPONSE:
             self.close()
             raise AgentError(f"agent at {self.path} closed the connection during {request['op']}")
         try:
             reply = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             self.close()
             raise AgentError(f"agent at {self.path} sent a malformed answer") from None
         if not isinstance(reply, dict):
@@ -375,3 +522,23 @@ class AgentClient:
         if not reply.get("ok"):
             raise AgentError(f"agent at {self.path}: {reply.get('error', 'unknown error')}")
         return reply.get("result")
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    """Whether ``ancestor`` is among the parents of ``pid`` (read from /proc)."""
+    for _ in range(256):  # a cycle cannot happen, a very deep tree is no agent's
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                stat_line = fh.read(4096)
+        except OSError:
+            return False
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        fields = stat_line[stat_line.rfind(b")") + 2 :].split()
+        if len(fields) < 2:
+            return False
+        pid = int(fields[1])
+        if pid == ancestor:
+            return True
+        if pid <= 1:
+            return False
+    return False

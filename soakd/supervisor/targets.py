@@ -24,7 +24,12 @@ import psutil
 from anyio.abc import TaskGroup
 
 from soakd import rundir
-from soakd.agent.env import agent_environment, attached_socket_path, watcher_socket_path
+from soakd.agent.env import (
+    agent_environment,
+    attached_socket_path,
+    find_agent_socket,
+    watcher_socket_path,
+)
 from soakd.agent.stats import AgentStats, StatsSource, WorkerStats
 from soakd.channel import Channel, Message, WorkerLink
 from soakd.config import Config
@@ -263,7 +268,8 @@ class PythonTarget:
 class ExternalTarget:
     """A command soakd starts (``-- CMD``) or a running process it attaches to (``--pid``).
 
-    Its heap statistics come from soakd's agent inside it, once the agent's socket exists.
+    Its heap statistics come from soakd's agent inside it, once the agent's socket exists and
+    is served by the watched process (or a child of it): any other server fails the run.
     Collaborators: the run's state, the recorder, the worker log, and the worker that drives
     HTTP load at it (``[target.http]``), if any.
     """
@@ -293,6 +299,8 @@ class ExternalTarget:
         self.psproc: psutil.Process | None = None
         self.agent_socket: str | None = None
         self._stats: AgentStats | None = None
+        self._refused = False
+        self._owner: tuple[int, dict[str, str]] | None = None  # --pid: its uid and environment
 
     async def start(self, tg: TaskGroup) -> None:
         if not await self._launch():
@@ -342,10 +350,16 @@ class ExternalTarget:
                 self.psproc = None
         else:
             assert self.pid is not None
-            self.agent_socket = attached_socket_path(self.pid)
+            self.agent_socket = attached_socket_path()
             try:
                 self.psproc = psutil.Process(self.pid)
                 name = self.psproc.name()
+                uid = self.psproc.uids().real
+                try:
+                    environ = self.psproc.environ()
+                except psutil.AccessDenied:
+                    environ = {}  # its XDG_RUNTIME_DIR and TMPDIR unknown: /tmp is looked at
+                self._owner = (uid, environ)
             except psutil.Error as exc:
                 self.psproc = None
                 self._state.fail(
@@ -359,13 +373,35 @@ class ExternalTarget:
         return True
 
     def stats(self) -> StatsSource | None:
-        """The agent in the target, once its socket exists."""
-        if self._stats is None and self.agent_socket and os.path.exists(self.agent_socket):
-            from soakd.agent.server import AgentClient
+        """The agent in the target, once its socket exists and its server is the target."""
+        if self._stats is not None or self._refused:
+            return self._stats
+        path = self._agent_path()
+        watched = self.pid if self.proc is None else self.proc.pid
+        if path is None or watched is None:
+            return None
+        from soakd.agent.server import AgentClient, AgentError, AgentRefused
 
-            self._stats = AgentStats(AgentClient(self.agent_socket))
-            self._recorder.emit("agent.connected", socket=self.agent_socket)
+        client = AgentClient(path, pid=watched)
+        try:
+            server_pid = client.connect(timeout=1.0)  # on the loop: a unix connect is quick
+        except AgentRefused as exc:
+            self._refused = True
+            self._state.fail(self._recorder.emit, "target_failed", "agent_refused", str(exc))
+            return None
+        except AgentError:
+            return None  # nobody listens (yet, or any more): looked for again next time
+        self._stats = AgentStats(client)
+        self._recorder.emit("agent.connected", socket=path, pid=server_pid)
         return self._stats
+
+    def _agent_path(self) -> str | None:
+        if self.agent_socket is not None:
+            return self.agent_socket if os.path.exists(self.agent_socket) else None
+        if self.pid is None or self._owner is None:
+            return None
+        uid, environ = self._owner
+        return find_agent_socket(self.pid, uid, environ)
 
     async def _watch(self) -> None:
         if self.proc is not None:
