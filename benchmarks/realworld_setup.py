@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "scenarios"))
-from realworld import PINS, REALWORLD_DIR, install_dir  # noqa: E402
+from realworld import PINS, REALWORLD_DIR, install_dir
 
 STAMP = ".pins"
 
@@ -34,7 +34,7 @@ def index_reachable(timeout: float = 15.0) -> str | None:
     """None if the index answers, else why not."""
     url = index_url() + "pip/"
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (fixed URL)
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             response.read(1)
     except (urllib.error.URLError, OSError) as exc:
         return f"{url}: {exc}"
@@ -52,7 +52,8 @@ def install(name: str) -> tuple[bool, str]:
         shutil.rmtree(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-           "--no-compile", "--only-binary", ":all:", "--target", str(target), *PINS[name]]  # fmt: skip
+           "--no-compile", "--only-binary", ":all:", "--target", str(target),
+           *PINS[name]]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         shutil.rmtree(target, ignore_errors=True)
