@@ -572,6 +572,8 @@ def print_realworld_scores(outcomes: list[Outcome]) -> bool:
     if ttds:
         print(f"median time to detect  {statistics.median(ttds):.0f} s after warm-up end "
               f"(max {max(ttds):.0f} s)")  # fmt: skip
+    single = sum(len(o.leaks) == 1 for o in leaky)
+    print(f"one entry per cause    {single}/{len(leaky)} leaky releases (informational)")
     ok = found == len(leaky) and sites == len(sited)
     ok = ok and fixed_ok == len(fixed) and patterns_ok == len(patterns)
     print(f"real-world goals       {'met' if ok else 'NOT met'}")
