@@ -1,7 +1,7 @@
 """Does soakd find every leak, and only leaks? The detection scenario suite, through the real CLI.
 
     python benchmarks/detection_suite.py [--jobs 2] [--only NAME,...] [--fast] [--keep DIR]
-                                         [--overhead] [--pause]
+                                         [--overhead] [--pause] [--realworld] [--list]
 
 Runs each scenario of ``benchmarks/scenarios/targets.py`` (real async targets, driven at a fixed
 arrival rate, default sampling and detection settings) with ``python -m soakd run`` and scores the
@@ -18,6 +18,14 @@ run directory against the scenario's ground truth:
 - flaps: ``leak.confirmed`` of a finding after a ``leak.cleared`` of the same finding
 - entries: ``leaks[]`` in summary.json; one cause per leaky scenario, so goal 1 (consequences
   are evidence under their cause); the cause's kind first for tasks/threads/fds leaks
+
+``--realworld`` runs the real-world corpus instead (``benchmarks/scenarios/realworld.py``):
+upstream leaks reproduced at their pinned leaky release and at the release that fixed them
+(installed by ``benchmarks/realworld_setup.py`` into ``.realworld/``, put on the target's
+python_path), and leak-free patterns of real libraries. A leaky release must be found with the
+expected kind (and, for a heap leak, at the named line: the package's own line for a pure-Python
+leak, the calling line for a C extension's); its fixed release and the patterns must pass. Their
+table and scores are printed under the heading "real-world".
 
 A leaky run is stopped (SIGTERM: soakd finishes its report) ``HOLD_S`` after the expected leak is
 confirmed with its site (heap) or kind (others), so that a flap shows; otherwise every run lasts
@@ -50,6 +58,7 @@ from soakd import rundir  # noqa: E402
 
 SCENARIOS_DIR = Path(__file__).resolve().parent / "scenarios"
 TARGETS_FILE = SCENARIOS_DIR / "targets.py"
+REALWORLD_DIR = ROOT / ".realworld"  # benchmarks/realworld_setup.py installs pinned releases here
 RATE = 20  # must match scenarios/targets.py RATE
 
 
@@ -58,7 +67,7 @@ class Scenario:
     """One target with its ground truth."""
 
     name: str
-    factory: str  # attribute of scenarios/targets.py
+    factory: str  # attribute of scenarios/<module>.py
     leaky: bool
     what: str  # one line for the table
     kind: str | None = None  # expected leak kind
@@ -69,6 +78,11 @@ class Scenario:
     # Also right: a leak of class instances at one line is a heap leak at that line (soakd
     # reports the site and lists the growing type as evidence, by design).
     also: tuple[str, ...] = ()
+    module: str = "targets"  # the scenarios module holding the factory
+    # Added to the target's python_path after the scenarios dir (pinned real-world releases).
+    python_path: tuple[str, ...] = ()
+    # Expected heap sites inside python_path[0] as "relative/file.py:LINE" (a package's own line).
+    sites: tuple[str, ...] = ()
 
 
 # Rates at 20 queries/s; "B/q" is bytes kept per query (object headers included).
@@ -117,6 +131,73 @@ SCENARIOS: tuple[Scenario, ...] = (
              duration_s=300),
 )  # fmt: skip
 
+
+def _rw(name: str, case: str, variant: str, factory: str, what: str, **kw: Any) -> Scenario:
+    """``factory`` of scenarios/realworld.py on the release in ``.realworld/<case>-<variant>``."""
+    leaky = variant == "leaky"
+    if not leaky:  # the fixed release: same target, no leak expected
+        kw = {k: v for k, v in kw.items() if k in ("duration_s", "options")}
+    return Scenario(name, factory, leaky, what, module="realworld",
+                    python_path=(str(REALWORLD_DIR / f"{case}-{variant}"),), **kw)  # fmt: skip
+
+
+def _pattern(name: str, factory: str, what: str, **kw: Any) -> Scenario:
+    return Scenario(name, factory, False, what, module="realworld",
+                    python_path=(str(REALWORLD_DIR / "patterns"),), **kw)  # fmt: skip
+
+
+# Real-world corpus (--realworld): each upstream leak at its leaky and its fixed release, rates at
+# 20 q/s measured on the leaky release (benchmarks/README.md, "Real-world corpus").
+REALWORLD: tuple[Scenario, ...] = (
+    _rw("babel-leaky", "babel", "leaky", "BabelPatternCache",
+        "babel 2.11.0 parse_pattern cache (#962), 2 patterns/q, 13 KB/s", kind="heap",
+        sites=("babel/dates.py:1698",), also=("objects",), duration_s=300),
+    _rw("babel-fixed", "babel", "fixed", "BabelPatternCache",
+        "babel 2.12.1: lru_cache(1024), full and turning over", duration_s=300),
+    _rw("aiohttp-leaky", "aiohttp-cookies", "leaky", "AiohttpCookieJar",
+        "aiohttp 3.12.2 CookieJar.filter_cookies (#11052), 20 KB/s", kind="heap",
+        sites=("aiohttp/cookiejar.py:356", "aiohttp/cookiejar.py:351",
+               "aiohttp/cookiejar.py:355"), also=("objects",), duration_s=300),
+    _rw("aiohttp-fixed", "aiohttp-cookies", "fixed", "AiohttpCookieJar",
+        "aiohttp 3.12.3 CookieJar.filter_cookies", duration_s=300),
+    _rw("md-init-leaky", "multidict-init", "leaky", "MultidictInit",
+        "multidict 6.3.1 CIMultiDict(dict) (#1117), 3/q, 11 KB/s", kind="heap",
+        marker="rw-multidict-init", also=("objects",), duration_s=300),
+    _rw("md-init-fixed", "multidict-init", "fixed", "MultidictInit",
+        "multidict 6.3.2 CIMultiDict(dict)", duration_s=300),
+    _rw("md-istr-leaky", "multidict-istr", "leaky", "MultidictIstr",
+        "multidict 6.3.2 new istr keys (#1131), 11 KB/s", kind="heap",
+        marker="rw-multidict-istr", also=("objects",), duration_s=300),
+    _rw("md-istr-fixed", "multidict-istr", "fixed", "MultidictIstr",
+        "multidict 6.4.2 new istr keys", duration_s=300),
+    _rw("md-pop-leaky", "multidict-pop", "leaky", "MultidictPop",
+        "multidict 6.6.3 CIMultiDict.pop (#1232), 2/q, 14 KB/s", kind="heap",
+        marker="rw-multidict-pop", also=("objects",), duration_s=300),
+    _rw("md-pop-fixed", "multidict-pop", "fixed", "MultidictPop",
+        "multidict 6.6.4 CIMultiDict.pop", duration_s=300),
+    _rw("ujson-leaky", "ujson-dump", "leaky", "UjsonDumpError",
+        "ujson 5.12.0 dump() to a failing writer (CVE-2026-44660), 25 KB/s", kind="heap",
+        marker="rw-ujson-dump", duration_s=300),
+    _rw("ujson-fixed", "ujson-dump", "fixed", "UjsonDumpError",
+        "ujson 5.12.1 dump() to a failing writer", duration_s=300),
+    _rw("protobuf-leaky", "protobuf-bytesize", "leaky", "ProtobufByteSize",
+        "protobuf 4.24.2 upb ByteSize() (upb#1243), 50/q, 80 KB/s native", kind="native",
+        duration_s=480),
+    _rw("protobuf-fixed", "protobuf-bytesize", "fixed", "ProtobufByteSize",
+        "protobuf 4.24.3 upb ByteSize()", duration_s=480),
+    _pattern("jinja-cache", "JinjaTemplateCache",
+             "Jinja2 3.1.4 cache_size=1200 over 3000 templates (fills ~80 s, turns over)",
+             duration_s=300),
+    _pattern("re-cache", "ReModuleCache", "re module cache (512) over 4000 filters",
+             duration_s=240),
+    _pattern("lazy-imports", "LazyImports",
+             "SQLAlchemy imported at 40 s, Babel locales loaded at 110 s", duration_s=240,
+             options={"at_s": [40.0, 110.0]}),
+    _pattern("sqla-cache", "SqlalchemyStatementCache",
+             "SQLAlchemy 2.0.36 compiled cache 600 (prunes at 900) over 3000 shapes",
+             duration_s=300),
+)  # fmt: skip
+
 # Faster cadences for --fast (smoke) and the CI subset: short warm-up, short native window.
 FAST_SETTINGS = """
 [sampling]
@@ -130,13 +211,24 @@ checkpoint_interval = "5s"
 FAST_SCALE = 0.4  # durations and onsets in --fast
 
 
-def expected_site(marker: str) -> str:
+def expected_site(marker: str, file: Path = TARGETS_FILE) -> str:
     """``/abs/path/targets.py:LINE`` of the line tagged ``# LEAK[marker]``."""
     tag = f"# LEAK[{marker}]"
-    for number, line in enumerate(TARGETS_FILE.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
         if tag in line:
-            return f"{TARGETS_FILE}:{number}"
-    raise ValueError(f"no line tagged {tag} in {TARGETS_FILE}")
+            return f"{file}:{number}"
+    raise ValueError(f"no line tagged {tag} in {file}")
+
+
+def expected_sites(scenario: Scenario) -> tuple[str, ...]:
+    """Every right top site of a heap leak: its marked line, or lines inside its python_path[0]."""
+    sites = list(scenario.sites)
+    if sites:
+        base = Path(scenario.python_path[0]).resolve()
+        sites = [f"{base / s.rpartition(':')[0]}:{s.rpartition(':')[2]}" for s in sites]
+    if scenario.marker:
+        sites.insert(0, expected_site(scenario.marker, SCENARIOS_DIR / f"{scenario.module}.py"))
+    return tuple(sites)
 
 
 def _toml_value(value: Any) -> str:
@@ -148,11 +240,14 @@ def config_text(scenario: Scenario, fast: bool = False) -> str:
     options = dict(scenario.options)
     if fast and "after_s" in options:
         options["after_s"] = options["after_s"] * FAST_SCALE
+    if fast and "at_s" in options:
+        options["at_s"] = [t * FAST_SCALE for t in options["at_s"]]
+    python_path = ", ".join(_toml_value(p) for p in (str(SCENARIOS_DIR), *scenario.python_path))
     lines = [
         "[target]",
-        f'factory = "targets:{scenario.factory}"',
+        f'factory = "{scenario.module}:{scenario.factory}"',
         'method = "process_query"',
-        f"python_path = [{_toml_value(str(SCENARIOS_DIR))}]",
+        f"python_path = [{python_path}]",
         "[target.options]",
         *(f"{k} = {_toml_value(v)}" for k, v in options.items()),
         "[workload]",
@@ -179,13 +274,13 @@ def read_events(run_dir: Path) -> list[dict[str, Any]]:
     return list(rundir.read_events(run_dir / rundir.EVENTS))
 
 
-def expected_confirmed(scenario: Scenario, event: dict[str, Any], site: str | None) -> bool:
+def expected_confirmed(scenario: Scenario, event: dict[str, Any], sites: tuple[str, ...]) -> bool:
     """True for a ``leak.confirmed`` event naming the expected leak (and its line, for heap)."""
     if event.get("event") != "leak.confirmed":
         return False
     if event.get("kind") not in (scenario.kind, *scenario.also):
         return False
-    return site is None or event.get("kind") != "heap" or event.get("site") == site
+    return not sites or event.get("kind") != "heap" or event.get("site") in sites
 
 
 @dataclass
@@ -225,9 +320,10 @@ class Outcome:
 
     @property
     def site_ok(self) -> bool | None:
-        if self.scenario.marker is None:
+        sites = expected_sites(self.scenario)
+        if not sites:
             return None
-        return self.top_site == expected_site(self.scenario.marker)
+        return self.top_site in sites
 
     @property
     def detection_s(self) -> float | None:
@@ -284,7 +380,7 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace, base: Path) -> Ou
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     cmd = [sys.executable, "-m", "soakd", "run", "--config", str(config),
            "--duration", f"{duration:g}s", "--run-dir", str(run_dir)]  # fmt: skip
-    site = expected_site(scenario.marker) if scenario.marker else None
+    sites = expected_sites(scenario)
     started = time.monotonic()
     with (workdir / "soakd.out").open("w") as out:
         proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -299,7 +395,7 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace, base: Path) -> Ou
             if (
                 scenario.leaky
                 and confirmed_at is None
-                and any(expected_confirmed(scenario, e, site) for e in read_events(run_dir))
+                and any(expected_confirmed(scenario, e, sites) for e in read_events(run_dir))
             ):
                 confirmed_at = time.monotonic()
             if confirmed_at is not None and not stopped and time.monotonic() >= confirmed_at + hold:
@@ -318,10 +414,10 @@ def score(scenario: Scenario, run_dir: Path, code: int, wall: float, fast: bool)
     evs = read_events(run_dir)
     warmup = next((e["warmup_end_s"] for e in evs if e["event"] == "detection.warmup_end"), None)
     tracing = next((e["t"] for e in evs if e["event"] == "tracing.started"), None)
-    site = expected_site(scenario.marker) if scenario.marker else None
-    confirmed = next((e["t"] for e in evs if expected_confirmed(scenario, e, site)), None)
+    sites = expected_sites(scenario)
+    confirmed = next((e["t"] for e in evs if expected_confirmed(scenario, e, sites)), None)
     if confirmed is None and scenario.leaky:  # the kind without its site, for the timing
-        confirmed = next((e["t"] for e in evs if expected_confirmed(scenario, e, None)), None)
+        confirmed = next((e["t"] for e in evs if expected_confirmed(scenario, e, ())), None)
     outcome = Outcome(
         scenario=scenario,
         exit_code=code,
@@ -375,7 +471,8 @@ def _mark(ok: bool | None) -> str:
 
 
 def print_table(outcomes: list[Outcome]) -> None:
-    header = (f"{'scenario':<14}{'truth':<9}{'verdict':<9}{'exit':>4}  {'top kind':<9}"
+    w = max([14, *(len(o.scenario.name) + 1 for o in outcomes)])
+    header = (f"{'scenario':<{w}}{'truth':<9}{'verdict':<9}{'exit':>4}  {'top kind':<9}"
               f"{'kind':<5}{'site':<5}{'warmup':>7}{'trace':>7}{'confirm':>8}{'ttd':>6}"
               f"{'floor':>6}{'alarms':>7}{'flaps':>6}{'entries':>8}{'it/s×':>7}{'p99×':>6}"
               f"  what")  # fmt: skip
@@ -385,7 +482,7 @@ def print_table(outcomes: list[Outcome]) -> None:
         s = o.scenario
         truth = s.kind if s.leaky and s.kind else "none"
         kind = _mark(o.kind_ok) if s.leaky else "-"
-        print(f"{s.name:<14}{truth:<9}{o.verdict:<9}{o.exit_code:>4}  {o.top_kind or '-':<9}"
+        print(f"{s.name:<{w}}{truth:<9}{o.verdict:<9}{o.exit_code:>4}  {o.top_kind or '-':<9}"
               f"{kind:<5}{_mark(o.site_ok) if s.leaky else '-':<5}{_fmt(o.warmup_end_s):>7}"
               f"{_fmt(o.tracing_s):>7}{_fmt(o.confirmed_s):>8}{_fmt(o.detection_s):>6}"
               f"{_fmt(o.from_floor_s):>6}{o.alarms:>7}{o.flaps:>6}{len(o.leaks):>8}"
@@ -452,6 +549,42 @@ def print_scores(outcomes: list[Outcome]) -> bool:
     return ok
 
 
+def print_realworld_scores(outcomes: list[Outcome]) -> bool:
+    """Leaky releases found with their kind (and line), fixed releases and patterns passing."""
+    leaky = [o for o in outcomes if o.scenario.leaky]
+    fixed = [o for o in outcomes if not o.scenario.leaky and o.scenario.name.endswith("-fixed")]
+    patterns = [o for o in outcomes if not o.scenario.leaky and o not in fixed]
+    sited = [o for o in leaky if o.site_ok is not None]
+    found = sum(o.found and o.kind_ok for o in leaky)
+    sites = sum(bool(o.site_ok) for o in sited)
+    fixed_ok = sum(not o.found for o in fixed)
+    patterns_ok = sum(not o.found for o in patterns)
+    alarms = sum(o.alarms > 0 for o in fixed + patterns)
+    print()
+    print(f"leaky releases found   {found}/{len(leaky)} (verdict leak, expected kind)")
+    if sited:
+        print(f"top-1 site (heap)      {sites}/{len(sited)}")
+    print(f"fixed releases pass    {fixed_ok}/{len(fixed)}")
+    clean = len(fixed) + len(patterns)
+    print(f"leak-free patterns     {patterns_ok}/{len(patterns)} pass   "
+          f"(transient alarms on fixed/patterns: {alarms}/{clean})")  # fmt: skip
+    ttds = [o.detection_s for o in leaky if o.detection_s is not None]
+    if ttds:
+        print(f"median time to detect  {statistics.median(ttds):.0f} s after warm-up end "
+              f"(max {max(ttds):.0f} s)")  # fmt: skip
+    single = sum(len(o.leaks) == 1 for o in leaky)
+    print(f"one entry per cause    {single}/{len(leaky)} leaky releases (informational)")
+    ok = found == len(leaky) and sites == len(sited)
+    ok = ok and fixed_ok == len(fixed) and patterns_ok == len(patterns)
+    print(f"real-world goals       {'met' if ok else 'NOT met'}")
+    return ok
+
+
+def missing_installs(chosen: list[Scenario]) -> list[str]:
+    """python_path directories of the chosen scenarios that realworld_setup.py has not made."""
+    return sorted({p for s in chosen for p in s.python_path if not (Path(p) / ".pins").exists()})
+
+
 def run_helper(script: str, extra: list[str]) -> None:
     print(f"\n$ python benchmarks/{script} {' '.join(extra)}", flush=True)
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *extra], check=False)
@@ -468,24 +601,42 @@ def main() -> int:
     parser.add_argument("--list", action="store_true", help="list scenarios and exit")
     parser.add_argument("--overhead", action="store_true", help="also run overhead.py")
     parser.add_argument("--pause", action="store_true", help="also run pause.py at 1M blocks")
+    parser.add_argument(
+        "--realworld",
+        action="store_true",
+        help="run the real-world corpus (pinned upstream leaks vs their fixes, real caches) "
+        "instead; needs benchmarks/realworld_setup.py first",
+    )
     args = parser.parse_args()
+    suite = REALWORLD if args.realworld else SCENARIOS
     if args.list:
-        for s in SCENARIOS:
+        w = 16 if args.realworld else 14
+        if args.realworld:
+            print("real-world (python_path after the scenarios dir)")
+        for s in suite:
             truth = f"{s.kind} leak" if s.leaky else "leak-free"
-            print(f"{s.name:<14}{truth:<14}{s.duration_s:>5.0f}s  {s.what}")
+            where = f"  [{Path(s.python_path[0]).relative_to(ROOT)}]" if s.python_path else ""
+            print(f"{s.name:<{w}}{truth:<14}{s.duration_s:>5.0f}s  {s.what}{where}")
         return 0
-    chosen = list(SCENARIOS)
+    chosen = list(suite)
     if args.only:
         names = {n.strip() for n in args.only.split(",") if n.strip()}
-        unknown = names - {s.name for s in SCENARIOS}
+        unknown = names - {s.name for s in suite}
         if unknown:
-            parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}; see --list")
-        chosen = [s for s in SCENARIOS if s.name in names]
+            more = " --realworld" if args.realworld else ""
+            parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}; see --list{more}")
+        chosen = [s for s in suite if s.name in names]
+    missing = missing_installs(chosen)
+    if missing:
+        print("error: pinned releases not installed: " + ", ".join(missing)
+              + "\nrun: python benchmarks/realworld_setup.py", file=sys.stderr)  # fmt: skip
+        return 2
     jobs = max(1, min(args.jobs, 2))  # the box has 2 shared cores
     # Longest first, so that the suite's wall time is close to total / jobs.
     chosen.sort(key=lambda s: -s.duration_s)
     total = sum(scenario_duration(s, args.fast) for s in chosen)
-    print(f"detection suite: {len(chosen)} scenarios, {jobs} at a time, ≤ {total / jobs / 60:.0f} "
+    label = "real-world corpus" if args.realworld else "detection suite"
+    print(f"{label}: {len(chosen)} scenarios, {jobs} at a time, ≤ {total / jobs / 60:.0f} "
           f"min; rate {RATE}/s{', fast' if args.fast else ''}", flush=True)  # fmt: skip
     lock = threading.Lock()
     with tempfile.TemporaryDirectory(prefix="soakd-detect-") as tmp:
@@ -501,11 +652,17 @@ def main() -> int:
 
         with ThreadPoolExecutor(jobs) as pool:
             outcomes = list(pool.map(one, chosen))
-    order = {s.name: i for i, s in enumerate(SCENARIOS)}
+    order = {s.name: i for i, s in enumerate(suite)}
     outcomes.sort(key=lambda o: order[o.scenario.name])
     print()
-    print_table(outcomes)
-    ok = print_scores(outcomes)
+    if args.realworld:
+        print("real-world")
+        print("==========")
+        print_table(outcomes)
+        ok = print_realworld_scores(outcomes)
+    else:
+        print_table(outcomes)
+        ok = print_scores(outcomes)
     print(f"box load average now {os.getloadavg()[0]:.2f}")
     if args.overhead:
         run_helper("overhead.py", ["--rounds", "3", "--seconds", "40", "--no-extra"])
