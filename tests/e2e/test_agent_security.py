@@ -332,6 +332,7 @@ def test_sites_never_writes_where_the_peer_says(
     assert not target.exists()
     # soakd's own snapshots still work: the client writes what the agent returns.
     mine = short_dir / "mine.json.gz"
+    short_dir.chmod(0o700)  # as a run directory is: its files take its mode without x bits
     with AgentClient(path, timeout=10, pid=app.pid) as client:
         result = client.sites(str(mine), "baseline", t=1.0)
     assert result.snapshot_path == str(mine) and result.snapshot is None
