@@ -123,7 +123,15 @@ def rebuild_or_read_summary(run_dir: Path) -> dict[str, Any]:
         summary = rebuild_summary(run_dir)
     except SoakdError:
         raise
-    except (sqlite3.Error, OSError, ValueError, TypeError, KeyError, RecursionError) as exc:
+    except (
+        sqlite3.Error,
+        OSError,
+        ValueError,
+        TypeError,
+        KeyError,
+        RecursionError,
+        ArithmeticError,  # a hostile timestamp beyond time_t
+    ) as exc:
         raise SummaryError(
             f"cannot rebuild the summary of {run_dir}: {type(exc).__name__}: {text(exc, 300)}"
         ) from None

@@ -392,13 +392,14 @@ class Supervisor:
         except Exception as exc:
             recorder.emit("report.failed", "error", error=f"{type(exc).__name__}: {exc}")
         self.exit_code = summary.VERDICT_EXIT[verdict]
-        if recorder.storage_error is not None and self.summary_error is None:
+        if recorder.storage_error is not None:  # the cause, when summary.json failed too
             lost = recorder.job_failures.get("store", 0)
+            also = "; summary.json could not be written either" if self.summary_error else ""
             self.summary_error = (
                 f"storage failed in the run directory {self.run_dir.path}: "
                 f"{recorder.storage_error}; {lost} write(s) lost, what was written is kept "
-                f"(verdict so far: {verdict}, {self.monitor.iterations} iterations); free "
-                "space or choose another --run-dir"
+                f"(verdict so far: {verdict}, {self.monitor.iterations} iterations{also}); "
+                "free space or choose another --run-dir"
             )
         if self.summary_error is not None:
             print(f"soakd: error: {self.summary_error}", file=sys.stderr, flush=True)
