@@ -354,15 +354,19 @@ HOLD_S = 60.0  # a leaky run goes on this long after its confirmation: does it f
 
 
 def flap_count(evs: list[dict[str, Any]]) -> int:
-    """Confirmations of a finding after it was cleared (one alert each, the user sees a flap)."""
+    """Confirmations of a finding that had been confirmed and then cleared (one alert each: the
+    user sees a flap). A suspicion dropped before it was confirmed is not one."""
+    confirmed: set[tuple[Any, ...]] = set()
     cleared: set[tuple[Any, ...]] = set()
     flaps = 0
     for e in evs:
         key = (e.get("kind"), e.get("site"), e.get("type"))
-        if e.get("event") == "leak.cleared":
+        if e.get("event") == "leak.cleared" and key in confirmed:
             cleared.add(key)
-        elif e.get("event") == "leak.confirmed" and key in cleared:
-            flaps += 1
+        elif e.get("event") == "leak.confirmed":
+            flaps += key in cleared
+            cleared.discard(key)
+            confirmed.add(key)
     return flaps
 
 

@@ -154,5 +154,7 @@ def test_readers_survive_hostile_run_dirs(
 
 
 def test_zz_fuzz_count() -> None:
-    """Runs after the fuzz (file order): the counts the README quotes."""
+    """Runs after the fuzz (file order): the counts it printed are the ones the README quotes."""
     print(f"\nreaders fuzz: {TRIED['inputs']} hostile run dirs, {TRIED['commands']} commands")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    assert f"on {EXAMPLES} generated hostile run directories" in readme
