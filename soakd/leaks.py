@@ -139,17 +139,18 @@ def record_from_event(fields: Mapping[str, Any]) -> LeakRecord:
         "analyses": int(_float(fields.get("analyses"))),
         "signals": signals if isinstance(signals, list) else [],
     }
-    evidence = _evidence_of(fields).get("evidence")
+    evidence = _evidence_of(fields)
     if evidence is not None:
         record["evidence"] = evidence
     return record
 
 
-def _evidence_of(fields: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
+def _evidence_of(fields: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """The ``evidence`` list of an event or summary entry (bounded), None when it has none."""
     raw = fields.get("evidence")
     if not isinstance(raw, list):
-        return {}
-    return {"evidence": [dict(e) for e in raw[:64] if isinstance(e, Mapping)]}
+        return None
+    return [dict(e) for e in raw[:64] if isinstance(e, Mapping)]
 
 
 def leak_key(fields: Mapping[str, Any]) -> LeakKey:
@@ -292,7 +293,7 @@ def _leak_from(data: Mapping[str, Any], status: str) -> LeakEntry:
         first_detected_s=num(data.get("first_detected_s")),
         analyses=data.get("analyses"),
         signals=data.get("signals"),
-        evidence=tuple(_evidence_label(e) for e in _evidence_of(data).get("evidence", [])),
+        evidence=tuple(_evidence_label(e) for e in _evidence_of(data) or []),
     )
 
 

@@ -183,10 +183,13 @@ class StateMachine:
             return False
         return now - track.streak_since < self._params.attribution_wait_s
 
-    def _clear_span(self, signal: SignalKind) -> float:
-        """How long a confirmed leak must look stopped before it is cleared."""
+    def _shortest_window(self, signal: SignalKind) -> float:
         _, min_window = self._th.for_signal(signal, self._params)
         return min(min_window, self._params.min_window_s)
+
+    def _clear_span(self, signal: SignalKind) -> float:
+        """How long a confirmed leak must look stopped before it is cleared."""
+        return self._shortest_window(signal)
 
     def _episode_gap(self, signal: SignalKind) -> float:
         """A suspicion back within this long of being dropped continues its episode."""
@@ -195,8 +198,7 @@ class StateMachine:
 
     def _confirm_span(self, signal: SignalKind) -> float:
         """How long a streak of leak verdicts must last before it confirms a finding."""
-        _, min_window = self._th.for_signal(signal, self._params)
-        return 0.25 * min(min_window, self._params.min_window_s)
+        return 0.25 * self._shortest_window(signal)
 
 
 def finding_of(track: Track, state: FindingState) -> Finding:
