@@ -111,11 +111,23 @@ class Detector:
 
     def analyze(self, now: float) -> list[Finding]:
         """Judge every series at ``now``; returns the findings whose state changed."""
+        decided = self._warmup.end is not None
         warmup = self._warmup.decide(now)
+        signals = _ANALYSIS_ORDER
         if warmup is None:
-            return []
+            if now < self.params.warmup_floor_s:
+                return []
+            # Sites are judged from the floor on while the warm-up end is undecided, their
+            # findings only suspected: a leak's streak is then long enough to be confirmed the
+            # moment the level has settled, instead of a streak's length later.
+            warmup, signals = self.params.warmup_floor_s, ("site",)
+        elif not decided and warmup > self.params.warmup_floor_s:
+            # Warm-up lasted past the floor: streaks judged on windows that held it start over.
+            for track in self._tracks.of("site"):
+                track.streak = 0
+        hold = signals != _ANALYSIS_ORDER
         changes: list[tuple[Track, FindingState]] = []
-        for signal in _ANALYSIS_ORDER:
+        for signal in signals:
             for track in self._tracks.of(signal):
                 vp, min_window = self._th.for_signal(signal, self.params)
                 if signal == "rss":
@@ -131,7 +143,7 @@ class Detector:
                 track.verdict = verdict
                 if self._judged is None and signal in _LEVELS and verdict.decisive:
                     self._judged = (now, signal, verdict.duration_s)
-                change = self._machine.step(track, verdict, now)
+                change = self._machine.step(track, verdict, now, hold=hold)
                 if change is not None:
                     changes.append((track, change))
         refresh_evidence(self._tracks)

@@ -4,9 +4,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Literal
 
+from soakd.analysis.series import downsample
+from soakd.analysis.trend import theil_sen
 from soakd.analysis.verdicts import SeriesVerdict
 from soakd.detection.kinds import KIND_RANK, LeakKind, SignalKind
 from soakd.detection.params import HOUR, DetectionParams
@@ -77,8 +81,11 @@ class StateMachine:
         self._params = params
         self._th = th
 
-    def step(self, track: Track, verdict: SeriesVerdict, now: float) -> FindingState | None:
-        """Advance one track's state machine; returns the new state when it changed."""
+    def step(
+        self, track: Track, verdict: SeriesVerdict, now: float, *, hold: bool = False
+    ) -> FindingState | None:
+        """Advance one track's state machine; returns the new state when it changed. With
+        ``hold`` (the warm-up end is not decided yet) a finding is at most suspected."""
         if not verdict.decisive:
             return None
         confirm = self._params.confirm_after
@@ -107,6 +114,7 @@ class StateMachine:
                 persisted = not self._awaiting_attribution(since, now)
             if persisted and track.signal in ("heap", "site", "type"):
                 persisted = not self._awaiting_collection(track, now)
+            persisted = persisted and not hold
             track.stopped_since = None
             if track.state == "none":
                 if track.signal == "type" and self._heap_active():
@@ -143,7 +151,11 @@ class StateMachine:
         near the noise, a sawtooth riding on it) is still the same leak. Only evidence that the
         growth stopped or slowed clears it, and only once that evidence has held for a whole
         shortest window: then a window lies entirely after the growth stopped."""
-        if not _stopped(verdict, track.leak_verdict):
+        span = self._clear_span(track.signal)
+        if not (
+            _stopped(verdict, track.leak_verdict)
+            or recently_stopped(track, track.leak_verdict, now, span, self._th.heap.alpha)
+        ):
             track.misses = 0
             track.stopped_since = None
             return None
@@ -152,7 +164,7 @@ class StateMachine:
         track.misses += 1
         if track.misses < self._params.confirm_after:
             return None
-        if now - track.stopped_since < self._clear_span(track.signal):
+        if now - track.stopped_since < span:
             return None
         track.state = "none"
         track.misses = 0
@@ -288,3 +300,28 @@ def _stopped(verdict: SeriesVerdict, confirmed: SeriesVerdict | None) -> bool:
     if verdict.pattern == "plateau" or verdict.slope <= 0.0 or confirmed is None:
         return True
     return verdict.upper_slope < max(confirmed.slope_low, 0.0) or verdict.upper_slope <= 0.0
+
+
+def recently_stopped(
+    track: Track, confirmed: SeriesVerdict | None, now: float, span: float, alpha: float
+) -> bool:
+    """True when the newest ``span`` of the series grew far less than the confirmed growth's
+    lower bound predicts (under a quarter of it, beyond noise): the growth stopped, although
+    a window reaching back over it still rises on the whole (a ramp, then a long flat stretch).
+    """
+    if confirmed is None or confirmed.slope_low <= 0.0:
+        return False
+    ts, ys = track.series.window(max(now - span, track.segment_start), now)
+    if len(ts) < 4 or ts[-1] - ts[0] < 0.75 * span:
+        return False
+    expected = confirmed.slope_low * (ts[-1] - ts[0])
+    z = NormalDist().inv_cdf(1.0 - alpha)
+    if track.variances is not None:
+        # Sampled: new samples arrive as a Poisson count, each standing for the bytes one
+        # sample weighs; too few expected and a silence proves nothing.
+        last = track.variances.last
+        per_sample = last[1] / ys[-1] if last is not None and ys[-1] > 0.0 else 0.0
+        growth = ys[-1] - ys[0]
+        return growth < 0.25 * expected and expected - growth > z * math.sqrt(per_sample * expected)
+    fit = theil_sen(*downsample(ts, ys, 64), 1.0 - 2.0 * alpha)
+    return fit.slope_high < 0.25 * confirmed.slope_low

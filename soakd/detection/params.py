@@ -106,8 +106,8 @@ class DetectionParams:
         ``confidence`` and ``confirm_after``. Derived values:
 
         - ``warmup_floor_s = warmup``: nothing is judged before it.
-        - ``warmup_settle_s = warmup``: a warm-up end is accepted after as much data as the
-          floor.
+        - ``warmup_settle_s = warmup``: a warm-up end is accepted after four fifths as much
+          data as the floor.
         - ``min_window_s = min(60 s, window / 2)``: the shortest window judged, so that a
           short ``window`` is still judged on half of it.
         - ``tracing_hold_s = max(12 × sampling.sites_interval, min(120 s, window))``: a dozen

@@ -13,7 +13,10 @@ flaps between "leak" and "noise". Here the statistics are the estimator's own:
   growth is then judged on its new samples alone, not on everything it leaked before);
 - a plateau is a last third that grew significantly less than the window's rate predicts, with
   the Poisson spread of that many samples (and by more than ``plateau_ratio``);
-- a step is one increment carrying ``step_fraction`` of the growth (a one-off load).
+- a step is one increment carrying ``step_fraction`` of the growth (a one-off load);
+- a filling structure is a second half growing significantly slower than the first (by more
+  than ``decel_ratio``), each half's growth with its own estimator spread: a cache over a
+  bounded key space fills ever slower, a leak at a steady load grows at a steady rate.
 """
 
 from __future__ import annotations
@@ -102,4 +105,35 @@ def judge_sampled(
                 "plateau",
                 f"growth has stopped in the last third ({tail:.3g} B of {expected:.3g} expected)",
             )
+    slowing = _deceleration(ts, ys, vs, cs, vp, z_alpha)
+    if slowing is not None:
+        return verdict(
+            "plateau", f"growth slowing down (second half at {slowing:.0%} of the first): filling"
+        )
     return verdict("leak", f"sampled growth {growth:.3g} B, {growth / sigma:.1f} σ of the estimate")
+
+
+def _deceleration(
+    ts: list[float],
+    ys: list[float],
+    vs: list[float],
+    cs: list[float] | None,
+    vp: VerdictParams,
+    z: float,
+) -> float | None:
+    """The second half's rate over the first's when it is lower beyond both halves' sampling
+    noise (and by more than ``decel_ratio``), else None."""
+    mid_t = (ts[0] + ts[-1]) / 2.0
+    mid = next(i for i, t in enumerate(ts) if t >= mid_t)
+    if mid < 2 or len(ts) - mid < 2:
+        return None
+    d1, d2 = ts[mid] - ts[0], ts[-1] - ts[mid]
+    r1 = (ys[mid] - ys[0]) / d1
+    r2 = (ys[-1] - ys[mid]) / d2
+    if r1 <= 0.0 or r2 >= vp.decel_ratio * r1:
+        return None
+    s1 = growth_sigma(vs[: mid + 1], cs[: mid + 1] if cs is not None else None) / d1
+    s2 = growth_sigma(vs[mid:], cs[mid:] if cs is not None else None) / d2
+    if r1 - r2 <= z * math.hypot(s1, s2):
+        return None
+    return max(r2, 0.0) / r1

@@ -59,8 +59,9 @@ class WarmupJudge:
         vp = self._th.heap if signal == "heap" else self._th.native
         ts, ys = track.series.window(-math.inf, now)
         ts, ys = splice(ts, ys, track.splice_from, track.segment_start)
-        # A sample or two short of the span is enough: samples and analyses tick separately.
-        span = max(p.warmup_settle_s - 2.0 * track.typical_dt, 0.75 * p.warmup_settle_s)
+        # Four fifths of the span are enough: samples and analyses tick separately, and an
+        # analysis must not find the span a few seconds short and wait a whole analysis more.
+        span = 0.8 * p.warmup_settle_s
         end = warmup_end(
             ts, ys, p.warmup_floor_s, p.warmup_max_s, min_span_s=span, min_slope=vp.min_slope
         )

@@ -493,6 +493,34 @@ class TestSiteCorroboration:
         confirmed = run.at("confirmed", SITE)
         assert confirmed and confirmed[0] <= 150.0  # within 90 s of the warm-up end
 
+    def test_site_leak_is_confirmed_as_the_warmup_end_is_decided(self) -> None:
+        # Traced from the start: the site is judged from the floor on while the warm-up end is
+        # still open (suspected only), so its streak is long enough the moment it is decided.
+        feeds = flat_process(heap=noisy(HEAP0, 2e3, rate=20 * 80.0))
+        site: SiteFeed = lambda t, r: (10 * KB * t, 20.0 * t)  # noqa: E731
+        run = simulate(feeds, 200.0, seed=4, traced=(0.0, site))
+        assert run.detector.warmup_end() == 60.0
+        suspected, confirmed = run.at("suspected", SITE), run.at("confirmed", SITE)
+        assert suspected and suspected[0] < 110.0  # before the warm-up end was decided
+        assert confirmed and confirmed[0] <= 120.0  # within 60 s of the floor
+
+    def test_a_site_streak_over_a_long_warmup_starts_again(self) -> None:
+        # The level warms up for minutes (3 MB, τ = 40 s) on top of the leak: the site's early
+        # streak was judged on windows holding the warm-up, so it does not confirm at the
+        # decision but on later data.
+        heap = lambda t, r: (  # noqa: E731
+            HEAP0 + 3e6 * (1.0 - math.exp(-t / 40.0)) + 1600.0 * t + r.gauss(0, 2e3)
+        )
+        site: SiteFeed = lambda t, r: (10 * KB * t, 20.0 * t)  # noqa: E731
+        feeds = flat_process(heap=heap)
+        before = simulate(feeds, 240.0, seed=6, traced=(0.0, site)).detector
+        assert before.warmup_end() is None  # decided at the analysis at 250 s
+        run = simulate(feeds, 320.0, seed=6, traced=(0.0, site))
+        end = run.detector.warmup_end()
+        assert end is not None and end > 60.0
+        confirmed = run.at("confirmed", SITE)
+        assert confirmed and confirmed[0] > 250.0
+
     def test_turnover_at_a_site_is_not_a_leak(self) -> None:
         # A full LRU cache after tracing starts: its traced bytes rise until every entry is a new
         # one, while the block count and RSS of the process stay flat.
@@ -505,19 +533,37 @@ class TestSiteCorroboration:
         verdict = run.detector.last_verdict("site", SITE)
         assert verdict is not None and not verdict.is_leak
 
-    def test_cache_filling_as_tracing_starts_raises_no_alarm(self) -> None:
-        # An LRU cache fills at 20 entries/s until 110 s, then holds. Tracing starts at 60 s: its
-        # site grows until every entry is one made since (160 s). The process grew with it only
-        # until 110 s, so a site window reaching back into the fill must not count as corroborated.
-        fill = lambda t: 20.0 * min(max(t - 10.0, 0.0), 100.0)  # noqa: E731  (entries held)
+    @staticmethod
+    def _lru_fill(until: float) -> Run:
+        # An LRU cache fills at 20 entries/s from 10 s until ``until``, then holds. Tracing
+        # starts at 60 s: its site grows until every entry is one made since. The process grew
+        # with it only until ``until``.
+        held = until - 10.0
+        fill = lambda t: 20.0 * min(max(t - 10.0, 0.0), held)  # noqa: E731  (entries held)
         feeds = flat_process(heap=lambda t, r: HEAP0 + fill(t) * 2 * 80.0 + r.gauss(0, 2e3))
 
         def site(t: float, r: random.Random) -> tuple[float, float]:
-            new = min((t - 60.0) * 20.0, 2000.0)  # entries allocated since tracing started
+            new = min((t - 60.0) * 20.0, 20.0 * held)  # entries allocated since tracing started
             return new * 1100.0, new
 
-        run = simulate(feeds, 300.0, every=5.0, seed=13, traced=(60.0, site))
+        return simulate(feeds, 300.0, every=5.0, seed=13, traced=(60.0, site))
+
+    def test_cache_filling_as_tracing_starts_raises_no_alarm(self) -> None:
+        # The fill stops 40 s after the floor, inside the span the warm-up end is decided on: a
+        # site window reaching back into the fill must not count as corroborated.
+        run = self._lru_fill(until=100.0)
         assert [(t, f.kind, f.state) for t, f in run.changes if f.state == "confirmed"] == []
+
+    def test_cache_filling_past_the_warmup_decision_is_cleared_once_it_holds(self) -> None:
+        # The fill stops 50 s after the floor, when the warm-up end is decided: until then it is
+        # a steady rise at one site, corroborated by the process, as a leak's would be (a leak
+        # is confirmed this early). Once the site holds, the finding is cleared: one episode,
+        # nothing left at the end.
+        run = self._lru_fill(until=110.0)
+        confirmed = run.at("confirmed", SITE)
+        cleared = run.at("cleared", SITE)
+        assert len(confirmed) == 1 and len(cleared) == 1 and cleared[0] > confirmed[0]
+        assert run.detector.findings() == []
 
     def test_large_blocks_leak_is_corroborated_by_rss_not_blocks(self) -> None:
         # One 10 KiB block a second: the block rate is lost in the noise, RSS carries the growth;

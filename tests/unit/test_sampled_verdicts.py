@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 from soakd.analysis.verdicts import VerdictParams
@@ -105,3 +106,48 @@ def test_a_churning_stable_site_keeps_its_noise_through_the_churn_bound() -> Non
 def test_a_restarted_churn_counter_falls_back_to_the_ends_variances() -> None:
     assert growth_sigma([4.0, 5.0], [10.0, 3.0]) == 3.0
     assert growth_sigma([4.0, 5.0], [10.0, 11.0]) == 1.0
+
+
+def _filling(
+    total: float, tau: float, start: float, seconds: float, rng: random.Random
+) -> tuple[list[float], list[float], list[float], list[float]]:
+    """A cache over a bounded key space seen from ``start`` on: live bytes
+    ``total·(1 - exp(-t/tau))``, sampled every 2 s, each new sample standing for INTERVAL."""
+    ts: list[float] = []
+    ys: list[float] = []
+    churn: list[float] = []
+    samples = round(total * (1.0 - math.exp(-start / tau)) / INTERVAL)
+    t, weights = start, 0.0
+    while t <= start + seconds:
+        grow = total * (math.exp(-t / tau) - math.exp(-(t + 2.0) / tau))
+        new = _poisson(rng, grow / INTERVAL)
+        samples += new
+        weights += new * INTERVAL**2
+        ts.append(t)
+        ys.append(samples * INTERVAL)
+        churn.append(weights)
+        t += 2.0
+    return ts, ys, [INTERVAL * y for y in ys], churn
+
+
+def test_a_cache_filling_ever_slower_is_a_plateau_not_a_leak() -> None:
+    # 600 MB over keys drawn at random (τ = 60 s), seen from 60 s to 130 s: its rate falls
+    # from 3.7 to 1.1 MB/s (about 280 samples), a steady leak's would not.
+    rng = random.Random(7)
+    verdicts = []
+    for _ in range(50):
+        ts, ys, vs, churn = _filling(600e6, 60.0, 60.0, 70.0, rng)
+        verdicts.append(judge_sampled(ts, ys, vs, PARAMS, 30.0, churn))
+    leaks = [v for v in verdicts if v.is_leak]
+    assert len(leaks) <= 5, [v.reason for v in leaks]
+    assert any("slowing down" in v.reason for v in verdicts)
+
+
+def test_a_steady_leak_is_not_read_as_slowing_down() -> None:
+    rng = random.Random(8)
+    slowing = 0
+    for _ in range(200):
+        ts, ys, vs = _estimates(1_000_000.0, 70.0, rng)
+        churn = [INTERVAL * (y - ys[0]) for y in ys]
+        slowing += "slowing down" in judge_sampled(ts, ys, vs, PARAMS, 30.0, churn).reason
+    assert slowing <= 3
