@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-__all__ = ["EVIDENCE_FIELDS", "evidence_keys", "group_causes"]
+__all__ = ["EVIDENCE_FIELDS", "cause_of", "evidence_keys", "group_causes"]
 
 RESOURCE_KINDS: Final[tuple[str, ...]] = ("fds", "tasks", "threads")
 
@@ -93,7 +93,33 @@ def group_causes(leaks: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """``leaks`` (most certain first) with each consequence folded into its cause's
     ``evidence``; causes keep their order. Records already grouped keep their evidence."""
     out = [dict(leak) for leak in leaks]
-    owner: dict[int, int] = {}  # index of a consequence -> index of its cause
+    owner = _owners(out)
+    for j, i in owner.items():
+        cause = out[i]
+        evidence = list(cause.get("evidence") or [])
+        evidence.append({k: out[j].get(k) for k in EVIDENCE_FIELDS})
+        evidence.extend(out[j].get("evidence") or [])
+        cause["evidence"] = evidence
+        firsts = [f for f in (cause.get("first_detected_s"), out[j].get("first_detected_s"))
+                  if isinstance(f, int | float)]  # fmt: skip
+        if firsts:
+            cause["first_detected_s"] = min(firsts)
+    return [leak for j, leak in enumerate(out) if j not in owner]
+
+
+def cause_of(
+    leak: Mapping[str, Any], others: Sequence[Mapping[str, Any]]
+) -> Mapping[str, Any] | None:
+    """The record among ``others`` whose cause ``leak`` is a consequence of, or None: a leak
+    confirmed after its cause (the heap a task leak holds) is not news of its own."""
+    owner = _owners([*others, leak])
+    root = owner.get(len(others))
+    return others[root] if root is not None else None
+
+
+def _owners(out: Sequence[Mapping[str, Any]]) -> dict[int, int]:
+    """Index of each consequence -> index of its root cause."""
+    owner: dict[int, int] = {}
     for i, leak in enumerate(out):
         if leak.get("kind") in RESOURCE_KINDS:
             for j, other in enumerate(out):
@@ -111,19 +137,12 @@ def group_causes(leaks: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 if i not in owner and _names_class(out[i], leak.get("type")):
                     owner[j] = i
                     break
+    roots: dict[int, int] = {}
     for j, i in owner.items():
         while i in owner:  # a consequence of a consequence belongs to the root
             i = owner[i]
-        cause = out[i]
-        evidence = list(cause.get("evidence") or [])
-        evidence.append({k: out[j].get(k) for k in EVIDENCE_FIELDS})
-        evidence.extend(out[j].get("evidence") or [])
-        cause["evidence"] = evidence
-        firsts = [f for f in (cause.get("first_detected_s"), out[j].get("first_detected_s"))
-                  if isinstance(f, int | float)]  # fmt: skip
-        if firsts:
-            cause["first_detected_s"] = min(firsts)
-    return [leak for j, leak in enumerate(out) if j not in owner]
+        roots[j] = i
+    return roots
 
 
 def evidence_keys(leak: Mapping[str, Any]) -> list[tuple[str, str | None, str | None]]:

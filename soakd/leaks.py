@@ -80,6 +80,8 @@ class LeakRecord(TypedDict):
     method: NotRequired[str]  # "end_to_end" when no trend was judged
     # Findings of the same cause folded into this one (soakd.causes): kind, site, type, ...
     evidence: NotRequired[list[dict[str, Any]]]
+    # On a ``leak.confirmed`` event: the confirmed leak this one is a consequence of.
+    cause: NotRequired[dict[str, Any]]
 
 
 # -- producing -----------------------------------------------------------------------------

@@ -131,6 +131,8 @@ class AlertSender(RunObserver):
             return  # abort rules stop the run; the run's own verdict reports them
         if event not in ALERT_EVENTS:
             return
+        if event == "leak.confirmed" and fields.get("cause"):
+            return  # a consequence of a leak already alerted on: one alert per cause
         payload: dict[str, Any] = {"run_id": self._run_id, "target": self._target, "event": event}
         payload.update((k, v) for k, v in fields.items() if k not in payload)
         if len(self._queue) == self._queue.maxlen:

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 import anyio
 
+from soakd.causes import cause_of
 from soakd.config import Config
 from soakd.detection import DetectionParams, Detector, Finding, SignalKind, SiteInfo
-from soakd.leaks import leak_event
+from soakd.leaks import leak_event, record_from_finding
 from soakd.supervisor.state import Emit
 from soakd.supervisor.thresholds import Thresholds
 
@@ -214,7 +215,7 @@ class AnalysisLoop:
             self.judged_reported = True
             self._emit("detection.judged", series=judged[1], window_s=round(judged[2], 3))
         for finding in changes:
-            self._emit_finding(finding)
+            self._emit_finding(finding, findings)
             if finding.state != "suspected":
                 self._thresholds.observe_leak(
                     now, finding.kind, confirmed=finding.state == "confirmed"
@@ -225,6 +226,17 @@ class AnalysisLoop:
     def confirmed(self) -> bool:
         return any(f.state == "confirmed" for f in self.detector.findings())
 
-    def _emit_finding(self, f: Finding) -> None:
+    def _emit_finding(self, f: Finding, findings: list[Finding]) -> None:
         event, level, record = leak_event(f)
+        if f.state == "confirmed":
+            # A consequence of a leak already confirmed (the heap its tasks hold, a caller of
+            # its site) names that cause: alerts go out once per cause.
+            others = [
+                record_from_finding(g)
+                for g in findings
+                if g.state == "confirmed" and (g.kind, g.key) != (f.kind, f.key)
+            ]
+            cause = cause_of(record, others)
+            if cause is not None:
+                record["cause"] = {k: cause.get(k) for k in ("kind", "site", "type")}
         self._emit(event, level, **record)

@@ -105,6 +105,8 @@ async def test_webhook_receives_payload_and_headers_only_for_alerting_events() -
             sender.on_event("threshold.breached", {**BREACH, "action": "abort"})
             sender.on_event("leak.suspected", LEAK)
             sender.on_event("threshold.breached", BREACH)
+            # A consequence of a leak already alerted on (the heap its tasks hold): no alert.
+            sender.on_event("leak.confirmed", {**LEAK, "cause": {"kind": "tasks"}})
             sender.on_event("leak.confirmed", LEAK)
             await recorder.wait("alert.sent", alert="leak.confirmed")
         finally:

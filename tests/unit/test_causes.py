@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from soakd.causes import group_causes
+from soakd.causes import cause_of, group_causes
 from soakd.leaks import LeakLedger
 
 ASYNCIO = "/usr/lib/python3.11/asyncio"
@@ -106,3 +106,13 @@ def test_the_summary_lists_causes_from_the_events() -> None:
     [leak] = ledger.confirmed()
     assert leak["kind"] == "tasks"
     assert {e["kind"] for e in leak.get("evidence", [])} == {"objects", "heap"}
+
+
+def test_a_consequence_confirmed_after_its_cause_names_it_and_a_cause_does_not() -> None:
+    tasks = _leak("tasks", first_detected_s=120.0)
+    coroutines = _leak("objects", type="coroutine")
+    unrelated = _leak("heap", site="/app/cache.py:7", traceback=["/app/cache.py:7"])
+    assert cause_of(coroutines, [unrelated, tasks]) is tasks
+    assert cause_of(unrelated, [tasks, coroutines]) is None
+    # The cause confirmed after its consequence is news: it is a cause, not a consequence.
+    assert cause_of(tasks, [coroutines]) is None
