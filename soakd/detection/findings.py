@@ -9,8 +9,6 @@ from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Literal
 
-from soakd.analysis.series import downsample
-from soakd.analysis.trend import theil_sen
 from soakd.analysis.verdicts import SeriesVerdict
 from soakd.detection.kinds import KIND_RANK, LeakKind, SignalKind
 from soakd.detection.params import HOUR, DetectionParams
@@ -120,6 +118,8 @@ class StateMachine:
                 if track.signal == "type" and self._heap_active():
                     return None
                 track.state = "confirmed" if persisted else "suspected"
+                if persisted:
+                    track.confirmed_s = now
                 # A suspicion dropped moments ago and back: the same episode, its first sign.
                 if now - track.dropped_s > self._episode_gap(track.signal):
                     track.first_detected_s = now
@@ -129,6 +129,7 @@ class StateMachine:
             track.leak_analyses += 1
             if track.state == "suspected" and persisted:
                 track.state = "confirmed"
+                track.confirmed_s = now
                 return "confirmed"
             return None
         track.streak = 0
@@ -154,7 +155,7 @@ class StateMachine:
         span = self._clear_span(track.signal)
         if not (
             _stopped(verdict, track.leak_verdict)
-            or recently_stopped(track, track.leak_verdict, now, span, self._th.heap.alpha)
+            or growth_turned(track, track.leak_verdict, now, self._th.heap.alpha)
         ):
             track.misses = 0
             track.stopped_since = None
@@ -302,26 +303,52 @@ def _stopped(verdict: SeriesVerdict, confirmed: SeriesVerdict | None) -> bool:
     return verdict.upper_slope < max(confirmed.slope_low, 0.0) or verdict.upper_slope <= 0.0
 
 
-def recently_stopped(
-    track: Track, confirmed: SeriesVerdict | None, now: float, span: float, alpha: float
-) -> bool:
-    """True when the newest ``span`` of the series grew far less than the confirmed growth's
-    lower bound predicts (under a quarter of it, beyond noise): the growth stopped, although
-    a window reaching back over it still rises on the whole (a ramp, then a long flat stretch).
+def growth_turned(track: Track, confirmed: SeriesVerdict | None, now: float, alpha: float) -> bool:
+    """A one-sided CUSUM since the confirmation: evidence that the growth fell below half the
+    confirmed rate's lower bound, accumulated over every sample since, not re-decided per window.
+
+    With ``k`` that half rate, ``z(t) = y(t) - k·t`` keeps rising while the leak goes on at
+    its confirmed rate and falls at ``k`` once it stops; the statistic is the fall of ``z``
+    from its highest point since the confirmation (Page's CUSUM of the increments). It counts
+    once the fall exceeds what noise explains: ``z`` quantiles of the level's residual noise
+    (twice: the peak is a noisy point too) or, for a sampled site, of the Poisson spread of the
+    samples expected at rate ``k`` over the fall. The stronger the confirmed leak, the sooner a
+    stop shows.
     """
     if confirmed is None or confirmed.slope_low <= 0.0:
         return False
-    ts, ys = track.series.window(max(now - span, track.segment_start), now)
-    if len(ts) < 4 or ts[-1] - ts[0] < 0.75 * span:
+    ts, ys = track.series.window(max(track.confirmed_s, track.segment_start), now)
+    if len(ts) < 4:
         return False
-    expected = confirmed.slope_low * (ts[-1] - ts[0])
-    z = NormalDist().inv_cdf(1.0 - alpha)
+    k = 0.5 * confirmed.slope_low
+    peak_z, peak_t = -math.inf, ts[0]
+    for t, y in zip(ts, ys, strict=True):
+        if y - k * t >= peak_z:
+            peak_z, peak_t = y - k * t, t
+    fall = peak_z - (ys[-1] - k * ts[-1])
+    if fall <= 0.0:
+        return False
     if track.variances is not None:
-        # Sampled: new samples arrive as a Poisson count, each standing for the bytes one
-        # sample weighs; too few expected and a silence proves nothing.
         last = track.variances.last
         per_sample = last[1] / ys[-1] if last is not None and ys[-1] > 0.0 else 0.0
-        growth = ys[-1] - ys[0]
-        return growth < 0.25 * expected and expected - growth > z * math.sqrt(per_sample * expected)
-    fit = theil_sen(*downsample(ts, ys, 64), 1.0 - 2.0 * alpha)
-    return fit.slope_high < 0.25 * confirmed.slope_low
+        if per_sample <= 0.0:
+            return False
+        # Samples seen since the peak against those a rate of k would bring: too few expected
+        # and a silence proves nothing.
+        seen = max(ys[-1] - ys[ts.index(peak_t)], 0.0) / per_sample
+        return _poisson_cdf(math.floor(seen), k * (ts[-1] - peak_t) / per_sample) < alpha
+    return fall > 2.0 * NormalDist().inv_cdf(1.0 - alpha) * confirmed.noise
+
+
+def _poisson_cdf(n: int, mean: float) -> float:
+    """P(N ≤ n) for N ~ Poisson(mean); normal approximation for large counts."""
+    if mean <= 0.0:
+        return 1.0
+    if n > 200:
+        return NormalDist(mean, math.sqrt(mean)).cdf(n + 0.5)
+    term = math.exp(-mean)
+    total = term
+    for i in range(1, n + 1):
+        term *= mean / i
+        total += term
+    return min(total, 1.0)

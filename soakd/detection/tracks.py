@@ -47,6 +47,7 @@ class Track:
     streak_data_t: float = 0.0  # the series' latest sample when the streak began
     misses: int = 0  # consecutive decisive non-leak verdicts while suspected/confirmed
     stopped_since: float | None = None  # a confirmed finding's growth has looked stopped since
+    confirmed_s: float = 0.0  # when the finding was last confirmed
     leak_analyses: int = 0
     first_detected_s: float = 0.0  # the first suspicion of the current episode
     dropped_s: float = -math.inf  # when a suspicion was last dropped unconfirmed

@@ -12,6 +12,7 @@ import pytest
 from soakd.config import Config, load_config
 from soakd.detection import DetectionParams, Detector, Finding, SignalKind, SiteInfo
 from soakd.detection.detector import native_wait
+from soakd.detection.tracks import Track
 
 KB = 1024.0
 MIB = 1024.0 * 1024.0
@@ -700,3 +701,55 @@ def test_a_sampled_site_whose_growth_is_within_its_sampling_noise_is_flat() -> N
     assert noisy.pattern == "flat" and "sampling noise" in noisy.reason
     # 20 MiB from nothing: about 40 samples' worth, far out of the noise.
     assert judged(20 * 1024.0**2, 0.0).is_leak
+
+
+def _sampled_track(level: Callable[[float], float], seconds: float, seed: int) -> Track:
+    """A sampled site every 5 s from 0: each new sample stands for 64 KiB (Poisson count)."""
+    from soakd.detection.tracks import TrackTable
+
+    interval = 64 * 1024.0
+    rng = random.Random(seed)
+    tracks = TrackTable(DetectionParams())
+    samples, weights, t = 0, 0.0, 0.0
+    while t <= seconds:
+        new = _poisson(rng, max(level(t + 5.0) - level(t), 0.0) / interval)
+        samples += new
+        weights += new * interval**2
+        value = samples * interval
+        tracks.add("site", "app.py:1", t, value, noise=(interval * value, weights))
+        t += 5.0
+    track = tracks.get("site", "app.py:1")
+    assert track is not None
+    return track
+
+
+def _poisson(rng: random.Random, mean: float) -> int:
+    count, total = 0, rng.expovariate(1.0)
+    while total < mean:
+        count += 1
+        total += rng.expovariate(1.0)
+    return count
+
+
+def test_growth_turned_sees_a_sampled_leak_stop_and_never_a_steady_one() -> None:
+    from soakd.analysis.verdicts import SeriesVerdict
+    from soakd.detection.findings import growth_turned
+
+    rate = 5 * KB  # confirmed at 100 s with its lower bound at 60 % of the rate
+    confirmed = SeriesVerdict("leak", rate, 0.6 * rate, 1e-6, 5e5, "rises", 20, 100.0)
+    turned = 0
+    for seed in range(40):
+        stops = _sampled_track(lambda t: rate * min(t, 200.0), 520.0, seed)
+        stops.confirmed_s = 100.0
+        assert not growth_turned(stops, confirmed, 190.0, 0.01 / 3)  # still growing
+        # 320 s after it stopped: 7 samples of 64 KiB expected at half the lower bound, none.
+        turned += growth_turned(stops, confirmed, 520.0, 0.01 / 3)
+    assert turned >= 38
+    false = 0
+    for seed in range(100):
+        steady = _sampled_track(lambda t: rate * t, 3600.0, 1000 + seed)
+        steady.confirmed_s = 100.0
+        false += any(
+            growth_turned(steady, confirmed, now, 0.01 / 3) for now in range(200, 3601, 100)
+        )
+    assert false <= 3
