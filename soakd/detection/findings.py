@@ -177,10 +177,11 @@ class StateMachine:
         return any(t.active for s in heap_kind for t in self._tracks.of(s))
 
     def _awaiting_attribution(self, since: float, now: float) -> bool:
-        """True while sites are traced, none has a finding, and the wait has not run out."""
+        """True while sites are traced, none is confirmed, and the wait has not run out: a
+        suspected site is the explanation coming, not a reason to report the level alone."""
         if now - since >= self._params.attribution_wait_s:
             return False
-        if any(t.active for t in self._tracks.of("site")):
+        if any(t.state == "confirmed" for t in self._tracks.of("site")):
             return False
         return any(
             (last := t.series.last) is not None and now - last[0] <= self._params.gap_s

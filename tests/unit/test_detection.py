@@ -589,6 +589,8 @@ class TestSiteCorroboration:
         run = _heap_growth_while_tracing(lambda t, r: (10 * KB * (t - 60.0), 1000.0))
         assert run.at("confirmed", SITE)
         assert [f.key for f in run.detector.findings()] == [SITE]
+        # The level is never news of its own: one confirmation, the site's (one alert).
+        assert run.at("confirmed", "heap") == []
 
     def test_large_blocks_leak_is_corroborated_by_malloc(self) -> None:
         run = _large_block_site(noisy(8e6, 2e3, rate=10 * KB), noisy(RSS0, 4e3, rate=10 * KB))
