@@ -25,6 +25,7 @@ from soakd.agent.heap import HeapSampler
 from soakd.agent.objects import TypeCounter, count_tasks
 from soakd.agent.protocol import AgentError, HeapSample, SitesResult, TypesSample
 from soakd.agent.server import AgentClient, AgentRefused, serve
+from soakd.snapshots import SnapshotSite
 
 __all__ = ["SNAPSHOT_SITES", "Agent", "AgentClient", "AgentError", "AgentRefused", "serve"]
 
@@ -67,6 +68,10 @@ class Agent:
         self._profile_whole = False
         # The last interval change kept the samples (the sites' series need no restart).
         self._profile_continuous = True
+        # Each site's size when it was first reported in a while: a fifth of the sites sent
+        # are the most grown since, so that a slow leak far down the list by size is followed
+        # from its first samples on, not only once it is among the largest.
+        self._site_baseline: dict[str, int] = {}
 
     # -- the sampled profiler ----------------------------------------------------------------
 
@@ -200,6 +205,24 @@ class Agent:
         )
         return replace(result, cpu_s=time.thread_time() - cpu_started)
 
+    def _select_sites(self, by_size: list[SnapshotSite]) -> list[SnapshotSite]:
+        """The ``max_sites`` largest, a fifth of the places going to the most grown since each
+        site was first seen (sites no longer live are forgotten: the table stays bounded)."""
+        baseline = {s.site: self._site_baseline.get(s.site, s.size) for s in by_size}
+        self._site_baseline = baseline
+        head = by_size[: self.max_sites - self.max_sites // 5]
+        rest = by_size[len(head) :]
+        grown = sorted(
+            (s for s in rest if s.size > baseline[s.site]),
+            key=lambda s: s.size - baseline[s.site],
+            reverse=True,
+        )[: self.max_sites // 5]
+        chosen = head + grown
+        if len(chosen) < self.max_sites:
+            taken = {s.site for s in grown}
+            chosen += [s for s in rest if s.site not in taken][: self.max_sites - len(chosen)]
+        return chosen
+
     def _sites_result(
         self,
         groups: TraceGroups,
@@ -215,7 +238,7 @@ class Agent:
         if calibrate:
             self._heap.calibrate(groups.traced_bytes, groups.blocks)
         result = SitesResult(
-            sites=tuple(groups.by_site()[: self.max_sites]),
+            sites=tuple(self._select_sites(groups.by_site())),
             traced_bytes=groups.traced_bytes,
             overhead_bytes=tracemalloc.get_tracemalloc_memory(),
             blocks=groups.blocks,
