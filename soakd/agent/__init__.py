@@ -16,7 +16,7 @@ import time
 import tracemalloc
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from soakd import profiler
@@ -176,7 +176,7 @@ class Agent:
 
         While tracemalloc traces, its exact traces; otherwise the sampled profiler's estimates.
         """
-        taken_at = datetime.now(UTC).isoformat()
+        taken_at = datetime.now(timezone.utc).isoformat()  # noqa: UP017 (3.10 has no UTC)
         cpu_started = time.thread_time()
         interval: int | None = None
         if tracemalloc.is_tracing():
