@@ -9,15 +9,59 @@ line and report the service's own Python and versions.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
-from collections.abc import Iterator
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import events, run_soakd, soak_until, write_config
+from tests.conftest import ROOT, TARGETS, events, run_soakd, soak_env, write_config
 from tests.service_env import cached_venv, service_python
+
+# soakd started with its source tree on its own sys.path only: no PYTHONPATH, and a working
+# directory without soakd in it, so its children (the worker, a command) see soakd's package
+# only through the code directory the supervisor hands them.
+LAUNCH = f"import sys; sys.path.insert(0, {str(ROOT)!r}); sys.argv[0] = 'soakd'; " + (
+    "from soakd.cli import main; raise SystemExit(main())"
+)
+
+
+def _isolated_env() -> dict[str, str]:
+    env = soak_env()
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def soak_until(
+    *args: str,
+    until: Callable[[list[dict[str, Any]]], Any],
+    timeout: float,
+    cwd: Path,
+    run_dir: Path,
+) -> subprocess.CompletedProcess[str]:
+    """``soakd run ARGS`` until ``until(events)`` holds (polled, bounded), then SIGTERM."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LAUNCH, *args], cwd=cwd, env=_isolated_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            if until(events(run_dir)):
+                break
+            time.sleep(0.2)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
 
 SERVICE = """\
 import pydantic
@@ -111,9 +155,10 @@ def test_a_service_in_its_own_virtualenv_leaks_at_its_line(
 def test_the_python_option_overrides_the_config(tmp_path: Path, venv_python: str) -> None:
     cfg = _service(tmp_path, 'python = "/nonexistent/bin/python"')
     run = tmp_path / "run"
-    proc = run_soakd(
-        "run", "-c", str(cfg), "-d", "4s", "--run-dir", str(run), "--python", venv_python,
-        cwd=tmp_path, timeout=90,
+    proc = subprocess.run(
+        [sys.executable, "-c", LAUNCH, "run", "-c", str(cfg), "-d", "4s", "--run-dir", str(run),
+         "--python", venv_python],
+        cwd=tmp_path, env=_isolated_env(), capture_output=True, text=True, timeout=90,
     )  # fmt: skip
     # 4 s: the leak may be confirmed already (3) or not yet (7); either way the service ran
     assert proc.returncode in (3, 7), proc.stderr[-2000:]
@@ -122,6 +167,31 @@ def test_the_python_option_overrides_the_config(tmp_path: Path, venv_python: str
     assert started["python"]["executable"] == venv_python
     workload = json.loads((run / "summary.json").read_text())["workload"]
     assert workload["iterations"] > 0 and workload["errors"] == 0, workload
+
+
+@pytest.mark.slow
+def test_the_agent_in_a_command_of_the_service_s_interpreter(
+    tmp_path: Path, venv_python: str
+) -> None:
+    """``soakd run -- .venv/bin/python -m soakd.agent app.py``: the agent runs in the service's
+    environment, which has none of soakd's dependencies, and attributes its heap leak."""
+    cfg = write_config(tmp_path, DETECTION)
+    run = tmp_path / "run"
+    app = os.path.join(TARGETS, "external_apps.py")
+    proc = soak_until(
+        "run", "-c", str(cfg), "-d", "150s", "--run-dir", str(run), "--",
+        venv_python, "-m", "soakd.agent", app, "heap", "400",
+        until=lambda evs: [
+            e for e in evs if e["event"] == "leak.confirmed" and e["kind"] == "heap" and e["site"]
+        ],
+        timeout=150, cwd=tmp_path, run_dir=run,
+    )  # fmt: skip
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    evs = events(run)
+    assert [e for e in evs if e["event"] == "agent.connected"]
+    summary = json.loads((run / "summary.json").read_text())
+    heap = [leak for leak in summary["leaks"] if leak["kind"] == "heap"]
+    assert heap and heap[0]["site"] == f"{app}:37", summary["leaks"]
 
 
 def test_a_missing_interpreter_is_a_config_error(tmp_path: Path) -> None:
