@@ -273,7 +273,7 @@ class Supervisor:
             run_dir=str(self.run_dir.path),
             duration_s=self.state.duration,
             pid=os.getpid(),
-            attribution=attribution_plan(self.config.sampling),
+            attribution=attribution_plan(self.config.sampling, self.python.unavailable),
             python=self.python.describe(),
         )
         # job failures and overruns are job.failed events; shutdown cancels jobs in flight

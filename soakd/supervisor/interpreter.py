@@ -29,6 +29,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import sysconfig
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -89,6 +90,12 @@ class TargetPython:
         else:
             env.pop(ENV_EXTENSION, None)
         return env
+
+    @property
+    def unavailable(self) -> str | None:
+        """Why the profiler will not load in this interpreter (None: it will, or may)."""
+        prefix = "unavailable: "
+        return self.profiler[len(prefix) :] if self.profiler.startswith(prefix) else None
 
     def describe(self) -> dict[str, Any]:
         """For ``run.started``: the target's Python and the distributions it sees."""
@@ -177,8 +184,12 @@ def prepare(config: Config, cli: str | None = None, *, build: bool = True) -> Ta
         why = err[-1] if err else f"exit code {proc.returncode}, no answer"
         raise ConfigError(f"{label}: is not a Python soakd's worker can run in ({why}); {fix}")
     python = TargetPython(executable, key, where, info)
-    if info.get("profiler_error") is None:
+    error = info.get("profiler_error")
+    if error is None:
         return python
+    if info.get("ext_suffix") == sysconfig.get_config_var("EXT_SUFFIX"):
+        # soakd's own ABI: the installation's extension is what it is (e.g. not built)
+        return TargetPython(executable, key, where, info, None, f"unavailable: {error}")
     if not config.sampling.profiler_on or not build:
         return TargetPython(executable, key, where, info, None, "unavailable: not built for it")
     built, why = _build_profiler(info)
@@ -187,9 +198,22 @@ def prepare(config: Config, cli: str | None = None, *, build: bool = True) -> Ta
     return TargetPython(executable, key, where, info, built, "built")
 
 
+_fallback_root: Path | None = None
+
+
 def _cache_root() -> Path:
+    """``$XDG_CACHE_HOME/soakd`` (``~/.cache/soakd``), or a temporary directory of this process
+    where that is not ours to write (a systemd DynamicUser has no home): then the profiler is
+    rebuilt at each start instead of once."""
+    global _fallback_root
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "soakd"
+    root = Path(base) / "soakd"
+    if _private(root):
+        return root
+    if _fallback_root is None:
+        _fallback_root = Path(tempfile.mkdtemp(prefix="soakd-cache-"))  # 0700
+        atexit.register(shutil.rmtree, _fallback_root, True)
+    return _fallback_root
 
 
 def _private(path: Path) -> bool:
