@@ -19,6 +19,7 @@ import anyio.lowlevel
 
 from soakd.config import WorkloadConfig
 from soakd.workload import Corpus, Engine
+from soakd.workload.settings import WorkloadSettings
 
 Event = dict[str, str]
 
@@ -51,7 +52,10 @@ async def engine(users: int, seconds: float) -> tuple[float, dict[str, object]]:
     cfg = WorkloadConfig.model_validate(
         {"users": users, "think_time": {"distribution": "none"}, "seed": 1}
     )
-    eng = Engine(cfg, noop, Corpus.default(seed=1))
+    # As the worker gets it: the supervisor's validated config, read back from its JSON dump.
+    eng = Engine(
+        WorkloadSettings.from_json(cfg.model_dump(mode="json")), noop, Corpus.default(seed=1)
+    )
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
         tg.start_soon(eng.run, stop, 5.0)

@@ -65,6 +65,21 @@ class TargetConfig(_Model):
     python_path: tuple[str, ...] = ()
     options: dict[str, Any] = Field(default_factory=dict)
     http: HttpTarget | None = None
+    # The service's own interpreter (its virtualenv's bin/python) or virtualenv directory;
+    # unset: soakd's. Checked (exists, runs, Python 3.10+) by soakd.supervisor.interpreter.
+    python: str | None = None
+    venv: str | None = None
+
+    @model_validator(mode="after")
+    def _one_interpreter(self) -> TargetConfig:
+        if self.python is not None and self.venv is not None:
+            raise ValueError(
+                "set either 'python' (the interpreter) or 'venv' (its virtualenv), not both"
+            )
+        for key in ("python", "venv"):
+            if getattr(self, key) == "":
+                raise ValueError(f"'{key}' is empty; give a path or leave it out")
+        return self
 
     @field_validator("factory", "scenario")
     @classmethod

@@ -61,12 +61,36 @@ class _Extension(Protocol):
     def stats(self) -> dict[str, Any]: ...
 
 
+# A copy of the extension built for this interpreter when the bundled one is for another ABI
+# (the target's own Python): set by the supervisor, see soakd.supervisor.interpreter.
+ENV_EXTENSION = "SOAKD_PROFILER_EXTENSION"
+
+
 def _load() -> tuple[_Extension | None, str | None]:
     try:
         module = importlib.import_module("soakd._profiler")
     except ImportError as exc:
-        return None, f"extension soakd._profiler not built: {exc}"
+        built = os.environ.get(ENV_EXTENSION)
+        if not built:
+            return None, f"extension soakd._profiler not built for this interpreter: {exc}"
+        try:
+            return cast(_Extension, _load_file(built)), None
+        except (ImportError, OSError) as exc2:
+            return None, f"extension soakd._profiler built at {built} does not load: {exc2}"
     return cast(_Extension, module), None
+
+
+def _load_file(path: str) -> object:
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("soakd._profiler", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"not an extension module: {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules["soakd._profiler"] = module
+    return module
 
 
 _ext, UNAVAILABLE_REASON = _load()

@@ -184,6 +184,7 @@ class EventFacts:
     attribution: dict[str, Any] | None = None
     judged: bool = False  # detection.judged: the detector judged a full window
     planned_s: float | None = None  # run.started's duration
+    python: dict[str, Any] | None = None  # run.started's: the target's interpreter
 
 
 def _breach(ev: Mapping[str, Any]) -> dict[str, Any]:
@@ -221,6 +222,8 @@ def _event_facts(run_dir: Path) -> EventFacts:
                 facts.attribution = dict(ev["attribution"])
             planned = _num(ev.get("duration_s"), -1.0)
             facts.planned_s = planned if planned > 0 else None
+            if isinstance(ev.get("python"), dict):
+                facts.python = dict(ev["python"])
         elif name in ("attribution.ready", "attribution.fallback") and facts.attribution:
             # The target's own answer overrides what soakd's installation expected.
             if name == "attribution.ready":
@@ -361,6 +364,8 @@ def build_summary(
     }
     if events.attribution is not None:
         summary["attribution"] = events.attribution
+    if events.python is not None:
+        summary["python"] = events.python
     if "reason" in word:
         summary["stop_reason"] = word["reason"]
     if word.get("storage_error"):

@@ -4,8 +4,8 @@ It runs inside the target's process — the worker (``python -m soakd.worker``) 
 :class:`Agent` and calls it; any other Python program can expose one over a unix socket with
 :func:`serve` or ``python -m soakd.agent app.py`` and be watched from outside (see
 :mod:`soakd.agent.server`). Every method but :meth:`Agent.tasks` may block for a while and is
-meant to run in a thread (``anyio.to_thread.run_sync``); :meth:`Agent.tasks` must run on the
-event loop's thread.
+meant to run in a thread (``loop.run_in_executor``); :meth:`Agent.tasks` must run on the
+event loop's thread. Standard library only, Python 3.10+: it runs in the target's interpreter.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 import tracemalloc
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from soakd import profiler
@@ -181,7 +181,7 @@ class Agent:
 
         While tracemalloc traces, its exact traces; otherwise the sampled profiler's estimates.
         """
-        taken_at = datetime.now(UTC).isoformat()
+        taken_at = datetime.now(timezone.utc).isoformat()  # noqa: UP017 (3.10 has no UTC)
         cpu_started = time.thread_time()
         interval: int | None = None
         if tracemalloc.is_tracing():

@@ -39,10 +39,19 @@ __all__ = [
 # The traceback tracemalloc stores per trace: innermost frame first, (filename, lineno) pairs.
 RawTraceback = tuple[tuple[str, int], ...]
 
-_SOAKD_DIR = str(Path(soakd.__file__).resolve().parent) + os.sep
+
+def _dirs(path: str) -> tuple[str, ...]:
+    """The directory of ``path`` as imported and resolved: in a target's interpreter soakd is
+    imported through a symlink (soakd.supervisor.interpreter), and frames carry that path."""
+    return tuple(
+        dict.fromkeys(str(p) + os.sep for p in (Path(path).parent, Path(path).resolve().parent))
+    )
+
+
+_SOAKD_DIR = _dirs(soakd.__file__ or "")
 # The bundled reference aggregator is a soak *target*: its leaks must be attributed to it.
-_SOAKD_TARGET_DIRS = (_SOAKD_DIR + "reference" + os.sep,)
-_AGENT_DIR = str(Path(__file__).resolve().parent) + os.sep
+_SOAKD_TARGET_DIRS = tuple(d + "reference" + os.sep for d in _SOAKD_DIR)
+_AGENT_DIR = _dirs(__file__)
 _RESOLVED_CACHE_LIMIT = 200_000
 # CPython's small-object threshold: larger requests go to malloc and are not counted as blocks.
 _PYMALLOC_MAX = 512

@@ -16,5 +16,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.file, args.overrides)
-    print(f"{args.file}: OK (target {config.target.name}, {len(config.rules)} rules)")
+    python = ""
+    if config.target.python is not None or config.target.venv is not None:
+        from soakd.supervisor.interpreter import prepare
+
+        checked = prepare(config, build=False)  # exists, runs, is Python 3.10+
+        python = f", Python {'.'.join(map(str, checked.info.get('version_info', [])))}"
+    print(f"{args.file}: OK (target {config.target.name}, {len(config.rules)} rules{python})")
     return 0

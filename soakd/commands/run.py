@@ -39,6 +39,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="KEY=VALUE",
         help="override a config key with a TOML value, e.g. workload.users=16",
     )
+    p.add_argument(
+        "--python",
+        metavar="PATH",
+        help="run the target under this interpreter (the service's own, e.g. "
+        ".venv/bin/python; Python 3.10+); overrides target.python and target.venv",
+    )
     p.add_argument("--pid", type=int, metavar="PID", help="watch a running process instead")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ...",
                    help="watch this command instead of a Python target")  # fmt: skip
@@ -63,6 +69,9 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("give either --pid PID or -- CMD ..., not both")
     if args.pid is not None and (args.pid <= 0 or not psutil.pid_exists(args.pid)):
         raise CommandError(f"--pid {args.pid}: no such process; pass the pid of a running process")
+    from soakd.supervisor.interpreter import prepare
+
+    python = prepare(config, args.python)  # before the run directory: a bad one is exit 2
     runs_dir = Path(config.output.runs_dir).expanduser()  # relative to the working directory
     run_dir = create_run_dir(
         runs_dir,
@@ -74,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from soakd.supervisor import Supervisor
 
     try:
-        supervisor = Supervisor(config, run_dir, duration)
+        supervisor = Supervisor(config, run_dir, duration, python)
     except (OSError, sqlite3.Error) as exc:  # e.g. a full disk: the store cannot be created
         raise RunDirError(
             f"cannot write the run directory {run_dir.path}: {exc}; "

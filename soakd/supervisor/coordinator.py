@@ -23,8 +23,9 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from soakd import run_verdict, rundir, summary
 from soakd.config import Config
 from soakd.errors import EXIT_INTERNAL, EXIT_USAGE, RunDirError
-from soakd.supervisor import schedule
+from soakd.supervisor import interpreter, schedule
 from soakd.supervisor.analysis import AnalysisLoop
+from soakd.supervisor.interpreter import TargetPython
 from soakd.supervisor.recorder import RunRecorder
 from soakd.supervisor.sampling import (
     HeapSampler,
@@ -62,8 +63,17 @@ class Supervisor:
     - the samplers (process, system, heap, types, sites), scheduled by ``schedule.jobs``.
     """
 
-    def __init__(self, config: Config, run: rundir.RunDir, duration: float) -> None:
+    def __init__(
+        self,
+        config: Config,
+        run: rundir.RunDir,
+        duration: float,
+        python: TargetPython | None = None,
+    ) -> None:
         self.config = config
+        # The target's interpreter, checked; the caller checks it before creating the run
+        # directory (a bad one is a config error, exit 2).
+        self.python = python if python is not None else interpreter.prepare(config)
         self.run_dir = run
         self.state = RunState(duration)
         self.recorder = RunRecorder(config, run, self.state)
@@ -107,7 +117,13 @@ class Supervisor:
 
     def _worker(self) -> WorkerProcess:
         return WorkerProcess(
-            self.config, self.run_dir, self.state, self.recorder, self.monitor, self.worker_log
+            self.config,
+            self.run_dir,
+            self.state,
+            self.recorder,
+            self.monitor,
+            self.worker_log,
+            self.python,
         )
 
     def _stats(self) -> Any:
@@ -127,6 +143,7 @@ class Supervisor:
             worker,
             command,
             pid,
+            self.python,
         )
 
     def _check_stall(self, t: float) -> None:
@@ -256,7 +273,8 @@ class Supervisor:
             run_dir=str(self.run_dir.path),
             duration_s=self.state.duration,
             pid=os.getpid(),
-            attribution=attribution_plan(self.config.sampling),
+            attribution=attribution_plan(self.config.sampling, self.python.unavailable),
+            python=self.python.describe(),
         )
         # job failures and overruns are job.failed events; shutdown cancels jobs in flight
         logging.getLogger("apscheduler").setLevel(logging.CRITICAL)

@@ -1,7 +1,8 @@
 """The processes a run watches: soakd's worker running a Python target, or an external one.
 
-A Python target runs in a worker process (``python -m soakd.worker``) in its own session,
-talking over a socketpair; it dies with the supervisor. An external target is a command soakd
+A Python target runs in a worker process (``python -m soakd.worker``, under the target's
+interpreter: :mod:`soakd.supervisor.interpreter`) in its own session, talking over a
+socketpair; it dies with the supervisor. An external target is a command soakd
 starts (``-- CMD``, its whole session is stopped at the end) or a process it only attaches to
 (``--pid``, never signalled); with ``[target.http]`` a worker drives HTTP load at it.
 """
@@ -15,9 +16,8 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 import psutil
@@ -34,6 +34,7 @@ from soakd.agent.stats import AgentStats, StatsSource, WorkerStats
 from soakd.channel import Channel, Message, WorkerLink
 from soakd.config import Config
 from soakd.sinks.notify import child_environment
+from soakd.supervisor.interpreter import TargetPython
 from soakd.supervisor.recorder import RunRecorder
 from soakd.supervisor.state import RunState
 from soakd.supervisor.workload import WorkloadMonitor
@@ -96,8 +97,10 @@ class WorkerProcess:
         recorder: RunRecorder,
         monitor: WorkloadMonitor,
         log: WorkerLog,
+        python: TargetPython,
     ) -> None:
         self._config = config
+        self._python = python
         self._run = run
         self._state = state
         self._recorder = recorder
@@ -112,10 +115,10 @@ class WorkerProcess:
     async def spawn(self) -> None:
         cfg = self._config
         parent, child = socket.socketpair()
-        # The full config (headers, URLs with credentials) goes to the worker in memory:
+        # The settings (headers, URLs with credentials) go to the worker in memory:
         # config.json in the run directory is the redacted copy.
-        config_fd = _config_memfd(cfg)
-        env = child_environment(os.environ)
+        config_fd = _settings_memfd(worker_settings(cfg))
+        env = self._python.environment(child_environment(os.environ))
         env.update(worker_environment(child.fileno(), config_fd, os.getpid()))
         limit = cfg.run.worker_memory_limit
 
@@ -127,7 +130,7 @@ class WorkerProcess:
 
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
+                self._python.executable,
                 "-m",
                 "soakd.worker",
                 pass_fds=(child.fileno(), config_fd),
@@ -218,12 +221,26 @@ class WorkerProcess:
             os.killpg(self.proc.pid, sig)
 
 
-def _config_memfd(config: Config) -> int:
-    """An anonymous memory file (no path, gone with its last fd) holding the full config."""
-    dump = {"config": config.model_dump(mode="json", by_alias=True), "base_dir": config.base_dir}
+def worker_settings(config: Config) -> dict[str, Any]:
+    """What the worker is told, as plain JSON (read by :mod:`soakd.worker.settings`).
+
+    The worker runs in the target's interpreter, without pydantic: everything is validated
+    here and sent as the models' JSON dumps.
+    """
+    return {
+        "target": config.target.model_dump(mode="json", by_alias=True),
+        "workload": config.workload.model_dump(mode="json", by_alias=True),
+        "sampling": config.sampling.model_dump(mode="json", by_alias=True),
+        "stop_timeout": config.run.stop_timeout,
+        "base_dir": config.base_dir,
+    }
+
+
+def _settings_memfd(settings: dict[str, Any]) -> int:
+    """An anonymous memory file (no path, gone with its last fd) holding the settings."""
     fd = os.memfd_create("soakd-config")  # close-on-exec: only pass_fds hands it on
     try:
-        data = memoryview(json.dumps(dump).encode("utf-8"))
+        data = memoryview(json.dumps(settings).encode("utf-8"))
         while data:
             data = data[os.write(fd, data) :]
         os.lseek(fd, 0, os.SEEK_SET)
@@ -284,8 +301,10 @@ class ExternalTarget:
         worker: WorkerProcess | None,
         command: list[str] | None,
         pid: int | None,
+        python: TargetPython,
     ) -> None:
         self._config = config
+        self._python = python
         self._run = run
         self._state = state
         self._recorder = recorder
@@ -320,8 +339,10 @@ class ExternalTarget:
         if self.command is not None:
             self.agent_socket = watcher_socket_path(self._run.run_id)
             s = self._config.sampling
+            # soakd's agent is importable in the command (`python -m soakd.agent app.py`)
+            # whatever its interpreter: the code directory only, none of soakd's dependencies.
             env = agent_environment(
-                child_environment(os.environ),
+                self._python.environment(child_environment(os.environ)),
                 self.agent_socket,
                 s.profiler_interval if s.profiler_on else None,
             )

@@ -251,20 +251,22 @@ class Tracer:
             self._recorder.perturbed("tracemalloc", self.policy.since, now, reason="run_end")
 
 
-def attribution_plan(sampling: SamplingConfig) -> dict[str, Any]:
+def attribution_plan(sampling: SamplingConfig, unavailable: str | None = None) -> dict[str, Any]:
     """How allocation sites will be found, as far as this installation can tell (``run.started``).
 
-    The target's own answer follows once it is ready (``attribution.ready``, or
-    ``attribution.fallback`` when it cannot run the profiler).
+    ``unavailable``: why the target's interpreter cannot load the profiler, when soakd already
+    knows (it checked that interpreter). The target's own answer follows once it is ready
+    (``attribution.ready``, or ``attribution.fallback`` when it cannot run the profiler).
     """
     lost = None
+    available = profiler.AVAILABLE if unavailable is None else False
     if not sampling.enabled:
         mode = "off"
-    elif sampling.profiler_on and profiler.AVAILABLE:
+    elif sampling.profiler_on and available:
         mode = "sampled"
     else:
         if sampling.profiler_on:
-            lost = profiler.UNAVAILABLE_REASON
+            lost = unavailable or profiler.UNAVAILABLE_REASON
         mode = "off" if sampling.tracemalloc == "off" else "tracemalloc"
     return {
         "mode": mode,

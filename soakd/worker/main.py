@@ -1,14 +1,17 @@
 """Worker entry point (``python -m soakd.worker``), started by the supervisor.
 
 Environment (names in :mod:`soakd.worker`): ``SOAKD_CHANNEL_FD`` (our end of the socketpair)
-and ``SOAKD_CONFIG_FD`` (a memory file with the run's full config: config.json on disk is
-redacted). The worker dies with the supervisor:
+and ``SOAKD_CONFIG_FD`` (a memory file with the worker's settings as JSON, secrets included:
+config.json on disk is redacted). The worker runs in the target's interpreter, so it uses only
+the standard library and plain asyncio (Python 3.10+). The worker dies with the supervisor:
 PR_SET_PDEATHSIG plus EOF on the channel. It answers the agent operations of
 :mod:`soakd.agent.protocol`, and ``stop``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ctypes
 import json
 import os
@@ -16,16 +19,13 @@ import signal
 import socket
 import sys
 import traceback
-from typing import TYPE_CHECKING
-
-import anyio
-import anyio.from_thread
+from typing import TYPE_CHECKING, Any
 
 from soakd.agent.protocol import dispatch, encode
 from soakd.channel import Channel, ChannelClosed, Message
-from soakd.config import Config
 from soakd.errors import EXIT_TARGET_FAILED
 from soakd.worker import ENV_CHANNEL_FD, ENV_CONFIG, ENV_SUPERVISOR_PID
+from soakd.worker.settings import WorkerSettings
 from soakd.worker.target import TargetError, open_target
 
 if TYPE_CHECKING:
@@ -49,15 +49,16 @@ class Worker:
     the supervisor over the :class:`~soakd.channel.Channel` with its
     :class:`~soakd.agent.Agent`."""
 
-    def __init__(self, config: Config, channel: Channel) -> None:
+    def __init__(self, config: WorkerSettings, channel: Channel) -> None:
         from soakd.agent import Agent
 
         self.config = config
         self.channel = channel
         s = config.sampling
         self.agent = Agent(frames=s.frames, max_sites=s.max_sites, max_types=s.max_types)
-        self.stop = anyio.Event()
+        self.stop = asyncio.Event()
         self.engine: Engine | None = None
+        self._answers: set[asyncio.Task[None]] = set()
 
     async def run(self) -> int:
         s = self.config.sampling
@@ -66,14 +67,20 @@ class Worker:
             self.agent.start_profiler(s.profiler_interval)
         if s.enabled and s.tracemalloc == "always":
             self.agent.start_tracing()
+        serve = asyncio.get_running_loop().create_task(self._serve())
+        drive = asyncio.get_running_loop().create_task(self._drive())
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._serve, tg.cancel_scope)
-                code = await self._drive()
-                tg.cancel_scope.cancel()
+            await asyncio.wait({serve, drive}, return_when=asyncio.FIRST_COMPLETED)
+            if drive.done():
+                return drive.result()
+            serve.result()  # ChannelClosed (the supervisor is gone) or a bug: raised here
+            return 0
         except ChannelClosed:
             return 0
-        return code
+        finally:
+            for task in (serve, drive, *self._answers):
+                task.cancel()
+            await asyncio.gather(serve, drive, *self._answers, return_exceptions=True)
 
     async def _drive(self) -> int:
         from soakd.workload.corpus import Corpus
@@ -83,6 +90,7 @@ class Worker:
         try:
             qfile = cfg.workload.queries_file
             corpus = Corpus.from_config(cfg.workload, cfg.resolve(qfile) if qfile else None)
+            opener: contextlib.AbstractAsyncContextManager[Any]
             if cfg.target.http is not None:
                 from soakd.worker.http_target import open_http_target
 
@@ -92,10 +100,12 @@ class Worker:
             async with opener as call:
                 self.engine = Engine(cfg.workload, call, corpus)
                 await self.channel.send({"msg": "ready", "pid": os.getpid()})
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._report_workload)
-                    await self.engine.run(self.stop, cfg.run.stop_timeout)
-                    tg.cancel_scope.cancel()
+                reporter = asyncio.get_running_loop().create_task(self._report_workload())
+                try:
+                    await self.engine.run(self.stop, cfg.stop_timeout)
+                finally:
+                    reporter.cancel()
+                    await asyncio.gather(reporter, return_exceptions=True)
                 await self._send_workload()
                 # leaving `opener` runs the target's __aexit__; the supervisor bounds it in time
         except TargetError as exc:
@@ -110,7 +120,7 @@ class Worker:
 
     async def _report_workload(self) -> None:
         while True:
-            await anyio.sleep(self.config.workload.interval)
+            await asyncio.sleep(self.config.workload.interval)
             await self._send_workload()
 
     async def _send_workload(self) -> None:
@@ -118,12 +128,13 @@ class Worker:
             interval, totals = self.engine.take_interval(), self.engine.totals()
             await self.channel.send({"msg": "workload", "interval": interval, "totals": totals})
 
-    async def _serve(self, scope: anyio.CancelScope) -> None:
-        async with anyio.create_task_group() as tg:
-            while (message := await self.channel.recv()) is not None:
-                tg.start_soon(self._answer, message)
-            scope.cancel()  # supervisor gone: stop driving the target at once
-            os._exit(0)
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        while (message := await self.channel.recv()) is not None:
+            task = loop.create_task(self._answer(message))
+            self._answers.add(task)
+            task.add_done_callback(self._answers.discard)
+        os._exit(0)  # supervisor gone: stop driving the target at once
 
     async def _answer(self, message: Message) -> None:
         op = message.get("op")
@@ -144,12 +155,16 @@ class Worker:
             self.stop.set()
             return None
         agent = self.agent
+        loop = asyncio.get_running_loop()
 
-        def loop_tasks() -> int:
-            return anyio.from_thread.run_sync(agent.tasks)  # the loop's tasks: on its thread
+        async def count() -> int:
+            return agent.tasks()
 
-        answer = await anyio.to_thread.run_sync(
-            lambda: dispatch(agent, op, message, tasks=loop_tasks)
+        def loop_tasks() -> int:  # the loop's tasks: counted on its thread
+            return asyncio.run_coroutine_threadsafe(count(), loop).result()
+
+        answer = await loop.run_in_executor(
+            None, lambda: dispatch(agent, op, message, tasks=loop_tasks)
         )
         return encode(answer)
 
@@ -157,8 +172,7 @@ class Worker:
 async def _amain() -> int:
     fd = int(os.environ[ENV_CHANNEL_FD])
     with open(int(os.environ[ENV_CONFIG]), encoding="utf-8") as fh:
-        raw = json.load(fh)
-    config = Config.model_validate(raw["config"]).model_copy(update={"base_dir": raw["base_dir"]})
+        config = WorkerSettings.from_json(json.load(fh))  # validated by the supervisor
     sock = socket.socket(fileno=fd)
     channel = await Channel.open(sock)
     try:
@@ -172,7 +186,7 @@ def main() -> int:
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
     try:
-        return anyio.run(_amain)
+        return asyncio.run(_amain())
     except KeyboardInterrupt:
         return 0
     finally:

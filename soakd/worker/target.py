@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from soakd.config import TargetConfig
 from soakd.errors import EXIT_TARGET_FAILED, SoakdError
+from soakd.worker.settings import TargetSettings
 
 
 class TargetError(SoakdError):
@@ -63,7 +63,7 @@ def import_attr(spec: str, python_path: tuple[str, ...] = (), base_dir: str = ".
 
 
 @contextlib.asynccontextmanager
-async def open_target(cfg: TargetConfig, base_dir: str) -> AsyncIterator[Callable[[str], Any]]:
+async def open_target(cfg: TargetSettings, base_dir: str) -> AsyncIterator[Callable[[str], Any]]:
     """Yield the per-iteration callable; enter/exit the factory's context manager around it."""
     if cfg.scenario is not None:
         fn = import_attr(cfg.scenario, cfg.python_path, base_dir)

@@ -20,8 +20,8 @@ from importlib import resources
 from itertools import accumulate
 from pathlib import Path
 
-from soakd.config import Query, WorkloadConfig
 from soakd.errors import ConfigError
+from soakd.workload.settings import QuerySpec, WorkloadSettings
 
 __all__ = ["Corpus", "CorpusEntry", "parse_queries"]
 
@@ -39,7 +39,9 @@ class CorpusEntry:
 class Corpus:
     """Queries picked at random by weight, reproducibly for a given seed."""
 
-    def __init__(self, entries: Iterable[CorpusEntry | Query], *, seed: int | None = None) -> None:
+    def __init__(
+        self, entries: Iterable[CorpusEntry | QuerySpec], *, seed: int | None = None
+    ) -> None:
         items = tuple(
             e if isinstance(e, CorpusEntry) else CorpusEntry(e.text, e.kind, e.weight)
             for e in entries
@@ -75,11 +77,11 @@ class Corpus:
         return cls(read_queries_file(path), seed=seed)
 
     @classmethod
-    def from_config(cls, cfg: WorkloadConfig, queries_path: str | Path | None = None) -> Corpus:
+    def from_config(cls, cfg: WorkloadSettings, queries_path: str | Path | None = None) -> Corpus:
         """``cfg.queries`` plus the queries file (``queries_path``: the caller resolved
         ``cfg.queries_file`` against the config's directory); the default corpus when neither
         gives a query."""
-        entries: list[CorpusEntry | Query] = list(cfg.queries)
+        entries: list[CorpusEntry | QuerySpec] = list(cfg.queries)
         path = queries_path if queries_path is not None else cfg.queries_file
         if path is not None:
             entries.extend(read_queries_file(path))

@@ -25,18 +25,15 @@ import asyncio
 import inspect
 import math
 import random
+import sys
 import time
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-import anyio
-import anyio.lowlevel
-from anyio.abc import TaskGroup
-
-from soakd.config import ThinkTime, WorkloadConfig
 from soakd.workload.corpus import Corpus, CorpusEntry
 from soakd.workload.matchers import EventMatcher, MatcherSet
+from soakd.workload.settings import ThinkSpec, WorkloadSettings
 from soakd.workload.stats import MAX_ERROR_CLASSES, Window, interval_stats, run_totals
 
 __all__ = [
@@ -50,11 +47,20 @@ __all__ = [
     "think_delay",
 ]
 
+# Runs inside the target's interpreter (Python 3.10+, standard library only): plain asyncio,
+# no anyio, and none of 3.11's TaskGroup, asyncio.timeout or Task.cancelling.
+
 IterationFn = Callable[[str], Any]
 
 _MAX_LABEL = 64
 _STAGE_POLL_S = 0.1  # stage boundaries are re-checked at least this often
 _ARRIVAL_BURST = 64  # arrivals issued back to back before yielding to the event loop
+
+
+class StopSignal(Protocol):
+    """What ends the run: an ``asyncio.Event`` (or anything awaitable the same way)."""
+
+    async def wait(self) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +71,7 @@ class Level:
     rate: float | None = None
 
 
-def level_at(cfg: WorkloadConfig, elapsed: float) -> tuple[Level, float]:
+def level_at(cfg: WorkloadSettings, elapsed: float) -> tuple[Level, float]:
     """The level in effect ``elapsed`` seconds into the run and seconds until it next changes."""
     if not cfg.stages:
         base = Level(rate=cfg.rate) if cfg.rate is not None else Level(users=cfg.users)
@@ -79,7 +85,7 @@ def level_at(cfg: WorkloadConfig, elapsed: float) -> tuple[Level, float]:
     return Level(last.users, last.rate), math.inf
 
 
-def think_delay(think: ThinkTime, rng: random.Random) -> float:
+def think_delay(think: ThinkSpec, rng: random.Random) -> float:
     """One think time in seconds: none, constant(mean), uniform(min, max), exponential(mean)
     clipped to max."""
     dist = think.distribution
@@ -96,20 +102,20 @@ def think_delay(think: ThinkTime, rng: random.Random) -> float:
 
 def classify_exception(exc: BaseException) -> str:
     """Class name; an exception group whose leaves share one class is named by that class."""
-    if isinstance(exc, BaseExceptionGroup):
-        names: set[str] = set()
-        _leaf_names(exc, names)
-        if len(names) == 1:
-            return names.pop()
+    names: set[str] = set()
+    if _leaf_names(exc, names) and len(names) == 1:
+        return names.pop()
     return type(exc).__name__
 
 
-def _leaf_names(group: BaseExceptionGroup[BaseException], out: set[str]) -> None:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            _leaf_names(exc, out)
-        else:
-            out.add(type(exc).__name__)
+def _leaf_names(exc: BaseException, out: set[str]) -> bool:
+    """Collect the leaves' class names when ``exc`` is an exception group (3.11+ only)."""
+    if sys.version_info < (3, 11) or not isinstance(exc, BaseExceptionGroup):
+        return False
+    for leaf in exc.exceptions:
+        if not _leaf_names(leaf, out):
+            out.add(type(leaf).__name__)
+    return True
 
 
 def error_event_class(event: dict[Any, Any]) -> str:
@@ -126,31 +132,66 @@ def _label(text: str) -> str:
     return text if len(text) <= _MAX_LABEL else text[: _MAX_LABEL - 1] + "…"
 
 
-def _own_cancellation() -> bool:
-    """True when an enclosing scope (not the target) is cancelling this task."""
-    if anyio.current_effective_deadline() == -math.inf:
-        return True
+async def _wait_changed(event: asyncio.Event, timeout: float) -> None:
+    """Until ``event`` is set or ``timeout`` seconds pass."""
+    if event.is_set():
+        return
     try:
+        await asyncio.wait_for(event.wait(), max(timeout, 0.0))
+    except asyncio.TimeoutError:  # noqa: UP041 (on 3.10 it is not the builtin TimeoutError)
+        pass
+
+
+class _Deadline:
+    """An iteration's timeout: cancels the iteration's task once, and remembers it did.
+
+    The task is the virtual user's own (no task per iteration). The cancellation can only be
+    delivered at an await between :meth:`arm` and :meth:`disarm`, both in ``_iterate``, since
+    the timer's callback runs only while the task is suspended there.
+    """
+
+    __slots__ = ("_handle", "_task", "expired")
+
+    def __init__(self) -> None:
+        self._handle: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self.expired = False
+
+    def arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
         task = asyncio.current_task()
-    except RuntimeError:
-        return False
-    return task is not None and task.cancelling() > 0
+        if task is not None:
+            self._handle = loop.call_at(when, self._fire, task)
+
+    def _fire(self, task: asyncio.Task[Any]) -> None:
+        self.expired = True
+        self._task = task
+        task.cancel()
+
+    def swallowed(self) -> None:
+        """Our cancellation was caught here: on 3.11+ take it back, or the target's own
+        ``asyncio.timeout`` blocks would see a cancellation request that is not theirs."""
+        if sys.version_info >= (3, 11) and self._task is not None:
+            self._task.uncancel()
+
+    def disarm(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
 
 
 class Engine:
     """Drives ``call(query)`` under the configured load and keeps bounded statistics.
 
-    Collaborators: the :class:`~soakd.config.WorkloadConfig` (levels, stages, think time,
-    timeouts, matchers), the iteration function ``call``, the :class:`Corpus` it picks queries
+    Collaborators: the :class:`~soakd.workload.settings.WorkloadSettings` (levels, stages, think
+    time, timeouts, matchers), the iteration function ``call``, the :class:`Corpus` it picks queries
     from, and ``clock`` for measurements and stage timing. Statistics go to two
     :class:`~soakd.workload.stats.Window`: the current interval's and the run's totals.
     """
 
-    _changed: anyio.Event  # set and replaced whenever the level changes or the run stops
+    _changed: asyncio.Event  # set and replaced whenever the level changes or the run stops
 
     def __init__(
         self,
-        cfg: WorkloadConfig,
+        cfg: WorkloadSettings,
         call: IterationFn,
         corpus: Corpus,
         *,
@@ -178,6 +219,10 @@ class Engine:
         self._rate: float | None = None
         self._rate_gen = 0
         self._arrivals_running = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._halt: asyncio.Event | None = None
+        self._crash: BaseException | None = None
+        self._cancelling = False  # the engine itself cancels its tasks (drain time is over)
 
     # -- public ----------------------------------------------------------------------------
 
@@ -195,25 +240,62 @@ class Engine:
         """Live virtual users (closed model); 0 in the open model."""
         return len(self._alive)
 
-    async def run(self, stop: anyio.Event, drain_timeout: float) -> None:
+    async def run(self, stop: StopSignal, drain_timeout: float) -> None:
         """Issue load until ``stop`` is set, then let in-flight iterations finish for up to
-        ``drain_timeout`` seconds and cancel the rest (cancelled iterations are not errors)."""
+        ``drain_timeout`` seconds and cancel the rest (cancelled iterations are not errors).
+
+        An unexpected exception in the engine's own tasks stops the run and is raised here."""
         if self._run_start is not None:
             raise RuntimeError("Engine.run() can be called only once")
         self._run_start = self._interval_start = self._clock()
-        self._changed = anyio.Event()
+        self._changed = asyncio.Event()
+        self._halt = halt = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        async def until_stopped() -> None:
+            await stop.wait()
+            halt.set()
+
+        watcher = loop.create_task(until_stopped())
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._control, tg)
-                await stop.wait()
-                self._stopping = True
-                self._notify()
-                # Everything winds down by itself (users finish their iteration, arrivals stop);
-                # the deadline cancels whatever is still running after the drain time.
-                tg.cancel_scope.deadline = anyio.current_time() + max(drain_timeout, 0.0)
+            self._spawn(self._control())
+            await halt.wait()
+            self._stopping = True
+            self._notify()
+            # Everything winds down by itself (users finish their iteration, arrivals stop);
+            # whatever still runs after the drain time is cancelled below.
+            deadline = loop.time() + max(drain_timeout, 0.0)
+            while self._tasks and self._crash is None:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                await asyncio.wait(set(self._tasks), timeout=remaining)
         finally:
             self._stopping = True
+            self._cancelling = True
+            watcher.cancel()
+            pending = [*self._tasks, watcher]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
             self._run_end = self._clock()
+        if self._crash is not None:
+            raise self._crash
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and self._crash is None:
+            self._crash = exc  # a bug in the engine: the run stops and run() raises it
+            if self._halt is not None:
+                self._halt.set()
 
     def take_interval(self, *, histograms: bool = True) -> dict[str, Any]:
         """Statistics since the previous call (or the run's start), then start a new interval.
@@ -249,40 +331,39 @@ class Engine:
     # -- load ------------------------------------------------------------------------------
 
     def _notify(self) -> None:
-        old, self._changed = self._changed, anyio.Event()
+        old, self._changed = self._changed, asyncio.Event()
         old.set()
 
-    async def _control(self, tg: TaskGroup) -> None:
+    async def _control(self) -> None:
         assert self._run_start is not None
         current: Level | None = None
         while not self._stopping:
             level, until_next = level_at(self._cfg, self._clock() - self._run_start)
             if level != current:
                 current = level
-                self._apply(level, tg)
+                self._apply(level)
             changed = self._changed
             if math.isinf(until_next):
                 await changed.wait()
             else:
                 # Polled, not slept through: the clock may be a test's, not the event loop's.
-                with anyio.move_on_after(min(until_next, _STAGE_POLL_S)):
-                    await changed.wait()
+                await _wait_changed(changed, min(until_next, _STAGE_POLL_S))
 
-    def _apply(self, level: Level, tg: TaskGroup) -> None:
+    def _apply(self, level: Level) -> None:
         if level.users is not None:
             self._rate = None
             self._users_target = level.users
             for uid in range(level.users):
                 if uid not in self._alive:
                     self._alive.add(uid)
-                    tg.start_soon(self._user, uid)
+                    self._spawn(self._user(uid))
         else:
             self._users_target = 0
             self._rate = level.rate
             self._rate_gen += 1
             if not self._arrivals_running:
                 self._arrivals_running = True
-                tg.start_soon(self._arrivals, tg)
+                self._spawn(self._arrivals())
         self._notify()
 
     def _retired(self, uid: int) -> bool:
@@ -305,21 +386,20 @@ class Engine:
         delay = think_delay(self._cfg.think_time, self._rng)
         if delay <= 0:
             # A target that never awaits would otherwise starve every other task in the worker.
-            await anyio.lowlevel.checkpoint()
+            await asyncio.sleep(0)
             return
-        deadline = anyio.current_time() + delay
+        now = asyncio.get_running_loop().time
+        deadline = now() + delay
         while not self._retired(uid):
-            remaining = deadline - anyio.current_time()
+            remaining = deadline - now()
             if remaining <= 0:
                 return
-            changed = self._changed
-            with anyio.move_on_after(remaining):
-                await changed.wait()
+            await _wait_changed(self._changed, remaining)
 
-    async def _arrivals(self, tg: TaskGroup) -> None:
+    async def _arrivals(self) -> None:
         # Paced on the event loop's clock, the one its sleeps use; the injected clock is for
         # measurements and stage timing only.
-        now = anyio.current_time
+        now = asyncio.get_running_loop().time
         try:
             gen, rate, origin, k, burst = -1, 0.0, 0.0, 0, 0
             while not self._stopping and self._rate is not None:
@@ -331,20 +411,18 @@ class Engine:
                 delay = origin + k / rate - now()
                 if delay > 0:
                     burst = 0
-                    changed = self._changed
-                    with anyio.move_on_after(delay):
-                        await changed.wait()
+                    await _wait_changed(self._changed, delay)
                     continue
                 k += 1
                 if self._in_flight >= self._cfg.max_concurrency:
                     self._window.missed_starts += 1
                 else:
                     self._in_flight += 1  # counted now: the cap must hold before the task runs
-                    tg.start_soon(self._open_iteration, self._corpus.pick())
+                    self._spawn(self._open_iteration(self._corpus.pick()))
                 burst += 1
                 if burst >= _ARRIVAL_BURST:
                     burst = 0
-                    await anyio.lowlevel.checkpoint()
+                    await asyncio.sleep(0)
         finally:
             self._arrivals_running = False
 
@@ -366,9 +444,11 @@ class Engine:
         milestones = self._milestones
         n_milestones = len(milestones)
         errors = self._error_matchers
-        scope = anyio.CancelScope(deadline=anyio.current_time() + self._cfg.timeout)
+        loop = asyncio.get_running_loop()
+        timer = _Deadline()
+        timer.arm(loop, loop.time() + self._cfg.timeout)
         try:
-            with scope:
+            try:
                 result = self._call(entry.text)
                 if inspect.isawaitable(result) and not hasattr(result, "__aiter__"):
                     result = await result
@@ -387,7 +467,7 @@ class Engine:
                                 for name, matcher in milestones:
                                     if name not in hits and matcher(event):
                                         hits[name] = clock() - t0
-                            if scope.cancel_called:
+                            if timer.expired:
                                 # The target swallowed the timeout and keeps yielding.
                                 abandoned = True
                                 break
@@ -395,15 +475,19 @@ class Engine:
                         aclose = getattr(iterator, "aclose", None)
                         if abandoned and aclose is not None:
                             await aclose()
+            finally:
+                timer.disarm()
         except BaseException as exc:
-            if _own_cancellation():
+            if self._cancelling:
                 self._window.cancelled += 1
-                if isinstance(exc, anyio.get_cancelled_exc_class()):
+                if isinstance(exc, asyncio.CancelledError):
                     raise
-                return  # the pending cancellation is delivered at the caller's next await
+                return  # the engine's cancellation is delivered at the caller's next await
+            if timer.expired and isinstance(exc, asyncio.CancelledError):
+                timer.swallowed()
             if error is None:
-                error = "timeout" if scope.cancel_called else classify_exception(exc)
+                error = "timeout" if timer.expired else classify_exception(exc)
         else:
-            if error is None and scope.cancel_called:
+            if error is None and timer.expired:
                 error = "timeout"
         self._window.record(entry.kind, error, clock() - t0, first, hits, events)

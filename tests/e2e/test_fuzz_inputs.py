@@ -124,7 +124,8 @@ def test_agent_protocol_survives_hostile_requests(
 _toml_keys = st.sampled_from(
     ["workload.rate", "workload.users", "sampling.process_interval", "detection.window",
      "run.duration", "target.factory", "health.max_error_rate", "output.mode", "x.y",
-     "alerts.webhooks", "sampling.tracemalloc", "detection.confirm_after"]
+     "alerts.webhooks", "sampling.tracemalloc", "detection.confirm_after", "target.python",
+     "target.venv"]
 )  # fmt: skip
 _toml_values = st.one_of(
     st.integers(min_value=-(2**70), max_value=2**70).map(str),

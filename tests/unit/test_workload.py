@@ -12,7 +12,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from soakd.config import Stage, ThinkTime, WorkloadConfig
+from soakd.config import Stage, WorkloadConfig
 from soakd.errors import ConfigError
 from soakd.workload import (
     Corpus,
@@ -24,6 +24,7 @@ from soakd.workload import (
     parse_queries,
 )
 from soakd.workload.engine import MAX_ERROR_CLASSES, Level, level_at, think_delay
+from soakd.workload.settings import ThinkSpec, WorkloadSettings
 
 Event = dict[str, Any]
 
@@ -43,9 +44,10 @@ class FakeClock:
         return self.t
 
 
-def cfg(**kw: Any) -> WorkloadConfig:
+def cfg(**kw: Any) -> WorkloadSettings:
+    """Validated by the supervisor's model, read back as the worker does: its JSON dump."""
     kw.setdefault("think_time", {"distribution": "none"})
-    return WorkloadConfig.model_validate(kw)
+    return WorkloadSettings.from_json(WorkloadConfig.model_validate(kw).model_dump(mode="json"))
 
 
 def corpus(*queries: str | CorpusEntry) -> Corpus:
@@ -173,26 +175,26 @@ def test_totals_before_run_are_zero() -> None:
 
 def test_think_time_distributions() -> None:
     rng = random.Random(4)
-    assert think_delay(ThinkTime(distribution="none"), rng) == 0.0
-    assert think_delay(ThinkTime(distribution="constant", mean=0.25), rng) == 0.25
+    assert think_delay(ThinkSpec(distribution="none"), rng) == 0.0
+    assert think_delay(ThinkSpec(distribution="constant", mean=0.25), rng) == 0.25
     uni = [
-        think_delay(ThinkTime(distribution="uniform", min=0.1, max=0.3), rng) for _ in range(4000)
+        think_delay(ThinkSpec(distribution="uniform", min=0.1, max=0.3), rng) for _ in range(4000)
     ]
     assert min(uni) >= 0.1 and max(uni) <= 0.3
     assert sum(uni) / len(uni) == pytest.approx(0.2, abs=0.01)
     exp = [
-        think_delay(ThinkTime(distribution="exponential", mean=0.1, max=10), rng)
+        think_delay(ThinkSpec(distribution="exponential", mean=0.1, max=10), rng)
         for _ in range(4000)
     ]
     assert sum(exp) / len(exp) == pytest.approx(0.1, rel=0.08)
     clipped = [
-        think_delay(ThinkTime(distribution="exponential", mean=0.1, max=0.1), rng)
+        think_delay(ThinkSpec(distribution="exponential", mean=0.1, max=0.1), rng)
         for _ in range(4000)
     ]
     assert max(clipped) == 0.1
     # P(X ≥ mean) = e^-1 ≈ 0.37 of the draws sit at the clip.
     assert sum(c == 0.1 for c in clipped) / len(clipped) == pytest.approx(0.368, abs=0.03)
-    assert think_delay(ThinkTime(distribution="exponential", mean=0.0), rng) == 0.0
+    assert think_delay(ThinkSpec(distribution="exponential", mean=0.0), rng) == 0.0
 
 
 def test_level_at_walks_stages_by_elapsed_time() -> None:
