@@ -167,6 +167,8 @@ class WorkerProcess:
             self._state.ready.set()
         elif kind == "workload":
             self._monitor.on_message(message.get("interval") or {}, message.get("totals") or {})
+            if "spans" in message:
+                self._monitor.on_spans(message.get("spans"), message.get("spans_dropped"))
         elif kind == "failed":
             self._state.fail(
                 self._recorder.emit, "target_failed", message.get("reason"), message.get("message")

@@ -10,6 +10,7 @@ import aiohttp
 
 from soakd.config import HttpTarget
 from soakd.errors import SoakdError
+from soakd.workload.spans import current_traceparent
 
 
 class HTTPStatusError(SoakdError):
@@ -29,7 +30,12 @@ async def open_http_target(cfg: HttpTarget) -> AsyncIterator[Callable[[str], Any
         async def call(query: str) -> AsyncIterator[dict[str, Any]]:
             params = {cfg.query_param: query} if cfg.query_param else None
             body = cfg.body.replace("{query}", query) if cfg.body is not None else None
-            async with session.request(cfg.method, cfg.url, params=params, data=body) as resp:
+            # A sampled iteration's trace context, so the service's spans join soakd's trace.
+            tp = current_traceparent()
+            headers = {"traceparent": tp} if tp is not None else None
+            async with session.request(
+                cfg.method, cfg.url, params=params, data=body, headers=headers
+            ) as resp:
                 yield {"type": "status", "stage": "headers", "status": resp.status}
                 if resp.status >= 400:
                     raise HTTPStatusError(resp.status)

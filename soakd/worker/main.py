@@ -30,6 +30,7 @@ from soakd.worker.target import TargetError, open_target
 
 if TYPE_CHECKING:
     from soakd.workload.engine import Engine
+    from soakd.workload.spans import SpanRecorder
 
 PR_SET_PDEATHSIG = 1
 
@@ -58,6 +59,7 @@ class Worker:
         self.agent = Agent(frames=s.frames, max_sites=s.max_sites, max_types=s.max_types)
         self.stop = anyio.Event()
         self.engine: Engine | None = None
+        self.spans: SpanRecorder | None = None
 
     async def run(self) -> int:
         s = self.config.sampling
@@ -89,8 +91,12 @@ class Worker:
                 opener = open_http_target(cfg.target.http)
             else:
                 opener = open_target(cfg.target, cfg.base_dir)
+            if cfg.otel.enabled and cfg.otel.sample_ratio > 0:
+                from soakd.workload.spans import SpanRecorder
+
+                self.spans = SpanRecorder(cfg.otel.sample_ratio, cfg.otel.max_spans)
             async with opener as call:
-                self.engine = Engine(cfg.workload, call, corpus)
+                self.engine = Engine(cfg.workload, call, corpus, spans=self.spans)
                 await self.channel.send({"msg": "ready", "pid": os.getpid()})
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._report_workload)
@@ -116,7 +122,11 @@ class Worker:
     async def _send_workload(self) -> None:
         if self.engine is not None:
             interval, totals = self.engine.take_interval(), self.engine.totals()
-            await self.channel.send({"msg": "workload", "interval": interval, "totals": totals})
+            message: Message = {"msg": "workload", "interval": interval, "totals": totals}
+            if self.spans is not None:
+                message["spans"] = self.spans.drain()
+                message["spans_dropped"] = self.spans.dropped
+            await self.channel.send(message)
 
     async def _serve(self, scope: anyio.CancelScope) -> None:
         async with anyio.create_task_group() as tg:

@@ -37,6 +37,7 @@ from anyio.abc import TaskGroup
 from soakd.config import ThinkTime, WorkloadConfig
 from soakd.workload.corpus import Corpus, CorpusEntry
 from soakd.workload.matchers import EventMatcher, MatcherSet
+from soakd.workload.spans import SpanRecorder
 from soakd.workload.stats import MAX_ERROR_CLASSES, Window, interval_stats, run_totals
 
 __all__ = [
@@ -155,8 +156,10 @@ class Engine:
         corpus: Corpus,
         *,
         clock: Callable[[], float] = time.monotonic,
+        spans: SpanRecorder | None = None,
     ) -> None:
         self._cfg = cfg
+        self._spans = spans  # sampled iteration spans (the otel extra), else None
         self._call = call
         self._corpus = corpus
         self._clock = clock
@@ -367,6 +370,8 @@ class Engine:
         n_milestones = len(milestones)
         errors = self._error_matchers
         scope = anyio.CancelScope(deadline=anyio.current_time() + self._cfg.timeout)
+        spans = self._spans
+        span = spans.begin() if spans is not None else None
         try:
             with scope:
                 result = self._call(entry.text)
@@ -398,6 +403,8 @@ class Engine:
         except BaseException as exc:
             if _own_cancellation():
                 self._window.cancelled += 1
+                if span is not None and spans is not None:
+                    spans.discard(span)
                 if isinstance(exc, anyio.get_cancelled_exc_class()):
                     raise
                 return  # the pending cancellation is delivered at the caller's next await
@@ -407,3 +414,7 @@ class Engine:
             if error is None and scope.cancel_called:
                 error = "timeout"
         self._window.record(entry.kind, error, clock() - t0, first, hits, events)
+        if span is not None and spans is not None:
+            spans.end(
+                span, kind=entry.kind, error=error, first_s=first, milestones=hits, events=events
+            )
