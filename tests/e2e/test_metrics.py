@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import anyio
+import psutil
 import pytest
 
 from soakd.errors import ConfigError
@@ -216,6 +217,28 @@ async def test_exposition_passes_promtool(server: MetricsServer) -> None:
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+async def test_openmetrics_gzip_and_soakd_itself(server: MetricsServer) -> None:
+    feed(server)
+    url = f"http://127.0.0.1:{server.port}/metrics"
+    headers = {"Accept": "application/openmetrics-text; version=1.0.0", "Accept-Encoding": "gzip"}
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("application/openmetrics-text")
+        assert resp.headers["Content-Encoding"] == "gzip"  # aiohttp inflates it for us
+        text = await resp.text()
+    assert text.endswith("# EOF\n")
+    assert "# TYPE soakd_iterations counter" in text  # OpenMetrics names the family sans _total
+    assert 'soakd_iterations_total{outcome="ok"} 96.0' in text
+    # soakd's own memory and CPU, so that the fleet can alert when soakd grows
+    own = psutil.Process()
+    _, plain = await scrape(server)
+    series, types = parse_exposition(plain)
+    rss = value(series, "soakd_supervisor_resident_memory_bytes")
+    assert 0.5 * own.memory_info().rss < rss < 2 * own.memory_info().rss
+    assert value(series, "soakd_supervisor_cpu_seconds_total") > 0
+    assert types["soakd_supervisor_cpu_seconds_total"] == "counter"
 
 
 async def test_bind_failure_names_the_address() -> None:
