@@ -124,6 +124,8 @@ class Histogram:
         self.counts = [0] * (len(BUCKETS_S) + 1)  # the last one is +Inf
         self.sum_s = 0.0
         self.count = 0
+        self.min_s = math.inf  # of the values added (their representatives), for OTLP
+        self.max_s = 0.0
 
     def add(self, data: Mapping[str, Any]) -> bool:
         """Add an interval's histogram; False (and nothing added) when it is not one."""
@@ -134,6 +136,9 @@ class Histogram:
         for rep_s, c in values:
             self.counts[bisect.bisect_left(BUCKETS_S, rep_s)] += c
             self.count += c
+            if c:
+                self.min_s = min(self.min_s, rep_s)
+                self.max_s = max(self.max_s, rep_s)
         self.sum_s += sum_s
         return True
 
