@@ -38,7 +38,7 @@ SCOPE = "soakd"
 _EXTRA = "opentelemetry.exporter.otlp.proto.http"
 # Breaches and leak findings that become run-span events (the rest are in events.jsonl).
 _RUN_EVENTS = frozenset({"leak.confirmed", "leak.cleared", "threshold.breached"})
-_MAX_RUN_EVENTS = 1000  # the run span's events, bounded (the SDK would also cap them)
+_MAX_RUN_EVENTS = 1000  # events offered to the run span (the SDK keeps the latest 128)
 
 
 def require_extra() -> None:
