@@ -68,12 +68,15 @@ def _bridge() -> _OtelBridge | None:
 class _Open:
     """A sampled iteration in flight."""
 
-    __slots__ = ("otel_token", "span_id", "start_ns", "token", "trace_id")
+    __slots__ = ("mono_ns", "otel_token", "span_id", "start_ns", "token", "trace_id")
 
-    def __init__(self, trace_id: int, span_id: int, start_ns: int) -> None:
+    def __init__(self, trace_id: int, span_id: int) -> None:
         self.trace_id = trace_id
         self.span_id = span_id
-        self.start_ns = start_ns
+        # Wall clock for where the span sits in time, the monotonic clock for how long it lasts
+        # (the milestones are monotonic offsets too): a wall clock step never skews a span.
+        self.start_ns = time.time_ns()
+        self.mono_ns = time.monotonic_ns()
         self.token: contextvars.Token[str | None] | None = None
         self.otel_token: object = None
 
@@ -100,7 +103,7 @@ class SpanRecorder:
         if self._rng.random() >= self.ratio:
             return None
         ids = self._ids
-        span = _Open(ids.getrandbits(128) or 1, ids.getrandbits(64) or 1, time.time_ns())
+        span = _Open(ids.getrandbits(128) or 1, ids.getrandbits(64) or 1)
         span.token = TRACEPARENT.set(traceparent(span.trace_id, span.span_id))
         if self._otel is not None:
             try:
@@ -136,12 +139,16 @@ class SpanRecorder:
         events: int,
     ) -> None:
         """Finish ``span``: milestone times are seconds from its start."""
-        end_ns = time.time_ns()
+        duration = max(time.monotonic_ns() - span.mono_ns, 0)
         self._release(span)
+
+        def offset(seconds: float) -> int:  # measured from just before begin(): clamp
+            return min(max(int(seconds * 1e9), 0), duration)
+
         marks: list[tuple[str, int]] = []
         if first_s is not None:
-            marks.append(("first_event", int(first_s * 1e9)))
-        marks.extend((name, int(s * 1e9)) for name, s in milestones.items())
+            marks.append(("first_event", offset(first_s)))
+        marks.extend((name, offset(s)) for name, s in milestones.items())
         if len(self._done) == self._done.maxlen:
             self.dropped += 1
         self.sampled += 1
@@ -150,7 +157,7 @@ class SpanRecorder:
                 "trace_id": f"{span.trace_id:032x}",
                 "span_id": f"{span.span_id:016x}",
                 "start_ns": span.start_ns,
-                "end_ns": max(end_ns, span.start_ns),
+                "end_ns": span.start_ns + duration,
                 "kind": kind,
                 "error": error,
                 "events": events,
