@@ -16,5 +16,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.file, args.overrides)
+    if config.otel.enabled:  # before anything starts: exit 2 naming the missing extra
+        from soakd.sinks.otel import require_extra
+
+        require_extra()
     print(f"{args.file}: OK (target {config.target.name}, {len(config.rules)} rules)")
     return 0

@@ -169,3 +169,27 @@ def test_nothing_of_opentelemetry_is_imported_when_disabled() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_cli_names_the_missing_extra(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "soakd.toml"
+    cfg.write_text("[otel]\nenabled = true\n", encoding="utf-8")
+    # The extra made unimportable in this interpreter, as on a box without it.
+    code = (
+        "import sys; sys.modules['opentelemetry.exporter.otlp.proto.http'] = None; "
+        "from soakd.cli import main; sys.exit(main())"
+    )
+    for command in (["check-config", str(cfg)], ["run", "-c", str(cfg), "-d", "5s"]):
+        proc = subprocess.run(
+            [sys.executable, "-c", code, *command],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=60,
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert "pip install 'soakd[otel]'" in proc.stderr
+    assert not (tmp_path / "runs").exists()  # refused before a run directory was made
