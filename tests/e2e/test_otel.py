@@ -246,3 +246,31 @@ action = "alert"
     assert {s["name"] for s in children} == {"analyze", "search", "synthesize"}
     for c in children:
         assert by_id[c["parent"]]["trace_id"] == c["trace_id"]
+
+
+@pytest.mark.slow
+def test_an_unreachable_collector_does_not_stop_the_soak(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = write_config(
+        tmp_path,
+        f"""
+[target]
+factory = "soakd.reference:ReferenceAggregator"
+[otel]
+enabled = true
+endpoint = "http://127.0.0.1:{port}"
+sample_ratio = 1.0
+export_interval = "1s"
+timeout = "2s"
+""",
+    )
+    run = tmp_path / "run"
+    proc = run_soakd("run", "-c", str(cfg), "-d", "5s", "--run-dir", str(run), timeout=180)
+    assert proc.returncode in (0, 3, 7), proc.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["workload"]["iterations"] > 0
+    assert summary["verdict"] != "error"
