@@ -359,6 +359,10 @@ tests:
         values: '0+90x30'
       - series: 'soakd_iterations_total{{job="soakd",instance="box:9464",outcome="error"}}'
         values: '0+10x30'
+      - series: 'soakd_supervisor_resident_memory_bytes{{job="soakd",instance="box:9464"}}'
+        values: '60e6+1e6x300'
+      - series: 'soakd_supervisor_resident_memory_bytes{{job="soakd",instance="flat:9464"}}'
+        values: '60e6+0x300'
     alert_rule_test:
       - eval_time: 1m
         alertname: SoakdLeakConfirmed
@@ -400,6 +404,18 @@ tests:
               description: >-
                 The target fails more than 5 % of iterations; a leak verdict from this soak
                 may reflect error paths. soakd_errors_total shows the error classes.
+      - eval_time: 100m
+        alertname: SoakdItselfGrowing
+        exp_alerts: []
+      - eval_time: 130m
+        alertname: SoakdItselfGrowing
+        exp_alerts:
+          - exp_labels: {{severity: ticket, job: soakd, instance: "box:9464"}}
+            exp_annotations:
+              summary: "soakd itself grows 57.22MiB/h on box:9464"
+              description: >-
+                The supervisor's resident memory keeps rising; the soak's verdict still holds
+                but report it to soakd's maintainers with the run directory.
 """
 
 
