@@ -13,6 +13,9 @@ target paid, perturbed intervals included). Variants, run side by side in every 
 - ``no-profiler``   the default without attribution (profiler and tracemalloc off): the rest of
                     soakd's sampling, so that default / no-profiler is the profiler's own cost
 - ``tracemalloc-f1``  exact tracing from the start, 1 frame (profiler off)
+- ``otel``          the default with ``[otel]`` on at its default sampling ratio, exporting
+                    metrics and spans over OTLP/HTTP to a sink on loopback that this script
+                    serves (needs the ``[otel]`` extra): ``otel`` / ``default`` is its cost
 - ``memray``        sampling off, the worker run under ``memray.Tracker`` with
                     ``trace_python_allocators`` (every Python allocation, as tracemalloc sees;
                     needs the ``[bench]`` extra, skipped with a note without it)
@@ -36,8 +39,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psutil
@@ -54,9 +59,11 @@ VARIANTS: dict[str, list[str]] = {
     "no-profiler": ["sampling.profiler=off", "sampling.tracemalloc=off"],
     "tracemalloc-f1": ["sampling.profiler=off", "sampling.tracemalloc=always", "sampling.frames=1"],
     "memray": ["sampling.enabled=false"],
+    "otel": ["otel.enabled=true"],  # + otel.endpoint: the sink this script serves
 }
-EXTRA = ("no-profiler", "tracemalloc-f1", "memray")
+EXTRA = ("no-profiler", "tracemalloc-f1", "memray", "otel")
 GOAL = 0.95  # throughput, default / sampling-off
+OTEL_GOAL = 0.97  # throughput, otel / default
 P99_GOAL = 1.10  # p99 latency, default / sampling-off
 # Started by every Python process of a memray run; only the worker (the target's process) traces.
 _MEMRAY_SITE = """
@@ -67,6 +74,29 @@ if "soakd.worker" in open("/proc/self/cmdline", "rb").read().decode(errors="repl
     _tracker.__enter__()
     atexit.register(_tracker.__exit__, None, None, None)
 """
+
+
+class _Sink(BaseHTTPRequestHandler):
+    """An OTLP/HTTP endpoint that accepts and drops every export (a collector's cost is not
+    soakd's); counts the requests so that a run that exported nothing is noticed."""
+
+    requests = 0
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        type(self).requests += 1
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+def start_sink() -> str:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}"
 
 
 @dataclass(frozen=True)
@@ -208,6 +238,14 @@ def main() -> None:
         except ImportError:
             variants.remove("memray")
             print("note: memray is not installed (pip install '.[bench]'): its row is skipped")
+    if "otel" in variants:
+        try:
+            import opentelemetry.exporter.otlp.proto.http  # noqa: F401
+        except ImportError:
+            variants.remove("otel")
+            print("note: the otel extra is not installed (pip install '.[otel]'): row skipped")
+        else:
+            VARIANTS["otel"] = [*VARIANTS["otel"], f"otel.endpoint={start_sink()!r}"]
     common = load_args(args)
     print(f"soakd overhead: {args.rounds} rounds × {len(variants)} variants × {args.seconds:g}s")
     print(f"load: {' '.join(common)}")
@@ -254,6 +292,13 @@ def main() -> None:
         f"\ndefault / sampling-off: throughput {median:.3f} (goal ≥ {GOAL}), "
         f"p99 {p99_median:.3f} (goal ≤ {P99_GOAL}): {met}"
     )
+    if "otel" in variants and "default" in variants:
+        base = {r.round: r.throughput for r in results if r.variant == "default"}
+        otel = [r.throughput / base[r.round] for r in results if r.variant == "otel"]
+        print(
+            f"otel / default: throughput {statistics.median(otel):.3f} (min {min(otel):.3f}, "
+            f"max {max(otel):.3f}; goal ≥ {OTEL_GOAL}); OTLP requests received: {_Sink.requests}"
+        )
     if any(r.tracing for r in results if r.variant == "default"):
         print("note: tracemalloc started in a default run (the profiler fell back)")
 

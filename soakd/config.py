@@ -507,6 +507,43 @@ class MetricsConfig(_Model):
         return value
 
 
+class OtelConfig(_Model):
+    """``[otel]``: metrics and sampled iteration spans over OTLP (needs the ``otel`` extra).
+
+    Precedence: a key set here wins; a key left unset falls back to the standard
+    ``OTEL_EXPORTER_OTLP_*`` environment variables, then to the SDK's defaults."""
+
+    enabled: bool = False
+    # The collector's base URL (``/v1/traces`` and ``/v1/metrics`` are appended), as
+    # OTEL_EXPORTER_OTLP_ENDPOINT; unset: that variable, else http://localhost:4318.
+    endpoint: str | None = None
+    protocol: Literal["http/protobuf"] = "http/protobuf"
+    headers: dict[str, str] = Field(default_factory=dict)  # secrets: redacted in every copy
+    service_name: str | None = None  # resource service.name; unset: the target's name
+    resource: dict[str, JSONScalar] = Field(default_factory=dict)  # extra resource attributes
+    # Head sampling: the fraction of iterations that become spans. 1 % keeps the worker's cost
+    # under its measured noise (README, overhead) at any rate a single target sustains.
+    sample_ratio: float = Field(default=0.01, ge=0.0, le=1.0)
+    max_spans: int = Field(default=512, ge=1, le=100_000)  # buffered per workload interval
+    export_interval: Duration = 10.0  # metrics push period
+    timeout: Duration = 10.0  # one export request
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got {value!r}")
+        return value
+
+    @field_validator("export_interval", "timeout")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        return _must_be_positive(value)
+
+    def __repr__(self) -> str:  # headers may carry secrets
+        return f"OtelConfig(enabled={self.enabled}, endpoint=<redacted>)"
+
+
 class Config(_Model):
     """The whole configuration, one section per TOML table; cross-section checks here."""
 
@@ -521,6 +558,7 @@ class Config(_Model):
     alerts: AlertsConfig = AlertsConfig()
     output: OutputConfig = OutputConfig()
     metrics: MetricsConfig = MetricsConfig()
+    otel: OtelConfig = OtelConfig()
     source: str | None = Field(default=None, exclude=True)  # the file it came from
     base_dir: str = Field(default=".", exclude=True)  # relative paths resolve against this
 

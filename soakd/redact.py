@@ -3,7 +3,8 @@ reports) and every place the target URL is shown (summary, events, console, metr
 goes through here, so that a run directory and ``/metrics`` hold no secret.
 
 Secret: webhook URLs past their host and their header values, the alert command's arguments,
-``[target.http]`` header values, and the target URL's userinfo and query values.
+``[target.http]`` and ``[otel]`` header values, and the target URL's and the OTLP endpoint's
+userinfo and query values.
 """
 
 from __future__ import annotations
@@ -93,6 +94,14 @@ def redact_config(dump: object) -> Any:
         if "headers" in http:
             http["headers"] = _redact_values(http["headers"])
         out["target"] = {**target, "http": http}
+    otel = out.get("otel")
+    if isinstance(otel, Mapping):
+        otel = dict(otel)
+        if isinstance(otel.get("endpoint"), str):
+            otel["endpoint"] = redact_url(otel["endpoint"])
+        if "headers" in otel:
+            otel["headers"] = _redact_values(otel["headers"])
+        out["otel"] = otel
     return out
 
 

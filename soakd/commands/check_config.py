@@ -16,6 +16,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.file, args.overrides)
+    if config.otel.enabled:  # before anything starts: exit 2 naming the missing extra
+        from soakd.sinks.otel import require_extra
+
+        require_extra()
     python = ""
     if config.target.python is not None or config.target.venv is not None:
         from soakd.supervisor.interpreter import prepare

@@ -54,6 +54,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     config = load_config(args.config, overrides)
+    if config.otel.enabled:  # before anything starts: exit 2 naming the missing extra
+        from soakd.sinks.otel import require_extra
+
+        require_extra()
     duration = config.run.duration
     if args.duration is not None:
         try:

@@ -55,6 +55,8 @@ hang_rate                0.0              probability that a query hangs mid-str
 hang_s                   0.0              ... for this many seconds (cancellable)
 extra_latency_ms         0.0              added before each search (ms)
 seed                     None             seeds the fault draws and the mock; None = random
+otel_export              false            export the aggregator's own spans over OTLP/HTTP
+                                          (``OTEL_EXPORTER_OTLP_*``; :mod:`.telemetry`)
 ======================== ================ ===================================================
 
 The mock runs as ``python -m soakd.reference.mockapi --port 0 ...`` and dies with its

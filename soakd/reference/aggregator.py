@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -19,6 +20,7 @@ from soakd.reference.client import BraveSearchClient, SearchError
 from soakd.reference.faults import FaultConfig, FaultInjector
 from soakd.reference.launcher import MockApiProcess
 from soakd.reference.synthesizer import KnowledgeSynthesizer
+from soakd.reference.telemetry import Telemetry, open_telemetry
 
 __all__ = [
     "AggregatorConfig",
@@ -61,6 +63,7 @@ class ReferenceOptions(BaseModel):
     hang_s: float = Field(0.0, ge=0)
     extra_latency_ms: float = Field(0.0, ge=0)
     seed: int | None = None
+    otel_export: bool = False
 
     @classmethod
     def parse(cls, options: dict[str, object]) -> ReferenceOptions:
@@ -119,18 +122,39 @@ class BraveKnowledgeAggregator:
         knowledge_synthesizer: KnowledgeSynthesizer,
         config: AggregatorConfig,
         faults: FaultInjector | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.brave_client = brave_client
         self.query_analyzer = query_analyzer
         self.knowledge_synthesizer = knowledge_synthesizer
         self.config = config
         self.faults = faults
+        self.telemetry = telemetry
 
-    async def process_query(self, query: str) -> AsyncIterator[Event]:
+    def _span(self, name: str, parent: Any = None, **attributes: Any) -> Any:
+        tel = self.telemetry
+        if tel is None:
+            return contextlib.nullcontext()
+        return tel.span(name, parent, **attributes)
+
+    def process_query(self, query: str) -> AsyncIterator[Event]:
         """Stream ``status``, ``content`` and ``complete`` events, or an ``error`` event."""
+        if self.telemetry is None:
+            return self._process(query, None)
+        return self._traced(query)
+
+    async def _traced(self, query: str) -> AsyncIterator[Event]:
+        with self._span("process_query", query_length=len(query)) as root:
+            # aclosing: a consumer that stops early closes the real generator at once
+            async with contextlib.aclosing(self._process(query, root)) as events:
+                async for event in events:
+                    yield event
+
+    async def _process(self, query: str, root: Any) -> AsyncGenerator[Event, None]:
         started = time.perf_counter()
         faults = self.faults
-        analysis = self.query_analyzer.analyze(query)
+        with self._span("analyze", root):
+            analysis = self.query_analyzer.analyze(query)
         # First event before any I/O: time-to-first-event measures the service, not the API.
         yield {
             "type": "status",
@@ -144,7 +168,8 @@ class BraveKnowledgeAggregator:
             if faults.config.extra_latency_ms:
                 await anyio.sleep(faults.config.extra_latency_ms / 1000.0)
         try:
-            response = await self.brave_client.search(query, self.config.results_count)
+            with self._span("search", root):
+                response = await self.brave_client.search(query, self.config.results_count)
         except SearchError as error:
             yield {
                 "type": "error",
@@ -175,10 +200,12 @@ class BraveKnowledgeAggregator:
                 return
         chunks = 0
         sources: set[str] = set()
-        async for chunk in self.knowledge_synthesizer.synthesize(analysis, response.results):
-            chunks += 1
-            sources.update(chunk.sources)
-            yield {"type": "content", "text": chunk.text, "sources": list(chunk.sources)}
+        with self._span("synthesize", root):
+            synthesis = self.knowledge_synthesizer.synthesize(analysis, response.results)
+            async for chunk in synthesis:
+                chunks += 1
+                sources.update(chunk.sources)
+                yield {"type": "content", "text": chunk.text, "sources": list(chunk.sources)}
         yield {
             "type": "complete",
             "chunks": chunks,
@@ -210,6 +237,7 @@ class ReferenceAggregator:
                 )
             self._api_key = key
         self.faults = FaultInjector(self.options.fault_config(), rng=random.Random(self.seed))
+        self.telemetry = open_telemetry(self.options.otel_export)
         self.mock: MockApiProcess | None = None
         self.client: BraveSearchClient | None = None
         self._aggregator: BraveKnowledgeAggregator | None = None
@@ -257,6 +285,7 @@ class ReferenceAggregator:
             KnowledgeSynthesizer(),
             AggregatorConfig(results_count=self.options.results_count),
             self.faults,
+            self.telemetry,
         )
         self.faults.start()
         return self
@@ -280,6 +309,9 @@ class ReferenceAggregator:
             mock, self.mock = self.mock, None
             if mock is not None:
                 await mock.stop()
+            if self.telemetry is not None:
+                # the SDK's flush blocks (bounded by its export timeout): off the event loop
+                await anyio.to_thread.run_sync(self.telemetry.shutdown)
 
     def process_query(self, query: str) -> AsyncIterator[Event]:
         """Stream the events of one query; the instance must be entered first."""

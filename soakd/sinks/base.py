@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
@@ -28,3 +28,7 @@ class RunObserver:
 
     def on_event(self, event: str, fields: Mapping[str, Any]) -> None:
         """A structured event (leak.suspected, leak.confirmed, threshold.breached, ...)."""
+
+    def on_spans(self, spans: Sequence[Mapping[str, Any]], dropped: int) -> None:
+        """Sampled iteration spans from the worker (:mod:`soakd.workload.spans` dicts) and how
+        many the worker dropped so far (its buffer was full)."""

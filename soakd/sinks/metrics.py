@@ -1,7 +1,9 @@
-"""Prometheus ``/metrics`` (text format 0.0.4) for the worker and the run, served by aiohttp.
+"""Prometheus ``/metrics`` for the worker and the run, served by aiohttp.
 
-The state lives in :mod:`soakd.sinks.run_metrics` (``RunMetrics``), the text format in
-:mod:`soakd.sinks.exposition`; this module is the HTTP server and the observer around them.
+The state lives in :mod:`soakd.sinks.run_metrics` (``RunMetrics``), the formats are
+``prometheus_client``'s (text 0.0.4 by default, OpenMetrics 1.0 when the scraper's ``Accept``
+asks for it, gzip when its ``Accept-Encoding`` allows); this module is the HTTP server, the
+collector and the observer around them. ``soakd_supervisor_*`` describe soakd itself.
 
 ``process_*`` describe the WORKER (the process under soak), not soakd itself, so the fleet's
 standard process dashboards and alerts apply to the target unchanged. ``soakd_*`` are the run.
@@ -22,16 +24,21 @@ Cardinality is bounded: per-site and per-type series are never exported (they ar
 from __future__ import annotations
 
 import contextlib
+import gzip
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from aiohttp import web
+from prometheus_client.core import Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder
+from prometheus_client.registry import Collector, CollectorRegistry
 
 from soakd.errors import ConfigError
 from soakd.sinks.base import RunObserver
-from soakd.sinks.exposition import CONTENT_TYPE, escape_label, render_text
 from soakd.sinks.run_metrics import BUCKETS_S, MAX_ERROR_CLASSES, RunMetrics
+
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # what a scraper that asks for nothing gets
 
 __all__ = [
     "BUCKETS_S",
@@ -42,6 +49,21 @@ __all__ = [
     "escape_label",
     "parse_bind",
 ]
+
+
+def escape_label(value: str) -> str:
+    """A label value as the text format escapes it (backslash, quote, newline)."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class RunCollector(Collector):
+    """``prometheus_client`` collector over a :class:`RunMetrics`: read at every scrape."""
+
+    def __init__(self, state: RunMetrics) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[Metric]:
+        return self.state.families()
 
 
 def parse_bind(bind: str) -> tuple[str, int]:
@@ -58,7 +80,7 @@ class MetricsServer(RunObserver):
     """Serves GET /metrics on ``bind``; ``port`` is the bound port once started (0 allowed).
 
     Collaborators: :class:`RunMetrics` (``state``, fed by the observer callbacks) and aiohttp's
-    ``AppRunner``; :meth:`render` is ``render_text(state.families())``.
+    ``AppRunner``; a ``prometheus_client`` registry holding one :class:`RunCollector`.
     """
 
     def __init__(self, bind: str, run_id: str, target: str) -> None:
@@ -68,6 +90,8 @@ class MetricsServer(RunObserver):
         self.target = target
         self.port: int | None = None
         self.state = RunMetrics(run_id, target)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(RunCollector(self.state))
         self._runner: web.AppRunner | None = None
         self.scrapes = 0
 
@@ -119,9 +143,15 @@ class MetricsServer(RunObserver):
             with contextlib.suppress(Exception):
                 await runner.cleanup()
 
-    async def _handle_metrics(self, _request: web.Request) -> web.Response:
+    async def _handle_metrics(self, request: web.Request) -> web.Response:
         self.scrapes += 1
-        return web.Response(body=self.render().encode(), headers={"Content-Type": CONTENT_TYPE})
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        body = encoder(self.registry)
+        headers = {"Content-Type": content_type, "Vary": "Accept, Accept-Encoding"}
+        if "gzip" in request.headers.get("Accept-Encoding", ""):
+            body = gzip.compress(body, compresslevel=6)
+            headers["Content-Encoding"] = "gzip"
+        return web.Response(body=body, headers=headers)
 
     async def _handle_index(self, _request: web.Request) -> web.Response:
         return web.Response(text=f"soakd run {self.run_id}: metrics at /metrics\n")
@@ -138,4 +168,5 @@ class MetricsServer(RunObserver):
 
     def render(self) -> str:
         """The whole exposition in text format 0.0.4."""
-        return render_text(self.state.families())
+        encoder, _ = choose_encoder("")
+        return encoder(self.registry).decode()

@@ -23,6 +23,7 @@ __all__ = [
     "build_observers",
     "fan_out",
     "samples_to",
+    "spans_to",
     "workload_to",
 ]
 
@@ -55,6 +56,12 @@ def _metrics(cfg: Config, ctx: ObserverContext) -> RunObserver:
     return MetricsServer(cfg.metrics.bind, ctx.run_id, cfg.target.name)
 
 
+def _otel(cfg: Config, ctx: ObserverContext) -> RunObserver:
+    from soakd.sinks.otel import OtelExporter  # the otel extra: imported only when enabled
+
+    return OtelExporter(cfg.otel, ctx.run_id, ctx.target_name)
+
+
 def _progress(_cfg: Config, ctx: ObserverContext) -> RunObserver:
     from soakd.reporting.progress import Progress
 
@@ -72,6 +79,7 @@ OBSERVERS: Final[
     (_always, _alerts),
     (_always, _notify),
     (lambda cfg: cfg.metrics.enabled, _metrics),
+    (lambda cfg: cfg.otel.enabled, _otel),
     (lambda cfg: sys.stderr.isatty() and cfg.output.console != "json", _progress),
 )
 
@@ -93,6 +101,15 @@ def samples_to(observers: Iterable[RunObserver], t: float, values: Mapping[str, 
     for obs in observers:
         with contextlib.suppress(Exception):
             obs.on_samples(t, values)
+
+
+def spans_to(
+    observers: Iterable[RunObserver], spans: Sequence[Mapping[str, Any]], dropped: int
+) -> None:
+    """Sampled iteration spans to every observer, each one's exception contained."""
+    for obs in observers:
+        with contextlib.suppress(Exception):
+            obs.on_spans(spans, dropped)
 
 
 def workload_to(

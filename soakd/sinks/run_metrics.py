@@ -1,4 +1,6 @@
-"""The run's metrics as state: fed by the observer callbacks, read as exposition families.
+"""The run's metrics as state: fed by the observer callbacks, read as ``prometheus_client``
+metric families (a custom collector: the values are the worker's and the run's, not this
+process's, so they are set from the reports rather than kept in client-side instruments).
 
 ``process_*`` describe the WORKER (the process under soak), not soakd itself; ``soakd_*`` are
 the run. See :mod:`soakd.sinks.metrics` for the histograms and the cardinality bounds.
@@ -12,11 +14,27 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import psutil
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
 from soakd.config import LEAK_KINDS
 from soakd.leaks import LeakLedger
-from soakd.sinks.exposition import Family, labels
 
-__all__ = ["BUCKETS_S", "MAX_ERROR_CLASSES", "MAX_RULES", "OTHER", "RunMetrics"]
+__all__ = [
+    "BUCKETS_S",
+    "MAX_ERROR_CLASSES",
+    "MAX_RULES",
+    "OTHER",
+    "RunMetrics",
+    "interval_values",
+    "supervisor_families",
+    "supervisor_usage",
+]
 
 # Upper bounds in seconds; covers a search aggregator's 5 ms cache hit to a 2 min synthesis.
 BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -73,6 +91,32 @@ _HISTOGRAMS = (
 )
 
 
+def interval_values(data: Mapping[str, Any]) -> tuple[list[tuple[float, int]], float] | None:
+    """A ``soakd.hist/1`` interval histogram as (value in seconds, count) pairs and its sum in
+    seconds; None when it is not one."""
+    if data.get("schema") != "soakd.hist/1":
+        return None
+    try:
+        gamma = float(data["gamma"])
+        low_ms = float(data["low_ms"])
+        pairs = [(int(i), int(c)) for i, c in data["buckets"]]
+        total_ms = float(data["sum"])
+        lo_ms = float(data.get("min", 0.0))
+        hi_ms = float(data.get("max", math.inf))
+    except (KeyError, TypeError, ValueError):
+        return None
+    if gamma <= 1.0 or low_ms <= 0.0 or any(i < 0 or c < 0 for i, c in pairs):
+        return None
+    out: list[tuple[float, int]] = []
+    for i, c in pairs:
+        # Bucket i >= 1 spans [low·γ^(i-1), low·γ^i) ms; its representative is within 1 %,
+        # far finer than the fixed buckets it is sorted into. Clamping to the exact min and
+        # max puts a lone value (or the extremes) on the right side of a bound.
+        rep_ms = 0.0 if i == 0 else 2.0 * low_ms * gamma**i / (1.0 + gamma)
+        out.append((min(max(rep_ms, lo_ms), hi_ms) / 1000.0, c))
+    return out, total_ms / 1000.0
+
+
 class Histogram:
     """Cumulative fixed-bucket histogram fed from sparse ``soakd.hist/1`` interval histograms."""
 
@@ -80,31 +124,22 @@ class Histogram:
         self.counts = [0] * (len(BUCKETS_S) + 1)  # the last one is +Inf
         self.sum_s = 0.0
         self.count = 0
+        self.min_s = math.inf  # of the values added (their representatives), for OTLP
+        self.max_s = 0.0
 
     def add(self, data: Mapping[str, Any]) -> bool:
         """Add an interval's histogram; False (and nothing added) when it is not one."""
-        if data.get("schema") != "soakd.hist/1":
+        parsed = interval_values(data)
+        if parsed is None:
             return False
-        try:
-            gamma = float(data["gamma"])
-            low_ms = float(data["low_ms"])
-            pairs = [(int(i), int(c)) for i, c in data["buckets"]]
-            total_ms = float(data["sum"])
-            lo_ms = float(data.get("min", 0.0))
-            hi_ms = float(data.get("max", math.inf))
-        except (KeyError, TypeError, ValueError):
-            return False
-        if gamma <= 1.0 or low_ms <= 0.0 or any(i < 0 or c < 0 for i, c in pairs):
-            return False
-        for i, c in pairs:
-            # Bucket i >= 1 spans [low·γ^(i-1), low·γ^i) ms; its representative is within 1 %,
-            # far finer than the fixed buckets it is sorted into. Clamping to the exact min and
-            # max puts a lone value (or the extremes) on the right side of a bound.
-            rep_ms = 0.0 if i == 0 else 2.0 * low_ms * gamma**i / (1.0 + gamma)
-            rep_s = min(max(rep_ms, lo_ms), hi_ms) / 1000.0
+        values, sum_s = parsed
+        for rep_s, c in values:
             self.counts[bisect.bisect_left(BUCKETS_S, rep_s)] += c
             self.count += c
-        self.sum_s += total_ms / 1000.0
+            if c:
+                self.min_s = min(self.min_s, rep_s)
+                self.max_s = max(self.max_s, rep_s)
+        self.sum_s += sum_s
         return True
 
 
@@ -114,15 +149,15 @@ def _number(v: object) -> float | None:
     return float(v)
 
 
-def _gauge(name: str, help_: str, value: float) -> Family:
-    return Family(name, "gauge", help_, ((name, value),))
+def _gauge(name: str, help_: str, value: float) -> Metric:
+    return GaugeMetricFamily(name, help_, value=value)
 
 
 class RunMetrics:
     """What ``/metrics`` shows, kept up to date by the ``on_*`` callbacks.
 
     Collaborators: a :class:`LeakLedger` (the leak gauges) and one :class:`Histogram` per
-    latency histogram; :meth:`families` reads the state for :func:`render_text`.
+    latency histogram; :meth:`families` reads the state as ``prometheus_client`` families.
     """
 
     def __init__(self, run_id: str, target: str) -> None:
@@ -206,20 +241,29 @@ class RunMetrics:
             self.stopping = 1.0
 
     # -- reading ---------------------------------------------------------------------------
-    def families(self) -> Iterator[Family]:
-        """Every family in exposition order (empty ones are left out when rendered)."""
+    def families(self) -> Iterator[Metric]:
+        """Every family in exposition order; families without samples are left out."""
+        for fam in self._all_families():
+            if fam.samples:
+                yield fam
+
+    def _all_families(self) -> Iterator[Metric]:
         yield _gauge("soakd_up", "1 while soakd serves metrics.", 1.0)
-        run = labels({"run_id": self.run_id, "target": self.target})
-        yield Family(
-            "soakd_run_info", "gauge", "The run being soaked.", (("soakd_run_info" + run, 1.0),)
+        info = GaugeMetricFamily(
+            "soakd_run_info", "The run being soaked.", labels=("run_id", "target")
         )
+        info.add_metric((self.run_id, self.target), 1.0)
+        yield info
         if self.anchor is not None:
             elapsed = time.monotonic() - self.anchor
             yield _gauge("soakd_elapsed_seconds", "Seconds since the run started.", elapsed)
         yield _gauge("soakd_stopping", "1 once the run is stopping.", self.stopping)
         for key, name, kind, help_ in _SAMPLE_METRICS:
             if key in self.values:
-                yield Family(name, kind, help_, ((name, self.values[key]),))
+                if kind == "counter":
+                    yield CounterMetricFamily(name, help_, value=self.values[key])
+                else:
+                    yield _gauge(name, help_, self.values[key])
         if self.worker_start is not None:
             yield _gauge(
                 "process_start_time_seconds",
@@ -232,37 +276,31 @@ class RunMetrics:
             if hist.count:
                 yield _histogram(name, help_, hist)
         yield from self._leak_families()
-        yield Family(
-            "soakd_breaches_total",
-            "counter",
-            "Threshold rule breaches, by rule.",
-            tuple(
-                ("soakd_breaches_total" + labels({"rule": rule}), float(n))
-                for rule, n in self.breaches.items()
-            ),
+        breaches = CounterMetricFamily(
+            "soakd_breaches_total", "Threshold rule breaches, by rule.", labels=("rule",)
         )
+        for rule, n in self.breaches.items():
+            breaches.add_metric((rule,), float(n))
+        yield breaches
+        yield from supervisor_families()
 
-    def _workload_families(self) -> Iterator[Family]:
+    def _workload_families(self) -> Iterator[Metric]:
         if self.iterations is not None:
             errors = self.errors or 0.0
-            yield Family(
-                "soakd_iterations_total",
-                "counter",
-                "Iterations completed, by outcome.",
-                (
-                    ('soakd_iterations_total{outcome="ok"}', max(self.iterations - errors, 0.0)),
-                    ('soakd_iterations_total{outcome="error"}', errors),
-                ),
+            iterations = CounterMetricFamily(
+                "soakd_iterations_total", "Iterations completed, by outcome.", labels=("outcome",)
             )
-        yield Family(
+            iterations.add_metric(("ok",), max(self.iterations - errors, 0.0))
+            iterations.add_metric(("error",), errors)
+            yield iterations
+        by_class = CounterMetricFamily(
             "soakd_errors_total",
-            "counter",
             f"Failed iterations by error class (first {MAX_ERROR_CLASSES} classes, then other).",
-            tuple(
-                ("soakd_errors_total" + labels({"class": cls}), n)
-                for cls, n in self.error_classes.items()
-            ),
+            labels=("class",),
         )
+        for cls, n in self.error_classes.items():
+            by_class.add_metric((cls,), n)
+        yield by_class
         if self.throughput is not None:
             yield _gauge(
                 "soakd_throughput_per_second",
@@ -278,20 +316,55 @@ class RunMetrics:
         for name, seconds in sorted(self.percentiles.items()):
             yield _gauge(name, "Percentile over the last workload interval.", seconds)
 
-    def _leak_families(self) -> Iterator[Family]:
+    def leak_counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Suspected and confirmed findings by kind, every known kind present (0 or more)."""
         suspects = _count_by_kind(self.leaks.suspect_events())
         confirmed = _count_by_kind(self.leaks.confirmed_events())
         kinds = [*LEAK_KINDS, *([OTHER] if self.other_kind_seen else [])]
+        return (
+            {k: suspects.get(k, 0) for k in kinds},
+            {k: confirmed.get(k, 0) for k in kinds},
+        )
+
+    def _leak_families(self) -> Iterator[Metric]:
+        suspects, confirmed = self.leak_counts()
         for name, help_, counts in (
             ("soakd_leak_suspects", "Leak findings under suspicion, by kind.", suspects),
             ("soakd_leaks_confirmed", "Confirmed leaks, by kind.", confirmed),
         ):
-            yield Family(
-                name,
-                "gauge",
-                help_,
-                tuple((name + labels({"kind": k}), float(counts.get(k, 0))) for k in kinds),
-            )
+            fam = GaugeMetricFamily(name, help_, labels=("kind",))
+            for k, n in counts.items():
+                fam.add_metric((k,), float(n))
+            yield fam
+
+
+_SELF = psutil.Process()
+
+
+def supervisor_usage() -> tuple[float, float] | None:
+    """soakd's own (the supervisor's) resident memory in bytes and CPU seconds."""
+    try:
+        with _SELF.oneshot():
+            cpu = _SELF.cpu_times()
+            return float(_SELF.memory_info().rss), cpu.user + cpu.system
+    except (psutil.Error, OSError):
+        return None
+
+
+def supervisor_families() -> Iterator[Metric]:
+    """``soakd_supervisor_*``: so that the fleet can alert when soakd itself grows."""
+    usage = supervisor_usage()
+    if usage is None:
+        return
+    rss, cpu = usage
+    yield _gauge(
+        "soakd_supervisor_resident_memory_bytes", "soakd supervisor resident memory, bytes.", rss
+    )
+    yield CounterMetricFamily(
+        "soakd_supervisor_cpu_seconds_total",
+        "soakd supervisor user+system CPU seconds.",
+        value=cpu,
+    )
 
 
 def _kind(fields: Mapping[str, Any]) -> str:
@@ -308,13 +381,10 @@ def _count_by_kind(events: list[Mapping[str, Any]]) -> dict[str, int]:
     return counts
 
 
-def _histogram(name: str, help_: str, hist: Histogram) -> Family:
-    samples: list[tuple[str, float]] = []
+def _histogram(name: str, help_: str, hist: Histogram) -> Metric:
+    buckets: list[tuple[str, float]] = []
     running = 0
     for bound, count in zip((*BUCKETS_S, math.inf), hist.counts, strict=True):
         running += count
-        le = "+Inf" if math.isinf(bound) else repr(bound)
-        samples.append((f'{name}_bucket{{le="{le}"}}', float(running)))
-    samples.append((f"{name}_sum", hist.sum_s))
-    samples.append((f"{name}_count", float(hist.count)))
-    return Family(name, "histogram", help_, tuple(samples))
+        buckets.append(("+Inf" if math.isinf(bound) else repr(bound), float(running)))
+    return HistogramMetricFamily(name, help_, buckets=buckets, sum_value=hist.sum_s)

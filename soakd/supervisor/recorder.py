@@ -23,6 +23,7 @@ from soakd.sinks.observers import (
     build_observers,
     fan_out,
     samples_to,
+    spans_to,
     workload_to,
 )
 from soakd.store import SampleStore
@@ -78,6 +79,9 @@ class RunRecorder:
         self, t: float, interval: Mapping[str, Any], totals: Mapping[str, Any]
     ) -> None:
         workload_to(self.observers, t, interval, totals)
+
+    def spans_to_observers(self, spans: Sequence[Mapping[str, Any]], dropped: int) -> None:
+        spans_to(self.observers, spans, dropped)
 
     # -- soakd's own work in the target ----------------------------------------------------
     def perturbed(self, cause: str, start: float, end: float, **detail: Any) -> None:

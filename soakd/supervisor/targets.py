@@ -170,6 +170,8 @@ class WorkerProcess:
             self._state.ready.set()
         elif kind == "workload":
             self._monitor.on_message(message.get("interval") or {}, message.get("totals") or {})
+            if "spans" in message:
+                self._monitor.on_spans(message.get("spans"), message.get("spans_dropped"))
         elif kind == "failed":
             self._state.fail(
                 self._recorder.emit, "target_failed", message.get("reason"), message.get("message")
@@ -231,6 +233,12 @@ def worker_settings(config: Config) -> dict[str, Any]:
         "target": config.target.model_dump(mode="json", by_alias=True),
         "workload": config.workload.model_dump(mode="json", by_alias=True),
         "sampling": config.sampling.model_dump(mode="json", by_alias=True),
+        # Only what the worker records spans with: the endpoint and headers stay here.
+        "otel": {
+            "enabled": config.otel.enabled,
+            "sample_ratio": config.otel.sample_ratio,
+            "max_spans": config.otel.max_spans,
+        },
         "stop_timeout": config.run.stop_timeout,
         "base_dir": config.base_dir,
     }

@@ -92,6 +92,12 @@ class WorkloadMonitor:
         self._recorder.workload_to_observers(t, interval, totals)
         self._thresholds.evaluate()
 
+    def on_spans(self, spans: Any, dropped: Any) -> None:
+        """Sampled iteration spans (the otel extra) to the observers; malformed ones dropped."""
+        if isinstance(spans, list):
+            n = dropped if isinstance(dropped, int) and not isinstance(dropped, bool) else 0
+            self._recorder.spans_to_observers([s for s in spans if isinstance(s, dict)], max(n, 0))
+
     def _judge(self, start: float, t: float, interval: Mapping[str, Any]) -> bool:
         """Whether the interval ``[start, t]`` is perturbed; into the unperturbed totals
         either way (judged or counted as left out), once the worker is ready."""

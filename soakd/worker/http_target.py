@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlencode, urlsplit
 
 from soakd.errors import SoakdError
 from soakd.worker.settings import HttpSettings
+from soakd.workload.spans import current_traceparent
 
 __all__ = ["HTTPProtocolError", "HTTPStatusError", "open_http_target"]
 
@@ -218,6 +219,10 @@ async def open_http_target(cfg: HttpSettings) -> AsyncIterator[Callable[[str], A
         body = cfg.body.replace("{query}", query).encode() if cfg.body is not None else b""
         lines = [f"{method} {origin.target(params)} HTTP/1.1"]
         lines += [f"{k}: {v}" for k, v in origin.headers.items()]
+        # A sampled iteration's trace context, so the service's spans join soakd's trace.
+        traceparent = current_traceparent()
+        if traceparent is not None:
+            lines.append(f"traceparent: {traceparent}")
         if body or method in ("POST", "PUT", "PATCH"):
             lines.append(f"Content-Length: {len(body)}")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")

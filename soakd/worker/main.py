@@ -30,6 +30,7 @@ from soakd.worker.target import TargetError, open_target
 
 if TYPE_CHECKING:
     from soakd.workload.engine import Engine
+    from soakd.workload.spans import SpanRecorder
 
 PR_SET_PDEATHSIG = 1
 
@@ -59,6 +60,7 @@ class Worker:
         self.stop = asyncio.Event()
         self.engine: Engine | None = None
         self._answers: set[asyncio.Task[None]] = set()
+        self.spans: SpanRecorder | None = None
 
     async def run(self) -> int:
         s = self.config.sampling
@@ -97,8 +99,12 @@ class Worker:
                 opener = open_http_target(cfg.target.http)
             else:
                 opener = open_target(cfg.target, cfg.base_dir)
+            if cfg.otel.enabled and cfg.otel.sample_ratio > 0:
+                from soakd.workload.spans import SpanRecorder
+
+                self.spans = SpanRecorder(cfg.otel.sample_ratio, cfg.otel.max_spans)
             async with opener as call:
-                self.engine = Engine(cfg.workload, call, corpus)
+                self.engine = Engine(cfg.workload, call, corpus, spans=self.spans)
                 await self.channel.send({"msg": "ready", "pid": os.getpid()})
                 reporter = asyncio.get_running_loop().create_task(self._report_workload())
                 try:
@@ -126,7 +132,11 @@ class Worker:
     async def _send_workload(self) -> None:
         if self.engine is not None:
             interval, totals = self.engine.take_interval(), self.engine.totals()
-            await self.channel.send({"msg": "workload", "interval": interval, "totals": totals})
+            message: Message = {"msg": "workload", "interval": interval, "totals": totals}
+            if self.spans is not None:
+                message["spans"] = self.spans.drain()
+                message["spans_dropped"] = self.spans.dropped
+            await self.channel.send(message)
 
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()

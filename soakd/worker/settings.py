@@ -16,7 +16,7 @@ from typing import Any
 
 from soakd.workload.settings import WorkloadSettings
 
-__all__ = ["HttpSettings", "SamplingSettings", "TargetSettings", "WorkerSettings"]
+__all__ = ["HttpSettings", "OtelSettings", "SamplingSettings", "TargetSettings", "WorkerSettings"]
 
 
 @dataclass(frozen=True)
@@ -97,12 +97,32 @@ class SamplingSettings:
 
 
 @dataclass(frozen=True)
+class OtelSettings:
+    """The parts of ``[otel]`` the worker needs: whether and how often to record iteration
+    spans (the endpoint and its headers stay with the supervisor, which exports)."""
+
+    enabled: bool = False
+    sample_ratio: float = 0.01
+    max_spans: int = 512
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> OtelSettings:
+        d = cls()
+        return cls(
+            enabled=bool(data.get("enabled", d.enabled)),
+            sample_ratio=float(data.get("sample_ratio", d.sample_ratio)),
+            max_spans=int(data.get("max_spans", d.max_spans)),
+        )
+
+
+@dataclass(frozen=True)
 class WorkerSettings:
     """Everything the worker is told: what to build, how to drive it, what to sample."""
 
     target: TargetSettings
     workload: WorkloadSettings
     sampling: SamplingSettings
+    otel: OtelSettings = field(default_factory=OtelSettings)
     stop_timeout: float = 30.0
     base_dir: str = "."  # relative paths (python_path, queries_file) resolve against this
 
@@ -117,6 +137,7 @@ class WorkerSettings:
             target=TargetSettings.from_json(data.get("target") or {}),
             workload=WorkloadSettings.from_json(data.get("workload") or {}),
             sampling=SamplingSettings.from_json(data.get("sampling") or {}),
+            otel=OtelSettings.from_json(data.get("otel") or {}),
             stop_timeout=float(data.get("stop_timeout", 30.0)),
             base_dir=str(data.get("base_dir", ".")),
         )

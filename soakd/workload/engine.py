@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from soakd.workload.corpus import Corpus, CorpusEntry
 from soakd.workload.matchers import EventMatcher, MatcherSet
 from soakd.workload.settings import ThinkSpec, WorkloadSettings
+from soakd.workload.spans import SpanRecorder
 from soakd.workload.stats import MAX_ERROR_CLASSES, Window, interval_stats, run_totals
 
 __all__ = [
@@ -196,8 +197,10 @@ class Engine:
         corpus: Corpus,
         *,
         clock: Callable[[], float] = time.monotonic,
+        spans: SpanRecorder | None = None,
     ) -> None:
         self._cfg = cfg
+        self._spans = spans  # sampled iteration spans (the otel extra), else None
         self._call = call
         self._corpus = corpus
         self._clock = clock
@@ -447,6 +450,8 @@ class Engine:
         loop = asyncio.get_running_loop()
         timer = _Deadline()
         timer.arm(loop, loop.time() + self._cfg.timeout)
+        spans = self._spans
+        span = spans.begin() if spans is not None else None
         try:
             try:
                 result = self._call(entry.text)
@@ -480,6 +485,8 @@ class Engine:
         except BaseException as exc:
             if self._cancelling:
                 self._window.cancelled += 1
+                if span is not None and spans is not None:
+                    spans.discard(span)
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 return  # the engine's cancellation is delivered at the caller's next await
@@ -491,3 +498,7 @@ class Engine:
             if error is None and timer.expired:
                 error = "timeout"
         self._window.record(entry.kind, error, clock() - t0, first, hits, events)
+        if span is not None and spans is not None:
+            spans.end(
+                span, kind=entry.kind, error=error, first_s=first, milestones=hits, events=events
+            )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import anyio
+import psutil
 import pytest
 
 from soakd.errors import ConfigError
@@ -218,6 +219,28 @@ async def test_exposition_passes_promtool(server: MetricsServer) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+async def test_openmetrics_gzip_and_soakd_itself(server: MetricsServer) -> None:
+    feed(server)
+    url = f"http://127.0.0.1:{server.port}/metrics"
+    headers = {"Accept": "application/openmetrics-text; version=1.0.0", "Accept-Encoding": "gzip"}
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("application/openmetrics-text")
+        assert resp.headers["Content-Encoding"] == "gzip"  # aiohttp inflates it for us
+        text = await resp.text()
+    assert text.endswith("# EOF\n")
+    assert "# TYPE soakd_iterations counter" in text  # OpenMetrics names the family sans _total
+    assert 'soakd_iterations_total{outcome="ok"} 96.0' in text
+    # soakd's own memory and CPU, so that the fleet can alert when soakd grows
+    own = psutil.Process()
+    _, plain = await scrape(server)
+    series, types = parse_exposition(plain)
+    rss = value(series, "soakd_supervisor_resident_memory_bytes")
+    assert 0.5 * own.memory_info().rss < rss < 2 * own.memory_info().rss
+    assert value(series, "soakd_supervisor_cpu_seconds_total") > 0
+    assert types["soakd_supervisor_cpu_seconds_total"] == "counter"
+
+
 async def test_bind_failure_names_the_address() -> None:
     holder = socket.socket()
     holder.bind(("127.0.0.1", 0))
@@ -336,6 +359,10 @@ tests:
         values: '0+90x30'
       - series: 'soakd_iterations_total{{job="soakd",instance="box:9464",outcome="error"}}'
         values: '0+10x30'
+      - series: 'soakd_supervisor_resident_memory_bytes{{job="soakd",instance="box:9464"}}'
+        values: '60e6+1e6x300'
+      - series: 'soakd_supervisor_resident_memory_bytes{{job="soakd",instance="flat:9464"}}'
+        values: '60e6+0x300'
     alert_rule_test:
       - eval_time: 1m
         alertname: SoakdLeakConfirmed
@@ -377,6 +404,18 @@ tests:
               description: >-
                 The target fails more than 5 % of iterations; a leak verdict from this soak
                 may reflect error paths. soakd_errors_total shows the error classes.
+      - eval_time: 100m
+        alertname: SoakdItselfGrowing
+        exp_alerts: []
+      - eval_time: 130m
+        alertname: SoakdItselfGrowing
+        exp_alerts:
+          - exp_labels: {{severity: ticket, job: soakd, instance: "box:9464"}}
+            exp_annotations:
+              summary: "soakd itself grows 57.22MiB/h on box:9464"
+              description: >-
+                The supervisor's resident memory keeps rising; the soak's verdict still holds
+                but report it to soakd's maintainers with the run directory.
 """
 
 
