@@ -79,13 +79,17 @@ def site_verdict(
     heap = _level_slope(tracks, "heap", recent, now, th, low=True)
     if heap is None and "rss" not in tracks and "malloc" not in tracks:
         return v  # nothing to compare with (e.g. an agent without process numbers)
-    if heap is not None and heap >= share * site_blocks * p.block_bytes:
-        return v
     malloc = _level_slope(tracks, "malloc", recent, now, th, low=True)
+    # Blocks over pymalloc's 512 B come from malloc, and its bytes in use are exact: they
+    # must show there, in bytes (in the block count a 1 KiB block weighs as much as any, and
+    # the heap's own slow drift would corroborate a turnover's random walk); small ones must
+    # show in the block count (malloc moves by more than they weigh).
+    large = v.slope > _PYMALLOC_MAX_BYTES * max(site_blocks, 0.0)
+    if not (large and malloc is not None) and (
+        heap is not None and heap >= share * site_blocks * p.block_bytes
+    ):
+        return v
     if malloc is not None:
-        # Blocks over pymalloc's 512 B come from malloc, and its bytes in use are exact;
-        # small ones must show in the block count (malloc moves by more than they weigh).
-        large = v.slope > _PYMALLOC_MAX_BYTES * max(site_blocks, 0.0)
         if large and malloc >= share * v.slope:
             return v
     else:

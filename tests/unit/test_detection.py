@@ -596,6 +596,21 @@ class TestSiteCorroboration:
         run = _large_block_site(noisy(8e6, 2e3, rate=10 * KB), noisy(RSS0, 4e3, rate=10 * KB))
         assert run.at("confirmed", SITE)
 
+    def test_large_blocks_are_not_corroborated_by_the_block_count_when_malloc_is_flat(
+        self,
+    ) -> None:
+        # 1 KiB blocks at 5 a second at the site (a turnover's estimate drifting up), the block
+        # count creeping by as many (the interpreter's own), malloc's bytes flat: no leak.
+        feeds = flat_process(heap=noisy(HEAP0, 500.0, rate=5 * 80.0), malloc=noisy(8e6, 2e3))
+        site: SiteFeed = lambda t, r: (5 * 1057.0 * (t - 90.0), 5.0 * (t - 90.0))  # noqa: E731
+        run = simulate(feeds, 240.0, seed=9, traced=(90.0, site))
+        assert run.at("confirmed", SITE) == []
+        # The same with malloc's bytes growing as the site does: a leak.
+        feeds = flat_process(
+            heap=noisy(HEAP0, 500.0, rate=5 * 80.0), malloc=noisy(8e6, 2e3, rate=5 * 1057.0)
+        )
+        assert simulate(feeds, 240.0, seed=9, traced=(90.0, site)).at("confirmed", SITE)
+
     def test_large_blocks_turnover_is_not_corroborated_by_rss_when_malloc_is_flat(self) -> None:
         # A full cache of 10 KiB values replaced since tracing started: malloc's bytes stay flat.
         run = _large_block_site(noisy(8e6, 2e3), noisy(RSS0, 4e3, rate=10 * KB))
