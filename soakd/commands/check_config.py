@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from soakd.config import load_config
+from soakd.units import format_duration, format_size
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -16,5 +17,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.file, args.overrides)
-    print(f"{args.file}: OK (target {config.target.name}, {len(config.rules)} rules)")
+    print(
+        f"{args.file}: OK (target {config.target.name}, {len(config.rules)} rules, "
+        f"run {format_duration(config.run.duration)}, "
+        f"guard.worker_rss {format_size(config.guard.worker_rss)})"
+    )
     return 0

@@ -72,6 +72,15 @@ def test_bad_set_and_duration(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "--duration 'soon'" in proc.stderr
 
 
+def test_compound_durations_and_systemd_sizes(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, ECHO + '[guard]\nworker_rss = "10G"\n')
+    proc = run_soakd("check-config", str(cfg), "--set", "run.duration='1h30m'", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "run 1h30m" in proc.stdout and "guard.worker_rss 10.0 GiB" in proc.stdout
+    bad = run_soakd("check-config", str(cfg), "--set", "run.duration='30m1h'", cwd=tmp_path)
+    assert bad.returncode == 2 and "1h30m" in bad.stderr  # the valid form is named
+
+
 def test_check_config_accepts_the_default_file() -> None:
     proc = run_soakd("check-config", "config/soakd.toml", cwd=Path(__file__).parents[2])
     assert proc.returncode == 0, proc.stderr
@@ -250,6 +259,9 @@ def test_default_runs_dir_is_created_in_the_working_directory(tmp_path: Path) ->
     (run,) = (tmp_path / "runs").iterdir()
     assert proc.stdout.splitlines()[0] == str(Path("runs") / run.name)
     assert _summary(run)["run_id"] == run.name
+    # where the report is, at the end (stderr: stdout stays JSON lines)
+    assert proc.stderr.rstrip().endswith(f"soakd: report: {Path('runs') / run.name}/report.html")
+    assert isinstance(_summary(run)["config_hash"], str)
 
 
 @pytest.mark.slow
