@@ -134,3 +134,26 @@ def format_value(value: float | None, unit: Unit) -> str:
     if unit == "count":
         return f"{value:.0f}" if abs(value) >= 10 or value == int(value) else f"{value:.1f}"
     return f"{value:.4g}"
+
+
+# JSON Schema of the accepted forms, for editors (``soakd schema``); the parsers above decide.
+DURATION_JSON_SCHEMA: dict[str, object] = {
+    "anyOf": [
+        {"type": "number", "minimum": 0},
+        {
+            "type": "string",
+            "pattern": r"^\s*(((\d+(\.\d+)?|\.\d+)\s*(ms|s|m|h|d)\s*)+|(\d+(\.\d+)?|\.\d+)\s*)$",
+        },
+    ],
+    "description": "seconds, or a duration such as 90s, 10m, 1h30m, 6h, 250ms, 1d",
+}
+SIZE_JSON_SCHEMA: dict[str, object] = {
+    "anyOf": [
+        {"type": "integer", "minimum": 0},
+        {
+            "type": "string",
+            "pattern": r"^\s*(\d+(\.\d+)?|\.\d+)\s*([KkMmGgTt]([iI]?[bB])?|[bB])?\s*$",
+        },
+    ],
+    "description": "bytes, or a size such as 512KiB, 2GiB, 10MB or 10G (binary, as systemd)",
+}
