@@ -359,10 +359,24 @@ def _leak(run: RunData, leak: LeakEntry, index: int) -> str:
     return "".join(parts)
 
 
-def _leaks(run: RunData, leaks: Sequence[LeakEntry]) -> str:
+CLEARED_NOTE = (
+    "Suspected or confirmed during the run, then their growth looked stopped for a whole "
+    "window: not leaks at the end of the run, listed so that a flapping finding is visible."
+)
+
+
+def _leaks(run: RunData, entries: Sequence[LeakEntry]) -> str:
+    leaks = [e for e in entries if e.status != "cleared"]
+    cleared = [e for e in entries if e.status == "cleared"]
     if not leaks:
-        return "<h2>Leaks</h2><p>No leak suspected or confirmed.</p>"
-    return "<h2>Leaks</h2>" + "".join(_leak(run, leak, i) for i, leak in enumerate(leaks))
+        out = "<h2>Leaks</h2><p>No leak suspected or confirmed.</p>"
+    else:
+        out = "<h2>Leaks</h2>" + "".join(_leak(run, leak, i) for i, leak in enumerate(leaks))
+    if cleared:
+        out += f"<h2>Cleared findings</h2><p class='muted'>{escape(CLEARED_NOTE)}</p>" + "".join(
+            _leak(run, e, len(leaks) + i) for i, e in enumerate(cleared)
+        )
+    return out
 
 
 def _breaches(run: RunData) -> str:

@@ -594,3 +594,30 @@ def test_report_lists_one_leak_per_cause_with_its_evidence(tmp_path: Path) -> No
     md = (run / "report.md").read_text(encoding="utf-8")
     assert "same cause, also seen as:\n  - objects at \\_asyncio.Task" in md
     assert "CONFIRMED: objects" not in md  # not listed as a leak of its own
+
+
+@pytest.mark.slow
+def test_a_cleared_finding_is_listed_in_its_own_section(tmp_path: Path) -> None:
+    run = build_run(tmp_path, finished=False)
+    (run / "summary.json").unlink()
+    cleared = {"kind": "objects", "site": None, "traceback": [], "type": "dict",
+               "unit": "count", "p_value": 1e-6, "analyses": 3}  # fmt: skip
+    with (run / "events.jsonl").open("a", encoding="utf-8") as fh:
+        fh.write(_event("leak.suspected", 300.0, slope_per_h=900.0, growth=50.0,
+                        first_detected_s=300.0, **cleared) + "\n")  # fmt: skip
+        fh.write(_event("leak.confirmed", 400.0, slope_per_h=900.0, slope_low_per_h=500.0,
+                        growth=80.0, first_detected_s=300.0, **cleared) + "\n")  # fmt: skip
+        fh.write(_event("leak.cleared", 900.0, **cleared) + "\n")
+    proc = _soakd("report", str(run))
+    assert proc.returncode == 0, proc.stderr
+    html = (run / "report.html").read_text(encoding="utf-8")
+    leaks_part, _, cleared_part = html.partition("<h2>Cleared findings</h2>")
+    assert cleared_part, "no cleared section"
+    leaks_part = leaks_part[leaks_part.index("<h2>Leaks</h2>") :]
+    assert "objects leak" not in leaks_part  # not under Leaks
+    assert "objects leak" in cleared_part.split("<h2>")[0]
+    assert "b-cleared" in cleared_part.split("<h2>")[0]
+    md = (run / "report.md").read_text(encoding="utf-8")
+    leaks_md, _, cleared_md = md.partition("## Cleared findings")
+    assert "CLEARED: objects" in cleared_md.split("\n## ")[0]
+    assert "CLEARED" not in leaks_md
