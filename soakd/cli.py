@@ -9,11 +9,32 @@ from collections.abc import Sequence
 
 from soakd import __version__
 from soakd.agent.env import ENV_DISABLED
-from soakd.commands import Command, check_config, compare, diff, report, run, status
+from soakd.commands import (
+    Command,
+    check_config,
+    compare,
+    completion,
+    diff,
+    init,
+    report,
+    run,
+    schema,
+    status,
+)
 from soakd.errors import EXIT_INTERNAL, SoakdError
 
 # In the order of ``soakd --help``.
-COMMANDS: tuple[Command, ...] = (run, check_config, report, diff, compare, status)
+COMMANDS: tuple[Command, ...] = (
+    run,
+    check_config,
+    report,
+    diff,
+    compare,
+    status,
+    init,
+    schema,
+    completion,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -20,10 +21,10 @@ from pydantic import (
 from soakd.detection.kinds import LEAK_KINDS as LEAK_KINDS
 from soakd.errors import ConfigError
 from soakd.redact import redact_url
-from soakd.units import parse_duration, parse_size
+from soakd.units import DURATION_JSON_SCHEMA, SIZE_JSON_SCHEMA, parse_duration, parse_size
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-Size = Annotated[int, BeforeValidator(parse_size)]
+Duration = Annotated[float, BeforeValidator(parse_duration), WithJsonSchema(DURATION_JSON_SCHEMA)]
+Size = Annotated[int, BeforeValidator(parse_size), WithJsonSchema(SIZE_JSON_SCHEMA)]
 JSONScalar = str | int | float | bool
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
+import hashlib
 import json
 import math
 import sqlite3
@@ -306,6 +307,21 @@ def _memory(run_dir: Path, rss: tuple[float, float, float] | None, since: float)
     }
 
 
+# Sections that change what a run measures; the rest (duration, output, alerts, metrics, rules)
+# does not, so runs differing only there are still comparable by `soakd compare`.
+_MEASURED = ("target", "workload", "sampling", "detection", "health", "guard")
+
+
+def config_hash(config: Mapping[str, Any]) -> str | None:
+    """A short hash of the sections of a (redacted) config dump that shape the measurement;
+    None when ``config`` holds none of them (a hand-built or pre-config store)."""
+    measured = {k: config[k] for k in _MEASURED if k in config}
+    if not measured:
+        return None
+    canonical = json.dumps(measured, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
 # -- the summary ---------------------------------------------------------------------------
 def build_summary(
     run_dir: Path, final: Mapping[str, Any] | None = None, *, on_leak: str | None = None
@@ -344,6 +360,7 @@ def build_summary(
         "exit_code": VERDICT_EXIT.get(str(verdict), EXIT_INTERNAL),
         # redacted again: a store written before redaction existed may hold a raw URL
         "target": redact_target(str(store.meta.get("target", "?"))),
+        "config_hash": config_hash(store.config),
         "workload": workload,
         "memory": memory,
         "leaks": leaks,

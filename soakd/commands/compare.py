@@ -1,9 +1,13 @@
 """Compare a run's headline metrics against earlier runs and flag regressions.
 
-Each --baseline is a run directory or a runs directory (its newest --last runs of the same
-target are used). The baseline is the mean of those runs. A metric regresses when it moved
-in its worse direction by more than --threshold (relative; an absolute floor per metric
-covers zero baselines) AND, with two or more baselines, beyond mean ± 2σ of the baselines.
+Each --baseline is a run directory or a runs directory (its newest --last eligible runs are
+used). A baseline is a run that finished with a verdict the run can be measured against
+(``pass`` by default; --allow adds ``leak``, ``aborted``, ``target_failed``, ``inconclusive``,
+``interrupted`` or ``error`` on purpose), judged for at least --min-judged after its warm-up,
+of the same target and the same measured config (config hash) as the run; every other run is
+listed with why it was skipped. Each metric is compared with the mean of its baselines: it
+regresses when it moved in its worse direction by more than --threshold (relative; an absolute
+floor per metric covers zero baselines) AND, with two or more baselines, beyond mean ± 2σ.
 
 Workload figures (throughput, error rate, latency and first-event percentiles) are those of
 the unperturbed intervals (``workload.unperturbed``: soakd's own work in the target left out)
@@ -30,7 +34,8 @@ from soakd.coerce import dig, num, text
 from soakd.errors import CommandError, SoakdError
 from soakd.reporting.rundata import load_summary_file, rebuild_or_read_summary
 from soakd.rundir import SAMPLES, SUMMARY
-from soakd.units import Unit, format_value
+from soakd.summary import config_hash
+from soakd.units import Unit, format_duration, format_value, parse_duration
 
 EXIT_REGRESSION = 6
 
@@ -112,11 +117,105 @@ def _run_summary(path: Path) -> dict[str, Any]:
     return summary
 
 
+# What a run can be, for baseline selection: its verdict, or "interrupted" (SIGTERM/SIGINT).
+STATUSES = ("pass", "leak", "aborted", "target_failed", "inconclusive", "interrupted", "error")
+DEFAULT_ALLOWED = ("pass",)
+DEFAULT_MIN_JUDGED_S = 60.0
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Who may be a baseline of a run: its target and config hash, and the rules."""
+
+    target: object
+    config_hash: str | None
+    allowed: frozenset[str] = frozenset(DEFAULT_ALLOWED)
+    min_judged_s: float = DEFAULT_MIN_JUDGED_S
+    any_target: bool = False
+    any_config: bool = False
+
+
+@dataclass(frozen=True)
+class Skipped:
+    run: str
+    reason: str
+
+
+def run_status(summary: Mapping[str, Any]) -> str | None:
+    """``interrupted`` for a run stopped by a signal, else its verdict (None when it has none)."""
+    if summary.get("interrupted") is True:
+        return "interrupted"
+    verdict = summary.get("verdict")
+    return verdict if isinstance(verdict, str) and verdict in STATUSES else None
+
+
+def judged_seconds(summary: Mapping[str, Any]) -> float | None:
+    """Seconds the detector judged after the warm-up (0 when it judged nothing; None unknown)."""
+    if summary.get("detection_judged") is False:
+        return 0.0
+    duration = num(summary.get("duration_s"))
+    warmup_end = num(dig(summary, "detection", "warmup_end_s"))
+    if duration is None or warmup_end is None:
+        return None
+    return max(0.0, duration - warmup_end)
+
+
+def summary_config_hash(run_dir: Path, summary: Mapping[str, Any]) -> str | None:
+    """The summary's ``config_hash``; for runs older than it, hashed from config.json."""
+    stored = summary.get("config_hash")
+    if isinstance(stored, str):
+        return stored
+    try:
+        if os.path.islink(run_dir / "config.json"):
+            return None
+        with (run_dir / "config.json").open(encoding="utf-8") as f:
+            data = json.loads(f.read(4 * 1024 * 1024))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    config = data.get("config") if isinstance(data, dict) else None
+    return config_hash(config) if isinstance(config, dict) else None
+
+
+def why_not_baseline(path: Path, summary: Mapping[str, Any], sel: Selection) -> str | None:
+    """None when ``summary`` may be a baseline under ``sel``, else the reason it may not."""
+    status = run_status(summary)
+    if status is None:
+        return "no verdict (not finished, or not a soakd summary)"
+    if status not in sel.allowed:
+        reason = text(summary.get("verdict_reason"), 120)
+        flag = f"--allow {status}"
+        return f"{status}{f' ({reason})' if reason else ''}; {flag} to use it anyway"
+    if not sel.any_target and summary.get("target") != sel.target:
+        return (
+            f"target {text(summary.get('target'), 120)!r}, not {text(sel.target, 120)!r}; "
+            "--any-target to use it anyway"
+        )
+    if not sel.any_config and sel.config_hash is not None:
+        theirs = summary_config_hash(path, summary)
+        if theirs != sel.config_hash:
+            what = "unknown" if theirs is None else theirs
+            return (
+                f"config hash {what}, not the run's {sel.config_hash} (the target, workload, "
+                "sampling, detection, health or guard settings differ); --any-config to use it"
+            )
+    judged = judged_seconds(summary)
+    if judged is None:
+        return "judged time unknown (no duration_s or detection.warmup_end_s)"
+    if judged < sel.min_judged_s:
+        return (
+            f"judged {format_duration(judged)} after warm-up, less than --min-judged "
+            f"{format_duration(sel.min_judged_s)}"
+        )
+    return None
+
+
 def collect_baselines(
-    args_baselines: Sequence[Path], target: object, last: int, exclude: Path
-) -> list[tuple[Path, dict[str, Any]]]:
-    """Baseline summaries: run dirs as given, runs dirs scanned (same target, newest ``last``)."""
+    args_baselines: Sequence[Path], sel: Selection, last: int, exclude: Path
+) -> tuple[list[tuple[Path, dict[str, Any]]], list[Skipped]]:
+    """Baseline summaries (run dirs as given, runs dirs scanned: newest ``last`` eligible) and
+    the runs skipped, each with why."""
     out: list[tuple[Path, dict[str, Any]]] = []
+    skipped: list[Skipped] = []
     seen = {exclude.resolve()}
     for base in args_baselines:
         if not base.is_dir():
@@ -124,7 +223,12 @@ def collect_baselines(
         if (base / SUMMARY).is_file() or (base / SAMPLES).is_file():
             if base.resolve() not in seen:
                 seen.add(base.resolve())
-                out.append((base, _run_summary(base)))
+                summary = _run_summary(base)
+                reason = why_not_baseline(base, summary, sel)
+                if reason is None:
+                    out.append((base, summary))
+                else:
+                    skipped.append(Skipped(str(base), reason))
             continue
         found: list[tuple[Path, dict[str, Any]]] = []
         for child in sorted(base.iterdir()):
@@ -132,20 +236,28 @@ def collect_baselines(
                 continue
             try:
                 summary = load_summary_file(child)
-            except SoakdError:
+            except SoakdError as exc:
+                skipped.append(Skipped(str(child), f"unreadable summary: {exc}"))
                 continue  # one broken run among many must not block the comparison
-            if summary.get("target") == target:
-                found.append((child, summary))
+            found.append((child, summary))
         if not found and not any((c / SUMMARY).is_file() for c in base.iterdir()):
             raise CommandError(
                 f"{base} is neither a run directory nor a runs directory holding run "
                 "directories with summary.json"
             )
         found.sort(key=lambda item: _started(item[1]), reverse=True)
-        for child, summary in found[:last]:
+        taken = 0
+        for child, summary in found:
+            if taken >= last:
+                break
             seen.add(child.resolve())
-            out.append((child, summary))
-    return out
+            reason = why_not_baseline(child, summary, sel)
+            if reason is None:
+                out.append((child, summary))
+                taken += 1
+            else:
+                skipped.append(Skipped(str(child), reason))
+    return out, skipped
 
 
 def has_unperturbed(summary: Mapping[str, Any]) -> bool:
@@ -198,7 +310,7 @@ def judged_note(summary: Mapping[str, Any], rows: Sequence[Comparison]) -> str |
 
 
 def _table(rows: Sequence[Comparison]) -> str:
-    header = ("metric", "run", "baseline", "±σ", "change", "status")
+    header = ("metric", "run", "baseline mean", "±σ", "runs", "change", "status")
     lines = [header]
     for c in rows:
         if c.value is None or not c.baselines:
@@ -215,6 +327,7 @@ def _table(rows: Sequence[Comparison]) -> str:
                 format_value(c.value, c.unit),
                 format_value(c.baseline_mean, c.unit),
                 format_value(c.baseline_std, c.unit),
+                str(c.baselines),
                 change,
                 status,
             )
@@ -224,6 +337,23 @@ def _table(rows: Sequence[Comparison]) -> str:
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
         for row in lines
     )
+
+
+SKIPPED_SHOWN = 20  # in the text output; --json lists every one
+
+
+def _skipped_lines(skipped: Sequence[Skipped]) -> list[str]:
+    lines = [f"  skipped {text(s.run, 300)}: {s.reason}" for s in skipped[:SKIPPED_SHOWN]]
+    if len(skipped) > SKIPPED_SHOWN:
+        lines.append(f"  ... and {len(skipped) - SKIPPED_SHOWN} more (--json lists them all)")
+    return lines
+
+
+def _min_judged(value: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -243,9 +373,33 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         required=True,
         help="earlier run directories, or runs directories to take the newest runs from",
     )
-    p.add_argument("--last", type=int, default=10, metavar="N", help="runs per runs directory")
+    p.add_argument(
+        "--last", type=int, default=10, metavar="N", help="eligible runs per runs directory (10)"
+    )
     p.add_argument(
         "--threshold", type=float, default=0.15, help="relative change that counts (0.15 = 15%%)"
+    )
+    p.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        choices=[s for s in STATUSES if s != "pass"],
+        metavar="STATUS",
+        help="also take baselines that ended so: leak, aborted, target_failed, inconclusive, "
+        "interrupted, error (repeatable; only pass by default)",
+    )
+    p.add_argument(
+        "--min-judged",
+        type=_min_judged,
+        default=DEFAULT_MIN_JUDGED_S,
+        metavar="DURATION",
+        help="a baseline must have been judged this long after its warm-up (1m)",
+    )
+    p.add_argument("--any-target", action="store_true", help="take baselines of any target")
+    p.add_argument(
+        "--any-config",
+        action="store_true",
+        help="take baselines whose measured config (config hash) differs",
     )
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     p.set_defaults(func=run)
@@ -260,11 +414,22 @@ def run(args: argparse.Namespace) -> int:
     if not run_dir.is_dir():
         raise CommandError(f"run directory not found: {run_dir}")
     summary = _run_summary(run_dir)
-    baselines = collect_baselines(args.baseline, summary.get("target"), args.last, run_dir)
+    sel = Selection(
+        target=summary.get("target"),
+        config_hash=summary_config_hash(run_dir, summary),
+        allowed=frozenset((*DEFAULT_ALLOWED, *getattr(args, "allow", []))),
+        min_judged_s=getattr(args, "min_judged", DEFAULT_MIN_JUDGED_S),
+        any_target=getattr(args, "any_target", False),
+        any_config=getattr(args, "any_config", False),
+    )
+    baselines, skipped = collect_baselines(args.baseline, sel, args.last, run_dir)
     if not baselines:
+        detail = "\n".join(_skipped_lines(skipped)) or "  (no other run found)"
         raise CommandError(
-            "no baseline runs found (a run is never its own baseline; runs directories "
-            f"only count runs of target {text(summary.get('target'), 200)!r})"
+            "nothing comparable: no baseline run qualifies (a run is never its own baseline; "
+            f"a baseline ended {' or '.join(sorted(sel.allowed))}, was judged at least "
+            f"{format_duration(sel.min_judged_s)}, and has the run's target "
+            f"{text(sel.target, 200)!r} and config hash {sel.config_hash}):\n{detail}"
         )
     rows = compare(summary, [b for _, b in baselines], args.threshold)
     if not any(c.value is not None and c.baselines for c in rows):
@@ -279,7 +444,10 @@ def run(args: argparse.Namespace) -> int:
         payload = {
             "run": str(run_dir),
             "target": summary.get("target") if isinstance(summary.get("target"), str) else None,
+            "verdict": run_status(summary),
+            "config_hash": sel.config_hash,
             "baselines": [str(p) for p, _ in baselines],
+            "skipped": [asdict(s) for s in skipped],
             "threshold": args.threshold,
             "regression": regression,
             "unperturbed": judged_note(summary, rows),
@@ -288,6 +456,11 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(payload, indent=2))
     else:
         print(f"run {run_dir} against {len(baselines)} baseline run(s):")
+        for line in _skipped_lines(skipped):
+            print(line)
+        status = run_status(summary)
+        if status != "pass":
+            print(f"note: the run itself ended {status}")
         note = judged_note(summary, rows)
         if note is not None:
             print(note)

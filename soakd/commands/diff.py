@@ -1,6 +1,10 @@
 """Diff two heap snapshots (soakd.snapshot/1 files, e.g. RUN_DIR/snapshots/baseline.json.gz
 and latest.json.gz): the allocation sites whose live bytes grew most from SNAP_A to SNAP_B
-come first. Sizes are live bytes at each site; counts are live blocks."""
+come first. Sizes are live bytes at each site; counts are live blocks.
+
+--format collapsed prints the growth by full traceback as collapsed stacks (``a;b;c BYTES``,
+for flamegraph.pl, inferno or speedscope) and --format speedscope a speedscope JSON file:
+every stack that grew, weighted by the bytes it grew by (--top does not apply)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from typing import Any, TextIO
 
 from soakd.coerce import printable
 from soakd.errors import CommandError
+from soakd.reporting.flame import collapsed, dumps_speedscope, growth_stacks
 from soakd.snapshots import DiffRow, Snapshot, diff_snapshots, read_snapshot
 from soakd.units import format_size
 
@@ -34,6 +39,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="one row per source line (default) or per distinct traceback",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--format",
+        choices=("table", "json", "collapsed", "speedscope"),
+        default=None,
+        help="table (default), json (= --json), or the growth by traceback as collapsed "
+        "stacks or a speedscope file",
+    )
     p.set_defaults(func=run)
 
 
@@ -45,8 +57,17 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         raise CommandError(f"--top must be ≥ 1: {top}")
     a = read_snapshot(args.snap_a)
     b = read_snapshot(args.snap_b)
+    fmt = getattr(args, "format", None) or ("json" if args.json else "table")
+    if fmt in ("collapsed", "speedscope"):
+        stacks = growth_stacks(diff_snapshots(a, b, group_by="traceback", top=None))
+        if fmt == "collapsed":
+            stream.write(collapsed(stacks))
+        else:
+            name = f"soakd growth {a.role} → {b.role}"
+            stream.write(dumps_speedscope(stacks, name))
+        return 0
     rows = diff_snapshots(a, b, group_by=args.group_by, top=top)
-    if args.json:
+    if fmt == "json":
         document: dict[str, Any] = {
             "a": _describe(args.snap_a, a),
             "b": _describe(args.snap_b, b),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sqlite3
+import sys
 from pathlib import Path
 
 import anyio
@@ -85,6 +86,9 @@ def run(args: argparse.Namespace) -> int:
     )
     print(run_dir.path, flush=True)
     from soakd.supervisor import Supervisor
+    from soakd.supervisor.allocator import limit_arenas
+
+    limit_arenas()  # before the supervisor's threads exist: its RSS must not creep
 
     try:
         supervisor = Supervisor(config, run_dir, duration, python)
@@ -95,4 +99,8 @@ def run(args: argparse.Namespace) -> int:
         ) from None
     if command or args.pid is not None:
         supervisor.set_external(command or None, args.pid)
-    return anyio.run(supervisor.run)
+    code: int = anyio.run(supervisor.run)
+    report = run_dir.path / "report.html"
+    if report.is_file():  # stderr: stdout stays one JSON event per line for pipes
+        print(f"soakd: report: {report}", file=sys.stderr, flush=True)
+    return code

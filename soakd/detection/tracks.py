@@ -118,6 +118,7 @@ class TrackTable:
         group = self._groups.setdefault(signal, {})
         track = group.get(key)
         if track is None:
+            self._drop_stale(group, t)
             track = Track(signal, key, BoundedSeries(self.params.max_points))
             group[key] = track
             limit = self.params.max_sites if signal == "site" else self.params.max_types
@@ -160,6 +161,24 @@ class TrackTable:
             if t - track.segment_start > self.params.gap_s:
                 track.splice_from = t  # a new burst (several marks while soakd's tables grow)
             track.segment_start = max(track.segment_start, t)
+
+    def _drop_stale(self, group: dict[str, Track], now: float) -> None:
+        """Forget series that stopped (their site or type left the top N) and hold no finding.
+
+        Were one to come back, :meth:`add` would judge it from its return only (the gap
+        restarts its segment), so its old points are dead weight; and each series holds its
+        full capacity, so keeping every key ever seen (until the group's bound) grew the
+        supervisor for hours as the sampled profiler kept finding rare sites.
+        """
+        stale = [
+            key
+            for key, track in group.items()
+            if not track.active
+            and (last := track.series.last) is not None
+            and now - last[0] >= max(self.params.gap_s, 5.0 * track.typical_dt)
+        ]
+        for key in stale:
+            del group[key]
 
     def _evict(self, group: dict[str, Track], limit: int, now: float) -> None:
         """Shrink a group to 3/4 of its limit (amortised); keep findings, fresh and big series."""

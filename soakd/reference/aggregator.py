@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import inspect
 import os
 import random
 import time
@@ -321,3 +322,22 @@ class ReferenceAggregator:
             )
         # Hand out the inner generator itself, so closing it early closes the real one.
         return self._aggregator.process_query(query)
+
+
+def _options_signature() -> inspect.Signature:
+    """``ReferenceAggregator(**options)`` as the keyword-only options it accepts, so that
+    ``inspect.signature`` (and ``soakd check-config``) sees the real names and defaults."""
+    return inspect.Signature(
+        [
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=field.default,
+                annotation=field.annotation,
+            )
+            for name, field in ReferenceOptions.model_fields.items()
+        ]
+    )
+
+
+ReferenceAggregator.__signature__ = _options_signature()  # type: ignore[attr-defined]

@@ -7,8 +7,10 @@ from collections.abc import Mapping, Sequence
 from html import escape
 
 from soakd.coerce import dig, num, text
+from soakd.errors import SnapshotError
 from soakd.events import TIMELINE_EVENTS
 from soakd.reporting.common import LeakEntry, breach_entries, leak_entries
+from soakd.reporting.flame import flame_svg, growth_stacks
 from soakd.reporting.format import (
     format_metric,
     format_seconds,
@@ -18,8 +20,10 @@ from soakd.reporting.format import (
 )
 from soakd.reporting.rundata import RunData
 from soakd.reporting.svg import PERTURBED_LABEL, Chart, Marker
+from soakd.rundir import SNAPSHOTS
+from soakd.snapshots import diff_snapshots, read_snapshot
 from soakd.store import Point, SeriesGrowth
-from soakd.units import Unit, format_duration, format_value
+from soakd.units import Unit, format_duration, format_size, format_value
 
 HALF = 526  # two charts side by side in the 1100 px page
 
@@ -41,6 +45,8 @@ svg.chart{background:#fff;border:1px solid #eee}svg .frame{fill:none;stroke:#ccc
 svg .grid{stroke:#eee}svg .axis{stroke:#999}svg .tick{font-size:10px;fill:#555}
 svg .ct{font-size:13px;font-weight:bold;fill:#222}svg .lg{font-size:11px;fill:#333}
 svg .mlabel{font-size:10px}svg .empty{fill:#999}
+.flame-wrap{overflow-x:auto}svg.flame .ff text{fill:#222}
+svg.flame .ff rect{stroke:#fff;stroke-width:.5}
 pre{background:#f7f7f7;padding:8px;overflow-x:auto;font-size:12px;white-space:pre}
 .code .hit{background:#fff3b0;font-weight:bold}.muted{color:#777}.warn{color:#b35900}
 """
@@ -223,7 +229,58 @@ def _plots(run: RunData, markers: Sequence[Marker]) -> str:
     ]
     parts.append(_growth_section(run, "Top growing allocation sites", run.site_growth, "bytes"))
     parts.append(_growth_section(run, "Top growing object types", run.type_growth, "count"))
+    parts.append(_flame_section(run))
     return "".join(parts)
+
+
+FLAME_TITLE = "Where the memory grew: flame graph of growth by traceback"
+
+
+def _flame_section(run: RunData) -> str:
+    """The growth from the baseline snapshot to the final (or latest) one, by full traceback,
+    as a flame graph; then the sites of the top stacks over time."""
+    head = f"<h2>{escape(FLAME_TITLE)}</h2>"
+    snaps = run.path / SNAPSHOTS
+    later = next(
+        (snaps / n for n in ("final.json.gz", "latest.json.gz") if (snaps / n).is_file()), None
+    )
+    if not (snaps / "baseline.json.gz").is_file() or later is None:
+        return head + "<p class='muted'>no baseline and later heap snapshot in this run</p>"
+    try:
+        a = read_snapshot(snaps / "baseline.json.gz")
+        b = read_snapshot(later)
+    except SnapshotError as exc:
+        return head + f"<p class='muted'>{_e(exc)}</p>"
+    stacks = growth_stacks(diff_snapshots(a, b, group_by="traceback", top=None))
+    if not stacks:
+        return head + "<p class='muted'>no allocation stack grew between the snapshots</p>"
+    total = sum(s.growth for s in stacks)
+    when = " → ".join(
+        f"{s.role}{f' (t={format_duration(s.t)})' if s.t is not None else ''}" for s in (a, b)
+    )
+    title = f"{when}: +{format_size(total)} in {len(stacks)} growing stacks"
+    sampled = a.sampling_interval is not None or b.sampling_interval is not None
+    estimated = " (estimates from sampled allocations)" if sampled else ""
+    note = (
+        f"Widths are bytes grown{estimated}, root at the bottom, the allocating line on top; "
+        "hover a frame for its figures. Stacks that shrank are not drawn. The same data: "
+        "<code>soakd diff --format collapsed</code> or <code>--format speedscope</code>."
+    )
+    top_sites: list[str] = []
+    for stack in stacks:
+        name = f"site:{stack.frames[-1]}"
+        if name in run.series and name not in top_sites:
+            top_sites.append(name)
+        if len(top_sites) == 5:
+            break
+    chart = ""
+    if top_sites:
+        labels = {n: _site_label(n) for n in top_sites}
+        chart = "<h3>Top growing stacks over time (their allocating lines)</h3>" + _chart(
+            run, "Top growing stacks", top_sites, "bytes", (), labels
+        )
+    svg = flame_svg(stacks, title)
+    return f"{head}<p class='muted'>{note}</p><div class='flame-wrap'>{svg}</div>{chart}"
 
 
 def _growth_section(run: RunData, title: str, growth: Sequence[SeriesGrowth], unit: Unit) -> str:
@@ -302,10 +359,24 @@ def _leak(run: RunData, leak: LeakEntry, index: int) -> str:
     return "".join(parts)
 
 
-def _leaks(run: RunData, leaks: Sequence[LeakEntry]) -> str:
+CLEARED_NOTE = (
+    "Suspected or confirmed during the run, then their growth looked stopped for a whole "
+    "window: not leaks at the end of the run, listed so that a flapping finding is visible."
+)
+
+
+def _leaks(run: RunData, entries: Sequence[LeakEntry]) -> str:
+    leaks = [e for e in entries if e.status != "cleared"]
+    cleared = [e for e in entries if e.status == "cleared"]
     if not leaks:
-        return "<h2>Leaks</h2><p>No leak suspected or confirmed.</p>"
-    return "<h2>Leaks</h2>" + "".join(_leak(run, leak, i) for i, leak in enumerate(leaks))
+        out = "<h2>Leaks</h2><p>No leak suspected or confirmed.</p>"
+    else:
+        out = "<h2>Leaks</h2>" + "".join(_leak(run, leak, i) for i, leak in enumerate(leaks))
+    if cleared:
+        out += f"<h2>Cleared findings</h2><p class='muted'>{escape(CLEARED_NOTE)}</p>" + "".join(
+            _leak(run, e, len(leaks) + i) for i, e in enumerate(cleared)
+        )
+    return out
 
 
 def _breaches(run: RunData) -> str:

@@ -15,6 +15,7 @@ from soakd.reporting.format import (
     source_context,
     verdict_notes,
 )
+from soakd.reporting.html import CLEARED_NOTE
 from soakd.reporting.rundata import RunData
 from soakd.units import Unit, format_duration, format_value
 
@@ -180,11 +181,17 @@ def render_markdown(run: RunData) -> str:
         for g in run.site_growth[:8]:
             lines.append(f"- {code(g.name)}: +{format_value(g.growth, 'bytes')}")
     lines += ["", "## Leaks", ""]
-    leaks = leak_entries(s, run.events)
+    entries = leak_entries(s, run.events)
+    leaks = [e for e in entries if e.status != "cleared"]
+    cleared = [e for e in entries if e.status == "cleared"]
     if not leaks:
         lines += ["No leak suspected or confirmed.", ""]
     for leak in leaks:
         lines += _leak(leak)
+    if cleared:
+        lines += ["## Cleared findings", "", CLEARED_NOTE, ""]
+        for leak in cleared:
+            lines += _leak(leak)
     lines += ["## Threshold breaches", ""]
     breaches = breach_entries(s, run.events)
     if not breaches:

@@ -215,24 +215,34 @@ class Chart:
             )
         for tick in time_ticks(t_lo, t_hi, 6 if self.width > 600 else 4):
             xx = x(tick)
+            label = format_duration(max(0.0, tick))
+            # centred, unless that would cut it at the chart's right edge (the last tick)
+            half = len(label) * TICK_CHAR_W / 2
+            anchor, tx = ("end", self.width - 2) if xx + half > self.width - 2 else ("middle", xx)
             parts.append(
                 f'<line x1="{xx:.1f}" x2="{xx:.1f}" y1="{top + plot_h}" y2="{top + plot_h + 4}" '
-                f'class="axis"/><text x="{xx:.1f}" y="{top + plot_h + 16}" text-anchor="middle" '
-                f'class="tick">{escape(format_duration(max(0.0, tick)))}</text>'
+                f'class="axis"/><text x="{tx:.1f}" y="{top + plot_h + 16}" '
+                f'text-anchor="{anchor}" class="tick">{escape(label)}</text>'
             )
-        for i, m in enumerate(self.markers):
-            if not math.isfinite(m.t):
-                continue
+        shown = [m for m in self.markers if math.isfinite(m.t)]
+        placed = place_labels([x(m.t) for m in shown], [m.label[:40] for m in shown],
+                              left, left + plot_w)  # fmt: skip
+        for m, spot in zip(shown, placed, strict=True):
             xx = x(m.t)
-            ly = top + 10 + (i % 3) * 11  # staggered so labels of close markers stay legible
             color = MARKER_COLORS.get(m.kind, "#555555")
             dash = ' stroke-dasharray="4 3"' if m.kind == "warmup" else ""
+            label = ""
+            if spot is not None:  # else no room: the line's tooltip still names it
+                lx, row, anchor = spot
+                label = (
+                    f'<text x="{lx:.1f}" y="{top + 10 + row * MARKER_ROW_H}" class="mlabel" '
+                    f'text-anchor="{anchor}" fill="{color}">{escape(m.label[:40])}</text>'
+                )
             parts.append(
                 f'<line x1="{xx:.1f}" x2="{xx:.1f}" y1="{top}" y2="{top + plot_h}" '
                 f'stroke="{color}" stroke-width="1.2"{dash} class="marker marker-{escape(m.kind)}">'
                 f"<title>{escape(m.label)} at {escape(format_duration(max(0.0, m.t)))}</title>"
-                f'</line><text x="{xx + 3:.1f}" y="{ly}" class="mlabel" fill="{color}">'
-                f"{escape(m.label[:40])}</text>"
+                f"</line>{label}"
             )
         for i, name in enumerate(names):
             color = PALETTE[i % len(PALETTE)]
@@ -265,6 +275,40 @@ class Chart:
             )
         parts.append("</svg>")
         return "".join(parts)
+
+
+# Width estimates of the 10 px sans-serif labels (generous: an overlap is worse than a gap).
+MARKER_CHAR_W = 6.0
+TICK_CHAR_W = 6.0
+MARKER_ROW_H = 11
+MARKER_ROWS = 3
+
+
+def place_labels(
+    xs: Sequence[float], labels: Sequence[str], lo: float, hi: float, rows: int = MARKER_ROWS
+) -> list[tuple[float, int, str] | None]:
+    """Where each marker's label goes: ``(x, row, text-anchor)``, or None when no row has room.
+
+    Pure and greedy, left to right: a label sits right of its line (left of it near the right
+    edge, so it is never cut), in the first of ``rows`` rows where it does not overlap the
+    previous label; a marker too crowded for any row keeps only its line and tooltip.
+    """
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    ends = [-math.inf] * rows  # right edge of the last label per row
+    out: list[tuple[float, int, str] | None] = [None] * len(xs)
+    for i in order:
+        w = len(labels[i]) * MARKER_CHAR_W
+        x0, anchor, tx = xs[i] + 3, "start", xs[i] + 3
+        if x0 + w > hi:
+            x0, anchor, tx = xs[i] - 3 - w, "end", xs[i] - 3
+        if x0 < lo - 1:
+            continue  # wider than the plot on both sides of its line
+        for row in range(rows):
+            if x0 > ends[row] + 2:
+                ends[row] = x0 + w
+                out[i] = (tx, row, anchor)
+                break
+    return out
 
 
 def _shade_boxes(

@@ -27,6 +27,7 @@ from soakd.sinks.observers import (
     workload_to,
 )
 from soakd.store import SampleStore
+from soakd.supervisor import allocator
 from soakd.supervisor.state import RunState
 
 
@@ -159,6 +160,7 @@ class RunRecorder:
         """summary.json as of now (blocking: run it in a thread)."""
         s = summary.build_summary(self.run_dir.path, on_leak=self.config.detection.on_leak)
         summary.write_summary(self.run_dir.path, s)
+        allocator.trim()  # what the checkpoint read is freed: give its pages back
 
     def final_summary(self, final: Mapping[str, Any]) -> dict[str, Any]:
         """The summary at the end, from what is on disk plus the supervisor's final word."""

@@ -72,6 +72,15 @@ def test_bad_set_and_duration(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "--duration 'soon'" in proc.stderr
 
 
+def test_compound_durations_and_systemd_sizes(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, ECHO + '[guard]\nworker_rss = "10G"\n')
+    proc = run_soakd("check-config", str(cfg), "--set", "run.duration='1h30m'", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "run 1h30m" in proc.stdout and "guard.worker_rss 10.0 GiB" in proc.stdout
+    bad = run_soakd("check-config", str(cfg), "--set", "run.duration='30m1h'", cwd=tmp_path)
+    assert bad.returncode == 2 and "1h30m" in bad.stderr  # the valid form is named
+
+
 def test_check_config_accepts_the_default_file() -> None:
     proc = run_soakd("check-config", "config/soakd.toml", cwd=Path(__file__).parents[2])
     assert proc.returncode == 0, proc.stderr
@@ -250,6 +259,9 @@ def test_default_runs_dir_is_created_in_the_working_directory(tmp_path: Path) ->
     (run,) = (tmp_path / "runs").iterdir()
     assert proc.stdout.splitlines()[0] == str(Path("runs") / run.name)
     assert _summary(run)["run_id"] == run.name
+    # where the report is, at the end (stderr: stdout stays JSON lines)
+    assert proc.stderr.rstrip().endswith(f"soakd: report: {Path('runs') / run.name}/report.html")
+    assert isinstance(_summary(run)["config_hash"], str)
 
 
 @pytest.mark.slow
@@ -288,3 +300,38 @@ def test_open_model_counts_missed_starts_and_classifies_error_events(tmp_path: P
     assert isinstance(wl2, dict)
     assert wl2["errors"] == wl2["iterations"] > 0
     assert wl2["errors_by_class"] == {"error_event:backend_down": wl2["errors"]}
+
+
+def test_check_config_catches_options_the_factory_does_not_take(tmp_path: Path) -> None:
+    root = Path(__file__).parents[2]
+    # the reference aggregator: an unknown option, a misspelt one, a missing method
+    for sets, needle in (
+        (["target.options={scale=2.0}"], "target.options.scale = 2.0: soakd.reference:"),
+        (["target.options.leak_kbb=2"], "(did you mean 'leak_kb'?)"),
+        (["target.method='process'"], "target.method = 'process': soakd.reference:"),
+        (["target.factory='nosuchmod:X'"], "cannot import target module 'nosuchmod'"),
+    ):
+        args = [a for s in sets for a in ("--set", s)]
+        proc = run_soakd("check-config", "config/soakd.toml", *args, cwd=root)
+        assert proc.returncode == 2, (sets, proc.stdout)
+        assert needle in proc.stderr and "Traceback" not in proc.stderr
+    ok = run_soakd("check-config", "config/soakd.toml", "--set", "target.options.leak_kb=4",
+                   cwd=root)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    # a plain function's own signature: required and unknown keyword arguments
+    (tmp_path / "fac.py").write_text(
+        "class T:\n    async def go(self, q): return q\n\n"
+        "def build(size, *, name='x'):\n    return T()\n"
+    )
+    cfg = tmp_path / "t.toml"
+    cfg.write_text('[target]\nfactory = "fac:build"\nmethod = "go"\npython_path = ["."]\n'
+                   "[target.options]\nname = 'y'\ncolour = 1\n")  # fmt: skip
+    proc = run_soakd("check-config", str(cfg), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "target.options.colour = 1: fac:build takes no argument 'colour'" in proc.stderr
+    assert "target.options.size: fac:build requires it" in proc.stderr
+    fixed = run_soakd("check-config", str(cfg), "--set", "target.options={size=1}", cwd=tmp_path)
+    assert fixed.returncode == 0, fixed.stderr
+    # nothing was started: --no-import skips the import entirely
+    skipped = run_soakd("check-config", str(cfg), "--no-import", cwd=tmp_path)
+    assert skipped.returncode == 0

@@ -14,6 +14,7 @@ import pytest
 from soakd.commands.compare import (
     EXIT_REGRESSION,
     METRICS,
+    Selection,
     collect_baselines,
     compare_metric,
     run,
@@ -27,14 +28,21 @@ RSS_SLOPE = next(m for m in METRICS if m.name == "memory.rss_slope_bytes_per_h")
 
 def _summary(
     *, throughput: float = 100.0, p99: float = 200.0, started: str = "2024-05-01T10:00:00Z",
-    target: str = "svc:Agg", rss_slope: float = 100_000.0,
+    target: str = "svc:Agg", rss_slope: float = 100_000.0, verdict: str = "pass",
+    interrupted: bool = False, duration: float = 600.0, judged: bool = True,
+    config_hash: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     return {
         "schema": "soakd.summary/1",
         "run_id": "x",
         "started_at": started,
         "target": target,
-        "verdict": "pass",
+        "verdict": verdict,
+        "interrupted": interrupted,
+        "duration_s": duration,
+        "detection": {"warmup_end_s": 60.0 if judged else None, "on_leak": "fail"},
+        "detection_judged": judged,
+        **({"config_hash": config_hash} if config_hash else {}),
         "workload": {
             "iterations": 1000,
             "errors": 0,
@@ -124,8 +132,9 @@ def test_explicit_run_dirs_as_baselines(tmp_path: Path) -> None:
     a = _write(tmp_path / "a", _summary(throughput=100.0))
     b = _write(tmp_path / "b", _summary(throughput=100.0))
     cand = _write(tmp_path / "cand", _summary(throughput=100.0))
-    found = collect_baselines([a, b, a, cand], "svc:Agg", 10, cand)
+    found, skipped = collect_baselines([a, b, a, cand], Selection("svc:Agg", None), 10, cand)
     assert [p.name for p, _ in found] == ["a", "b"]  # deduplicated, the run itself excluded
+    assert skipped == []
 
 
 def test_compare_metric_rules() -> None:
@@ -160,7 +169,7 @@ def test_bad_input_is_a_command_error(tmp_path: Path, runs: Path) -> None:
     with pytest.raises(CommandError, match="neither a run directory nor a runs directory"):
         run(_args(cand, empty))
     other = _write(tmp_path / "others" / "o1", _summary(target="other:Svc"))
-    with pytest.raises(CommandError, match="no baseline runs found"):
+    with pytest.raises(CommandError, match="nothing comparable"):
         run(_args(cand, other.parent))
     (cand / "summary.json").write_text('{"throughput": ' + "9" * 5000 + "}")
     with pytest.raises(RunDirError, match="is not valid JSON"):
@@ -190,3 +199,102 @@ def test_compare_cli_exit_codes(runs: Path, tmp_path: Path) -> None:
     bad = soakd(str(tmp_path / "missing"), "--baseline", str(runs))
     assert bad.returncode == 2
     assert bad.stderr.startswith("soakd: error: run directory not found")
+
+
+def _soakd_compare(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "soakd", "compare", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def mixed(tmp_path: Path) -> Path:
+    """Three good runs at ~100/s among runs that must not be baselines, all newer than them."""
+    runs = tmp_path / "mixed"
+    day = iter(range(1, 30))
+
+    def add(name: str, **kw: Any) -> None:
+        _write(runs / name, _summary(started=f"2024-06-{next(day):02d}T10:00:00Z", **kw))
+
+    for i, tp in enumerate([99.0, 101.0, 100.0]):
+        add(f"good{i}", throughput=tp, config_hash="c0ffee")
+    # the kinds of run that fooled compare: zero or low figures in a baseline
+    add("failed", throughput=0.0, verdict="target_failed", config_hash="c0ffee")
+    add("aborted", throughput=10.0, p99=5000.0, verdict="aborted", config_hash="c0ffee")
+    add("interrupted", throughput=50.0, verdict="inconclusive", interrupted=True,
+        config_hash="c0ffee")  # fmt: skip
+    add("inconclusive", throughput=20.0, verdict="inconclusive", judged=False,
+        config_hash="c0ffee")  # fmt: skip
+    add("short", throughput=30.0, duration=80.0, config_hash="c0ffee")  # judged 20 s
+    add("other-config", throughput=500.0, config_hash="beef")
+    return runs
+
+
+@pytest.mark.slow
+def test_compare_skips_failed_aborted_and_interrupted_baselines(
+    mixed: Path, tmp_path: Path
+) -> None:
+    cand = _write(tmp_path / "cand", _summary(throughput=100.0, config_hash="c0ffee"))
+    out = _soakd_compare(str(cand), "--baseline", str(mixed), "--json")
+    assert out.returncode == 0, out.stderr
+    payload = json.loads(out.stdout)
+    assert sorted(Path(p).name for p in payload["baselines"]) == ["good0", "good1", "good2"]
+    reasons = {Path(s["run"]).name: s["reason"] for s in payload["skipped"]}
+    assert reasons["failed"].startswith("target_failed")
+    assert reasons["aborted"].startswith("aborted")
+    assert reasons["interrupted"].startswith("interrupted")
+    assert reasons["inconclusive"].startswith("inconclusive")
+    assert "less than --min-judged" in reasons["short"]
+    assert "config hash beef" in reasons["other-config"]
+    rows = {m["metric"]: m for m in payload["metrics"]}
+    # the mean of the good runs only: not halved by a failed run's zero
+    assert rows["workload.throughput_per_s"]["baseline_mean"] == pytest.approx(100.0)
+    assert rows["workload.throughput_per_s"]["baselines"] == 3
+    assert not any(m["regression"] for m in payload["metrics"])
+    assert payload["config_hash"] == "c0ffee" and payload["verdict"] == "pass"
+
+    # the text output lists every skipped run with its reason
+    text_out = _soakd_compare(str(cand), "--baseline", str(mixed))
+    assert text_out.returncode == 0
+    skipped_lines = [line for line in text_out.stdout.splitlines() if "skipped" in line]
+    assert len(skipped_lines) == 6
+    assert "against 3 baseline run(s)" in text_out.stdout
+
+    # a real drop is still a regression against the good runs
+    slow = _write(tmp_path / "slow", _summary(throughput=70.0, config_hash="c0ffee"))
+    assert _soakd_compare(str(slow), "--baseline", str(mixed)).returncode == 6
+
+
+@pytest.mark.slow
+def test_compare_takes_a_failed_run_only_on_purpose(mixed: Path, tmp_path: Path) -> None:
+    cand = _write(tmp_path / "cand", _summary(throughput=100.0, config_hash="c0ffee"))
+    out = _soakd_compare(str(cand), "--baseline", str(mixed), "--allow", "target_failed", "--json")
+    payload = json.loads(out.stdout)
+    assert "failed" in {Path(p).name for p in payload["baselines"]}
+    rows = {m["metric"]: m for m in payload["metrics"]}
+    assert rows["workload.throughput_per_s"]["baselines"] == 4
+    assert rows["workload.throughput_per_s"]["baseline_mean"] == pytest.approx(75.0)
+    # other configs on purpose too
+    wide = _soakd_compare(str(cand), "--baseline", str(mixed), "--any-config", "--json")
+    assert "other-config" in {Path(p).name for p in json.loads(wide.stdout)["baselines"]}
+
+
+@pytest.mark.slow
+def test_compare_exits_2_when_nothing_is_comparable(tmp_path: Path) -> None:
+    runs = tmp_path / "bad"
+    _write(runs / "failed", _summary(verdict="target_failed", throughput=0.0))
+    _write(runs / "aborted", _summary(verdict="aborted"))
+    _write(runs / "interrupted", _summary(verdict="inconclusive", interrupted=True))
+    cand = _write(tmp_path / "cand", _summary())
+    out = _soakd_compare(str(cand), "--baseline", str(runs))
+    assert out.returncode == 2
+    assert out.stderr.startswith("soakd: error: nothing comparable")
+    for name in ("failed", "aborted", "interrupted"):
+        assert f"/{name}: " in out.stderr
+    assert "--allow" in out.stderr  # the fix is named
+    bad = _soakd_compare(str(cand), "--baseline", str(runs), "--min-judged", "soon")
+    assert bad.returncode == 2 and "duration" in bad.stderr

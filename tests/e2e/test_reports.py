@@ -12,6 +12,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from html import unescape as html_unescape
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -594,3 +595,101 @@ def test_report_lists_one_leak_per_cause_with_its_evidence(tmp_path: Path) -> No
     md = (run / "report.md").read_text(encoding="utf-8")
     assert "same cause, also seen as:\n  - objects at \\_asyncio.Task" in md
     assert "CONFIRMED: objects" not in md  # not listed as a leak of its own
+
+
+@pytest.mark.slow
+def test_a_cleared_finding_is_listed_in_its_own_section(tmp_path: Path) -> None:
+    run = build_run(tmp_path, finished=False)
+    (run / "summary.json").unlink()
+    cleared = {"kind": "objects", "site": None, "traceback": [], "type": "dict",
+               "unit": "count", "p_value": 1e-6, "analyses": 3}  # fmt: skip
+    with (run / "events.jsonl").open("a", encoding="utf-8") as fh:
+        fh.write(_event("leak.suspected", 300.0, slope_per_h=900.0, growth=50.0,
+                        first_detected_s=300.0, **cleared) + "\n")  # fmt: skip
+        fh.write(_event("leak.confirmed", 400.0, slope_per_h=900.0, slope_low_per_h=500.0,
+                        growth=80.0, first_detected_s=300.0, **cleared) + "\n")  # fmt: skip
+        fh.write(_event("leak.cleared", 900.0, **cleared) + "\n")
+    proc = _soakd("report", str(run))
+    assert proc.returncode == 0, proc.stderr
+    html = (run / "report.html").read_text(encoding="utf-8")
+    leaks_part, _, cleared_part = html.partition("<h2>Cleared findings</h2>")
+    assert cleared_part, "no cleared section"
+    leaks_part = leaks_part[leaks_part.index("<h2>Leaks</h2>") :]
+    assert "objects leak" not in leaks_part  # not under Leaks
+    assert "objects leak" in cleared_part.split("<h2>")[0]
+    assert "b-cleared" in cleared_part.split("<h2>")[0]
+    md = (run / "report.md").read_text(encoding="utf-8")
+    leaks_md, _, cleared_md = md.partition("## Cleared findings")
+    assert "CLEARED: objects" in cleared_md.split("\n## ")[0]
+    assert "CLEARED" not in leaks_md
+
+
+_BBOX_SCRIPT = """<script>
+window.addEventListener('load', () => {
+  const box = (el) => { const b = el.getBBox(); return [b.x, b.y, b.width, b.height]; };
+  const out = [...document.querySelectorAll('svg.chart')].map((svg) => ({
+    width: svg.viewBox.baseVal.width,
+    labels: [...svg.querySelectorAll('text.mlabel')].map(box),
+    ticks: [...svg.querySelectorAll('text.tick')].map(box),
+  }));
+  document.getElementById('out').textContent = JSON.stringify(out);
+});
+</script>"""
+
+
+def _overlap(a: list[float], b: list[float]) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (.ci/run installs it)")
+def test_long_run_with_many_markers_has_no_overlapping_labels_in_chromium(
+    tmp_path: Path,
+) -> None:
+    """Six hours, a dozen markers close together and one at the very end: Chromium's own
+    text boxes (getBBox) of marker labels never overlap, and no tick label leaves its chart."""
+    run = build_run(tmp_path / "data", duration=6 * 3600.0, step=60.0, finished=False)
+    (run / "summary.json").unlink()
+    kinds = ["heap", "objects", "native", "fds", "threads", "tasks"]
+    with (run / "events.jsonl").open("a", encoding="utf-8") as fh:
+        fh.write("\n")
+        for i in range(12):  # a burst of suspicions within minutes, then confirmations
+            kind = kinds[i % len(kinds)]
+            fh.write(_event("leak.suspected", 3600.0 + i * 40, kind=kind, site=None,
+                            type=f"T{i}", unit="count") + "\n")  # fmt: skip
+        fh.write(_event("leak.confirmed", 6 * 3600.0 - 5, kind="heap", site=None, type="Z",
+                        unit="bytes", slope_per_h=1e6, growth=1e6) + "\n")  # fmt: skip
+    proc = _soakd("report", str(run))
+    assert proc.returncode == 0, proc.stderr
+    html = (run / "report.html").read_text(encoding="utf-8")
+    charts = re.findall(r'<svg xmlns="http://www.w3.org/2000/svg" class="chart".*?</svg>', html)
+    css = re.search(r"<style>.*?</style>", html, re.S)
+    assert charts and css
+    page = tmp_path / "charts.html"
+    body = f"{''.join(charts)}<pre id='out'></pre>{_BBOX_SCRIPT}"
+    page.write_text(f"<!DOCTYPE html><html><head>{css.group(0)}</head><body>{body}</body></html>")
+    common = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+              "--disable-background-networking", "--disable-component-update",
+              f"--user-data-dir={tmp_path / 'profile'}"]  # fmt: skip
+    dom = subprocess.run([*common, "--virtual-time-budget=3000", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    found = re.search(r"<pre id=\"out\">(.*?)</pre>", dom.stdout, re.S)
+    assert found and found.group(1), "the measuring script did not run"
+    measured = json.loads(html_unescape(found.group(1)))
+    with_markers = [c for c in measured if len(c["labels"]) >= 4]
+    assert with_markers, "the markers' labels were not drawn"
+    for chart in measured:
+        labels = chart["labels"]
+        for i, a in enumerate(labels):
+            assert a[0] >= 0 and a[0] + a[2] <= chart["width"] + 0.5, a
+            for b in labels[i + 1 :]:
+                assert not _overlap(a, b), (a, b)
+        for tick in chart["ticks"]:  # the last x tick is not clipped at the right edge
+            assert tick[0] >= -0.5 and tick[0] + tick[2] <= chart["width"] + 0.5, tick
+    # and the screenshot a person would look at renders
+    png = tmp_path / "charts.png"
+    shot = subprocess.run([*common, "--hide-scrollbars", f"--screenshot={png}",
+                           "--window-size=1280,900", page.as_uri()],
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert shot.returncode == 0 and png.read_bytes()[:4] == b"\x89PNG"

@@ -341,7 +341,8 @@ def test_compare_exits_2_when_nothing_is_comparable(real_run: Path, tmp_path: Pa
         (d / "summary.json").write_text(json.dumps({"schema": "soakd.summary/1", "target": "t"}))
     proc = _cli("compare", str(a), "--baseline", str(b), cwd=tmp_path)
     assert proc.returncode == 2, (proc.returncode, proc.stdout)
-    assert "nothing to compare" in proc.stderr
+    # a summary without a verdict is no baseline: skipped, and named with why
+    assert "nothing comparable" in proc.stderr and "no verdict" in proc.stderr
 
 
 # -- config and CLI ------------------------------------------------------------------------

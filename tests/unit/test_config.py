@@ -25,13 +25,17 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [("90s", 90), ("10m", 600), ("6h", 21600), ("250ms", 0.25), ("1d", 86400), ("1.5h", 5400),
-     (30, 30), (2.5, 2.5), ("0s", 0)],
+     (30, 30), (2.5, 2.5), ("0s", 0), ("1h30m", 5400), ("1h 30m", 5400), ("1d2h", 93600),
+     ("2m30s", 150), ("1s500ms", 1.5), ("1.5h10m", 6000)],
 )  # fmt: skip
 def test_durations(text: object, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("bad", ["10x", "", "s", "-5s", "1e400", True, None, [1], "nan"])
+@pytest.mark.parametrize(
+    "bad",
+    ["10x", "", "s", "-5s", "1e400", True, None, [1], "nan", "30m1h", "1h1h", "1h-30m", "1h30"],
+)
 def test_bad_durations(bad: object) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(bad)
@@ -40,13 +44,14 @@ def test_bad_durations(bad: object) -> None:
 @pytest.mark.parametrize(
     ("text", "size"),
     [("512KiB", 512 * 1024), ("2GiB", 2 * 1024**3), ("10MB", 10_000_000), ("100B", 100),
-     (4096, 4096), ("1.5MiB", 1572864), ("10mb", 10_000_000)],
+     (4096, 4096), ("1.5MiB", 1572864), ("10mb", 10_000_000), ("10G", 10 * 1024**3),
+     ("512M", 512 * 1024**2), ("64K", 65536), ("1T", 1024**4), ("10GiB", 10 * 1024**3)],
 )  # fmt: skip
 def test_sizes(text: object, size: int) -> None:
     assert parse_size(text) == size
 
 
-@pytest.mark.parametrize("bad", ["1GiQ", "-1MB", "lots", False, {}])
+@pytest.mark.parametrize("bad", ["1GiQ", "-1MB", "lots", False, {}, "10Gi", "1m30s"])
 def test_bad_sizes(bad: object) -> None:
     with pytest.raises(ValueError, match="size"):
         parse_size(bad)

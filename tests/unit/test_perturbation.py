@@ -533,7 +533,8 @@ def test_compare_says_it_judged_unperturbed_figures(
         ("base", cmp_summary(100.0, 20.0, (100.0, 20.0))),
     ):
         (tmp_path / name).mkdir()
-        summary.update(target="svc:T", started_at="2026-01-01T00:00:00Z")
+        summary.update(target="svc:T", started_at="2026-01-01T00:00:00Z", verdict="pass")
+        summary.update(detection={"warmup_end_s": 0.0})
         (tmp_path / name / "summary.json").write_text(json.dumps(summary))
     args = argparse.Namespace(run_dir=tmp_path / "cand", baseline=[tmp_path / "base"], last=10,
                               threshold=0.15, json=False)  # fmt: skip

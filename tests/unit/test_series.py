@@ -73,3 +73,41 @@ def test_downsample_averages_into_bins() -> None:
     assert all(y == pytest.approx(3.0 * t + 1.0) for t, y in zip(bt, by, strict=True))
     assert downsample(ts[:50], ys[:50], 100) == (ts[:50], ys[:50])
     assert downsample([5.0] * 300, [1.0] * 300, 10) == ([5.0], [1.0])
+
+
+def test_a_series_holds_its_capacity_from_the_start() -> None:
+    """Memory reached at creation, not as it fills: a growing RSS then always means something."""
+    import sys
+
+    s = BoundedSeries(64)
+    empty = sys.getsizeof(s._ts) + sys.getsizeof(s._vs)
+    for i in range(1000):
+        s.append(float(i), float(i))
+    assert sys.getsizeof(s._ts) + sys.getsizeof(s._vs) == empty
+    assert len(s) <= 64 and s.last == (999.0, 999.0) and s.first == (0.0, 0.0)
+
+
+def test_stale_series_are_forgotten_when_new_keys_come() -> None:
+    from soakd.detection.params import DetectionParams
+    from soakd.detection.tracks import TrackTable
+
+    params = DetectionParams()
+    tracks = TrackTable(params)
+    for i in range(10):  # two sites sampled every 10 s for 100 s
+        tracks.add("site", "a.py:1", i * 10.0, 100.0 + i)
+        tracks.add("site", "b.py:2", i * 10.0, 200.0 + i)
+    held = tracks.get("site", "b.py:2")
+    assert held is not None
+    held.state = "suspected"  # a finding keeps its series whatever happens
+    # both leave the top N; a new site arrives well past the gap
+    late = 90.0 + params.gap_s + 1.0
+    tracks.add("site", "c.py:3", late, 5.0)
+    assert tracks.get("site", "a.py:1") is None
+    assert tracks.get("site", "b.py:2") is held
+    # a site back after the gap starts a new series, as a restarted segment would
+    tracks.add("site", "a.py:1", late + 10.0, 1.0)
+    back = tracks.get("site", "a.py:1")
+    assert back is not None and back.series.points() == [(late + 10.0, 1.0)]
+    # within the gap nothing is dropped
+    tracks.add("site", "d.py:4", late + 20.0, 1.0)
+    assert tracks.get("site", "c.py:3") is not None
