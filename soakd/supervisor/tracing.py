@@ -29,6 +29,10 @@ FAST_SITES_S = 60.0
 # does not start again for as long.
 EXPIRY_HOLDS = 5.0
 EXPIRY_FLOOR_S = 600.0
+# A zoom is held at least this long: a slow leak's site (1 KB/s: a sample every 8 s at the zoom
+# interval) needs minutes of fine samples to stand out, while the heap-level suspicion that
+# started the zoom may come and go meanwhile; unzoomed, the coarse samples bury it again.
+ZOOM_HOLD_S = 300.0
 
 Decision = Literal["start", "zoom", "attributed", "cleared", "expired"]
 
@@ -122,7 +126,7 @@ class TracingPolicy:
         if now - self.zoom_since >= self._expiry_s:
             self.zoom_expired_at = now
             return "expired"
-        return self._settled(now, self.zoom_since, suspicious, findings)
+        return self._settled(now, self.zoom_since, suspicious, findings, ZOOM_HOLD_S)
 
     def zoom(self, on: bool, now: float) -> None:
         self.zoomed = on
@@ -135,10 +139,15 @@ class TracingPolicy:
         return self._settled(now, self.since, suspicious, findings)
 
     def _settled(
-        self, now: float, since: float, suspicious: bool, findings: Sequence[Finding]
+        self,
+        now: float,
+        since: float,
+        suspicious: bool,
+        findings: Sequence[Finding],
+        hold_at_least: float = 0.0,
     ) -> Decision | None:
         """Whether a suspect's search for a site (since ``since``) is over, and how."""
-        if now - since < self.hold_s or suspicious:
+        if now - since < max(self.hold_s, hold_at_least) or suspicious:
             return None
         if any(
             f.kind in ("heap", "objects") and (f.state == "suspected" or f.site is None)
