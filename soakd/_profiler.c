@@ -76,8 +76,11 @@ typedef struct {
     double est_bytes;       /* sum of w = s/p over live sampled blocks */
     double est_blocks;      /* sum of 1/p */
     double variance;        /* sum of s*s*(1-p)/(p*p) */
-    double alloc_w2;        /* cumulative sum of w*w over sampled allocations */
-    double free_w2;         /* cumulative sum of w*w over sampled frees */
+    /* Cumulative Horvitz-Thompson variance terms, s^2 (1-p) / p^2 = w^2 (1-p), of the sampled
+     * allocations and frees: w^2 for small blocks, near 0 for blocks sampled almost surely
+     * (a large buffer reallocated is no noise). */
+    double alloc_w2;
+    double free_w2;
     PyObject *frames_tuple; /* cached ((filename, lineno), ...), built by snapshot() */
     const char *label;      /* filename for a stack with no frames */
     int nframes;
@@ -282,7 +285,7 @@ stack_remove_block(Stack *st, size_t packed)
     double w, inv_p, var;
     block_weights(packed & SIZE_MASK, S.intervals[packed >> EPOCH_SHIFT], &w, &inv_p, &var);
     st->live--;
-    st->free_w2 += w * w;
+    st->free_w2 += var;
     if (st->live == 0) { /* exact zero: no floating-point residue from add/subtract */
         st->est_bytes = st->est_blocks = st->variance = 0.0;
     }
@@ -559,7 +562,7 @@ static void
         st->est_bytes += w;
         st->est_blocks += inv_p;
         st->variance += var;
-        st->alloc_w2 += w * w;
+        st->alloc_w2 += var;
     }
     S.remaining = draw_countdown();
     S.busy = 0;

@@ -102,9 +102,10 @@ class StackEstimate:
     """The live allocations of one stack, estimated from its sampled blocks.
 
     ``frames`` is innermost first, ``(filename, lineno)`` pairs (a tracemalloc raw traceback).
-    ``alloc_w2`` / ``free_w2`` are cumulative sums of the squared weights of the sampled
-    allocations / frees: the variance of the bytes allocated (freed) between two snapshots is
-    at most the difference of the two values.
+    ``alloc_w2`` / ``free_w2`` are cumulative sums of the Horvitz-Thompson variance terms of the
+    sampled allocations / frees (``w²(1 - p)``: the squared weight for small blocks, near zero
+    for a block sampled almost surely): the difference of two values estimates the variance of
+    the bytes allocated (freed) between two snapshots.
     """
 
     frames: RawFrames

@@ -79,7 +79,7 @@ class SnapshotSite:
     size: int
     count: int
     variance: float = 0.0  # of ``size``, when it is a sampled estimate; 0: exact
-    # Sampled: cumulative squared weights of the samples allocated and freed here (bounds the
+    # Sampled: cumulative variance terms of the samples allocated and freed here (bound the
     # variance of the growth between two snapshots); not written to snapshot files.
     churn: float = 0.0
 

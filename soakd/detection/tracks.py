@@ -56,7 +56,8 @@ class Track:
     signals: tuple[str, ...] = field(default_factory=tuple)
     counts: BoundedSeries | None = None  # site tracks: live blocks at the site
     # Site tracks from the sampled profiler: the variance of each size estimate, and the
-    # cumulative squared weights of the site's sampled allocations and frees.
+    # cumulative variance terms (squared weights, less for large blocks) of the site's sampled
+    # allocations and frees.
     variances: BoundedSeries | None = None
     churn: BoundedSeries | None = None
 

@@ -12,7 +12,7 @@ import os
 import sys
 import threading
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -135,6 +135,38 @@ def test_large_blocks_are_estimated_almost_exactly(prof: SampledProfiler) -> Non
         covered += low <= truth <= high
         del keep
     assert covered / 300 >= 0.95
+
+
+def _buffers(n: int, size: int) -> list[bytes | None]:
+    keep: list[bytes | None] = [None] * n
+    for i in range(n):
+        keep[i] = bytes(size)  # large blocks: sampled almost surely
+    return keep
+
+
+def test_churn_counts_variance_terms_small_blocks_full_large_ones_almost_none(
+    prof: SampledProfiler,
+) -> None:
+    # A growth's variance between snapshots comes from the churn: a small block sampled now and
+    # then stands for a whole interval (w²), a block far larger than the interval is sampled
+    # almost surely and adds next to no noise, however often it is reallocated.
+    prof.start(interval=SMALL, frames=4)
+    small = _estimate_of(prof, _alloc, lambda: _alloc(20_000, 100))
+    assert small.sampled > 50
+    w_small = small.est_bytes / small.sampled  # about the interval
+    assert 0.95 * w_small**2 < small.alloc_w2 / small.sampled <= w_small**2  # w²(1 - p)
+    large = _estimate_of(prof, _buffers, lambda: _buffers(50, 40 * SMALL))
+    assert large.sampled == 50
+    w = large.est_bytes / large.sampled
+    assert large.alloc_w2 < 1e-6 * 50 * w * w  # p = 1 - e^-40: no noise
+
+
+def _estimate_of(prof: SampledProfiler, fn: object, make: Callable[[], object]) -> StackEstimate:
+    keep = make()
+    est = _estimate(prof.snapshot(), _site(fn))
+    assert est is not None
+    del keep
+    return est
 
 
 def test_freed_blocks_leave_the_estimate(prof: SampledProfiler) -> None:
