@@ -264,9 +264,7 @@ def real_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     run = base / "run"
     proc = run_soakd("run", "-c", str(cfg), "-d", "3s", "--run-dir", str(run), cwd=base)
-    # Any judged or unjudged end will do (a loaded box may leave 3 s inconclusive, exit 7):
-    # what is damaged below is the run directory, not the verdict.
-    assert proc.returncode in (0, 3, 7), proc.stderr
+    assert proc.returncode in (0, 3), proc.stderr
     assert (run / "snapshots" / "baseline.json.gz").exists(), sorted(os.listdir(run / "snapshots"))
     return run
 
