@@ -776,13 +776,15 @@ snapshot_append(PyObject *list, Stack *st)
     return rc;
 }
 
-/* When the stack table is at least half full, stacks without live blocks are unlinked here
- * (their cumulative counters are lost) and returned for release once the walk is over. */
+/* Stacks without live blocks are unlinked at every snapshot (their cumulative counters, never
+ * reported without a live block, are lost) and returned for release once the walk is over: a
+ * stack holds its frames' code objects, and code compiled at run time (templates, generated
+ * functions) must not be kept alive by soakd after the target dropped it. */
 static Stack **
 stacks_unlink_dead(Py_ssize_t *count)
 {
     *count = 0;
-    if (S.nstacks * 2 < S.max_stacks)
+    if (S.nstacks == 0)
         return NULL;
     Stack **dead = malloc((size_t)S.nstacks * sizeof(Stack *));
     if (dead == NULL)

@@ -521,3 +521,27 @@ def test_a_new_interval_keeps_the_samples_and_their_weights(prof: SampledProfile
     assert prof.set_interval(64 * 1024)  # back: the earlier interval's weights are reused
     del new
     assert _estimate(prof.snapshot(), _site(_alloc_b)) is None
+
+
+def test_code_compiled_at_run_time_is_not_kept_alive_by_its_samples(
+    prof: SampledProfiler,
+) -> None:
+    # A template engine compiles code per template and drops it when its cache evicts the
+    # template: once the sampled blocks are freed, a snapshot lets the code object go.
+    import weakref
+
+    prof.start(interval=SMALL, frames=4)
+    namespace: dict[str, object] = {}
+    exec(
+        compile("def make(n):\n    return [bytes(100) for _ in range(n)]\n", "<tpl>", "exec"),
+        namespace,
+    )
+    make = namespace.pop("make")
+    code = weakref.ref(make.__code__)  # type: ignore[attr-defined]
+    keep = make(20_000)  # type: ignore[operator]
+    assert any(s.frames and s.frames[0][0] == "<tpl>" for s in prof.snapshot())
+    del keep, make, namespace
+    gc.collect()
+    for _ in range(2):  # the stacks whose blocks were all freed are released here
+        prof.snapshot()
+    assert code() is None
