@@ -252,9 +252,11 @@ def test_a_few_hostile_configs_through_the_real_cli(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One real soak (heap snapshots included) to damage copies of."""
+    """One real soak (heap snapshots included) to damage copies of. Three seconds judge
+    nothing: the leak must cross the end-to-end growth bound (10 MB) to end as a leak, with
+    room to spare (32 KiB per iteration: some 12 MB of heap)."""
     base = tmp_path_factory.mktemp("real")
-    body = '[target]\nfactory = "simple_targets:Leaky"\noptions = {kb = 4}\n'
+    body = '[target]\nfactory = "simple_targets:Leaky"\noptions = {kb = 32}\n'
     cfg = write_config(base, body)
     cfg.write_text(
         cfg.read_text(encoding="utf-8").replace(
