@@ -63,7 +63,17 @@ def soak_until(
     For tests that wait on a detection: the run's ``-d`` is only a ceiling, so a loaded machine
     makes the test slower, never wrong. A stopped run exits with its verdict so far.
     """
-    proc = start_soakd(*args, cwd=cwd)
+    return stop_when(start_soakd(*args, cwd=cwd), until, timeout, run_dir)
+
+
+def stop_when(
+    proc: subprocess.Popen[str],
+    until: Callable[[list[dict[str, Any]]], Any],
+    timeout: float,
+    run_dir: Path,
+) -> subprocess.CompletedProcess[str]:
+    """Poll ``run_dir``'s events until ``until(events)`` holds (bounded), then SIGTERM ``proc``
+    (a started ``soakd run``) and wait for it."""
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and proc.poll() is None:

@@ -183,14 +183,7 @@ def test_compare_cli_exit_codes(runs: Path, tmp_path: Path) -> None:
     slow = _write(tmp_path / "slow", _summary(throughput=70.0))
     fine = _write(tmp_path / "fine", _summary(throughput=101.0))
 
-    def soakd(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "soakd", "compare", *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+    soakd = _soakd_compare
 
     # --last 5: the newest five; the ancient 40/s run would widen the spread past 70/s
     assert soakd(str(slow), "--baseline", str(runs), "--last", "5").returncode == 6

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, TARGETS, events, run_soakd, soak_env, write_config
+from tests.conftest import ROOT, TARGETS, events, run_soakd, soak_env, stop_when, write_config
 from tests.service_env import cached_venv, service_python
 
 # soakd started with its source tree on its own sys.path only: no PYTHONPATH, and a working
@@ -49,18 +47,7 @@ def soak_until(
         [sys.executable, "-c", LAUNCH, *args], cwd=cwd, env=_isolated_env(),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and proc.poll() is None:
-            if until(events(run_dir)):
-                break
-            time.sleep(0.2)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return stop_when(proc, until, timeout, run_dir)
 
 
 SERVICE = """\

@@ -13,6 +13,7 @@ from soakd.config import Config, load_config
 from soakd.detection import DetectionParams, Detector, Finding, SignalKind, SiteInfo
 from soakd.detection.detector import native_wait
 from soakd.detection.tracks import Track
+from tests.unit.test_sampled_verdicts import _poisson
 
 KB = 1024.0
 MIB = 1024.0 * 1024.0
@@ -738,14 +739,6 @@ def _sampled_track(level: Callable[[float], float], seconds: float, seed: int) -
     track = tracks.get("site", "app.py:1")
     assert track is not None
     return track
-
-
-def _poisson(rng: random.Random, mean: float) -> int:
-    count, total = 0, rng.expovariate(1.0)
-    while total < mean:
-        count += 1
-        total += rng.expovariate(1.0)
-    return count
 
 
 def test_growth_turned_sees_a_sampled_leak_stop_and_never_a_steady_one() -> None:
