@@ -217,11 +217,9 @@ class Agent:
             key=lambda s: s.size - baseline[s.site],
             reverse=True,
         )[: self.max_sites // 5]
-        chosen = head + grown
-        if len(chosen) < self.max_sites:
-            taken = {s.site for s in grown}
-            chosen += [s for s in rest if s.site not in taken][: self.max_sites - len(chosen)]
-        return chosen
+        taken = {s.site for s in grown}
+        filler = [s for s in rest if s.site not in taken]  # places no grown site took
+        return head + grown + filler[: self.max_sites - len(head) - len(grown)]
 
     def _sites_result(
         self,

@@ -85,14 +85,12 @@ def site_verdict(
     # the heap's own slow drift would corroborate a turnover's random walk); small ones must
     # show in the block count (malloc moves by more than they weigh).
     large = v.slope > _PYMALLOC_MAX_BYTES * max(site_blocks, 0.0)
-    if not (large and malloc is not None) and (
-        heap is not None and heap >= share * site_blocks * p.block_bytes
-    ):
-        return v
-    if malloc is not None:
-        if large and malloc >= share * v.slope:
+    if large and malloc is not None:
+        if malloc >= share * v.slope:
             return v
-    else:
+    elif heap is not None and heap >= share * site_blocks * p.block_bytes:
+        return v
+    elif malloc is None:
         # Without malloc's numbers, RSS: it creeps by itself (allocator) and climbs with
         # tracing's own work for a while, so only growth above suspicion's bar, once
         # tracing has settled, corroborates.

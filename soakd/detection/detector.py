@@ -111,21 +111,21 @@ class Detector:
 
     def analyze(self, now: float) -> list[Finding]:
         """Judge every series at ``now``; returns the findings whose state changed."""
-        decided = self._warmup.end is not None
+        decided_before = self._warmup.end is not None
         warmup = self._warmup.decide(now)
-        signals = _ANALYSIS_ORDER
+        # Sites are judged from the floor on while the warm-up end is undecided, their
+        # findings only suspected: a leak's streak is then long enough to be confirmed the
+        # moment the level has settled, instead of a streak's length later.
+        provisional = warmup is None
         if warmup is None:
             if now < self.params.warmup_floor_s:
                 return []
-            # Sites are judged from the floor on while the warm-up end is undecided, their
-            # findings only suspected: a leak's streak is then long enough to be confirmed the
-            # moment the level has settled, instead of a streak's length later.
-            warmup, signals = self.params.warmup_floor_s, ("site",)
-        elif not decided and warmup > self.params.warmup_floor_s:
+            warmup = self.params.warmup_floor_s
+        elif not decided_before and warmup > self.params.warmup_floor_s:
             # Warm-up lasted past the floor: streaks judged on windows that held it start over.
             for track in self._tracks.of("site"):
                 track.streak = 0
-        hold = signals != _ANALYSIS_ORDER
+        signals: tuple[SignalKind, ...] = ("site",) if provisional else _ANALYSIS_ORDER
         changes: list[tuple[Track, FindingState]] = []
         for signal in signals:
             for track in self._tracks.of(signal):
@@ -143,7 +143,7 @@ class Detector:
                 track.verdict = verdict
                 if self._judged is None and signal in _LEVELS and verdict.decisive:
                     self._judged = (now, signal, verdict.duration_s)
-                change = self._machine.step(track, verdict, now, hold=hold)
+                change = self._machine.step(track, verdict, now, hold=provisional)
                 if change is not None:
                     changes.append((track, change))
         refresh_evidence(self._tracks)

@@ -322,11 +322,9 @@ def growth_turned(track: Track, confirmed: SeriesVerdict | None, now: float, alp
     if len(ts) < 4:
         return False
     k = 0.5 * confirmed.slope_low
-    peak_z, peak_t = -math.inf, ts[0]
-    for t, y in zip(ts, ys, strict=True):
-        if y - k * t >= peak_z:
-            peak_z, peak_t = y - k * t, t
-    fall = peak_z - (ys[-1] - k * ts[-1])
+    # The latest highest point of z (ties: the newer one, the shorter fall).
+    peak = max(range(len(ts)), key=lambda i: (ys[i] - k * ts[i], i))
+    fall = (ys[peak] - k * ts[peak]) - (ys[-1] - k * ts[-1])
     if fall <= 0.0:
         return False
     if track.variances is not None:
@@ -336,8 +334,8 @@ def growth_turned(track: Track, confirmed: SeriesVerdict | None, now: float, alp
             return False
         # Samples seen since the peak against those a rate of k would bring: too few expected
         # and a silence proves nothing.
-        seen = max(ys[-1] - ys[ts.index(peak_t)], 0.0) / per_sample
-        return _poisson_cdf(math.floor(seen), k * (ts[-1] - peak_t) / per_sample) < alpha
+        seen = max(ys[-1] - ys[peak], 0.0) / per_sample
+        return _poisson_cdf(math.floor(seen), k * (ts[-1] - ts[peak]) / per_sample) < alpha
     return fall > 2.0 * NormalDist().inv_cdf(1.0 - alpha) * confirmed.noise
 
 
