@@ -11,6 +11,11 @@ read as several leaks, a consequence first. :func:`group_causes` keeps one entry
   passes through the code that makes the resource (``asyncio`` task creation, ``threading``,
   ``socket``/``open``);
 * of sites on one call chain (one's traceback holds the other's site) the most grown stays;
+* so does the most grown of sites whose stacks part only at neighbouring lines of one caller
+  (at most ``ADJACENT_LINES`` apart) and that were first detected together: one statement's
+  leak shows at every block it retains, such as a cache's key built on the line before the
+  call that stores it, or an object a C extension keeps which reuses a block another line
+  allocated (free lists keep a block's first allocation site);
 * an object type is evidence of the site whose source line names its class.
 
 The cause keeps its own fields, the earliest ``first_detected_s`` of its group, and lists the
@@ -25,6 +30,11 @@ from typing import Any, Final
 __all__ = ["EVIDENCE_FIELDS", "cause_of", "evidence_keys", "group_causes"]
 
 RESOURCE_KINDS: Final[tuple[str, ...]] = ("fds", "tasks", "threads")
+# Two sites whose stacks part at lines of one caller this close are one statement's leak.
+ADJACENT_LINES: Final[int] = 2
+# ... if first detected within this many seconds of each other (a leak's consequences show
+# with it; a leak that starts later at the next line is news).
+TOGETHER_S: Final[float] = 300.0
 
 # Type names (last dotted part) a leaked resource of each kind holds.
 _HELD_TYPES: Final[dict[str, frozenset[str]]] = {
@@ -128,7 +138,12 @@ def _owners(out: Sequence[Mapping[str, Any]]) -> dict[int, int]:
     sites = [i for i, leak in enumerate(out) if leak.get("site") and i not in owner]
     for i in sites:
         for j in sites:
-            if i != j and j not in owner and i not in owner and _same_chain(out[i], out[j]):
+            if (
+                i != j
+                and j not in owner
+                and i not in owner
+                and (_same_chain(out[i], out[j]) or _neighbours(out[i], out[j]))
+            ):
                 keep, drop = (i, j) if _growth(out[i]) >= _growth(out[j]) else (j, i)
                 owner[drop] = keep
     for j, leak in enumerate(out):
@@ -172,9 +187,7 @@ def _held_by(leak: Mapping[str, Any], resource: str) -> bool:
         return name in _HELD_TYPES[resource]
     if kind == "heap" and not leak.get("site"):
         return True  # the heap level: the resources' objects are in it
-    tb = leak.get("traceback")
-    frames = [f for f in tb if isinstance(f, str)] if isinstance(tb, list) else []
-    files = [f.rsplit(":", 1)[0] for f in frames]
+    files = [f.rsplit(":", 1)[0] for f in _frames(leak)]
     return any(f.endswith(_SPAWN_FILES[resource]) for f in files)
 
 
@@ -183,6 +196,43 @@ def _same_chain(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     return (isinstance(tb_a, list) and b.get("site") in tb_a) or (
         isinstance(tb_b, list) and a.get("site") in tb_b
     )
+
+
+def _neighbours(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Stacks that share their callers and part at lines of one frame ``ADJACENT_LINES``
+    apart, first detected within ``TOGETHER_S``. Tracebacks are cut at the innermost frames,
+    so the shared callers are matched from the first frame both hold, not from the outermost."""
+    ta, tb = _frames(a), _frames(b)
+    fa, fb = a.get("first_detected_s"), b.get("first_detected_s")
+    if not ta or not tb or not isinstance(fa, int | float) or not isinstance(fb, int | float):
+        return False
+    if abs(fa - fb) > TOGETHER_S:
+        return False
+    in_b = {f: k for k, f in enumerate(tb)}
+    for i, frame in enumerate(ta):
+        j = in_b.get(frame)
+        if j is None:
+            continue
+        # the callers from here out agree as far as both go
+        n = min(len(ta) - i, len(tb) - j)
+        if ta[i : i + n] != tb[j : j + n] or i == 0 or j == 0:
+            return False
+        return _near(ta[i - 1], tb[j - 1])
+    return False
+
+
+def _frames(leak: Mapping[str, Any]) -> list[str]:
+    tb = leak.get("traceback")
+    return [f for f in tb if isinstance(f, str)] if isinstance(tb, list) else []
+
+
+def _near(x: str, y: str) -> bool:
+    """``file:line`` frames of one file at most ``ADJACENT_LINES`` apart (and not equal)."""
+    fx, _, lx = x.rpartition(":")
+    fy, _, ly = y.rpartition(":")
+    if fx != fy or not lx.isdigit() or not ly.isdigit():
+        return False
+    return 0 < abs(int(lx) - int(ly)) <= ADJACENT_LINES
 
 
 def _names_class(site: Mapping[str, Any], type_name: object) -> bool:

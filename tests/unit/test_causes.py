@@ -75,6 +75,39 @@ def test_sites_on_one_call_chain_are_one_leak_at_the_most_grown() -> None:
     assert [e["site"] for e in cause["evidence"]] == [outer]
 
 
+def test_sites_parting_at_neighbouring_lines_of_one_caller_are_one_leak() -> None:
+    # babel 2.11's pattern cache: the key is built on the line before the call that stores
+    # the value; both blocks are retained by the one cache (tracebacks cut at 4 frames).
+    key, stored = "/app/fmt.py:86", "/lib/babel/dates.py:1698"
+    callers = ["/app/worker.py:59", "/app/engine.py:465", "/app/engine.py:434"]
+    leaks = [
+        _leak("heap", site=stored, growth=3e5, first_detected_s=95.0,
+              traceback=[stored, "/lib/babel/dates.py:768", "/app/fmt.py:87", callers[0]]),
+        _leak("heap", site=key, growth=1.5e5, first_detected_s=95.0,
+              traceback=[key, *callers]),
+    ]  # fmt: skip
+    [cause] = group_causes(leaks)
+    assert cause["site"] == stored
+    assert [e["site"] for e in cause["evidence"]] == [key]
+
+
+def test_neighbouring_sites_stay_apart_when_far_apart_in_lines_or_in_time() -> None:
+    callers = ["/app/handler.py:30", "/app/main.py:3"]
+
+    def site(line: int, first: float, growth: float) -> dict[str, Any]:
+        here = f"/app/handler.py:{line}"
+        return _leak("heap", site=f"/app/mod{line}.py:1", growth=growth, first_detected_s=first,
+                     traceback=[f"/app/mod{line}.py:1", here, *callers[1:]])  # fmt: skip
+
+    assert len(group_causes([site(40, 100.0, 2e5), site(41, 100.0, 1e5)])) == 1
+    assert len(group_causes([site(40, 100.0, 2e5), site(45, 100.0, 1e5)])) == 2
+    assert len(group_causes([site(40, 100.0, 2e5), site(41, 3700.0, 1e5)])) == 2
+    # different callers of the same lines: separate requests, separate leaks
+    other = site(41, 100.0, 1e5)
+    other["traceback"] = [other["site"], "/app/handler.py:41", "/app/cli.py:8"]
+    assert len(group_causes([site(40, 100.0, 2e5), other])) == 2
+
+
 def test_a_type_is_evidence_of_the_site_that_creates_it() -> None:
     site = "/app/store.py:5"
     leaks = [
