@@ -987,12 +987,24 @@ prof_clear(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
+/* With ``released``, also the stacks about to be released that an earlier snapshot reported
+ * (frames, alloc_w2 + free_w2): a site's cumulative churn must not fall when one of its
+ * stacks dies, or its growth would be judged against the ends' variances alone. A stack born
+ * and gone between two snapshots held no block live at either, so it is not needed. */
 static PyObject *
-prof_snapshot(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+prof_snapshot(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
-    PyObject *list = PyList_New(0);
-    if (list == NULL)
+    static char *kwlist[] = {"released", NULL};
+    int released = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|p", kwlist, &released))
         return NULL;
+    PyObject *list = PyList_New(0);
+    PyObject *gone = released ? PyList_New(0) : NULL;
+    if (list == NULL || (released && gone == NULL)) {
+        Py_XDECREF(list);
+        Py_XDECREF(gone);
+        return NULL;
+    }
     /* The walk allocates (tuples, floats): those must not be sampled into the tables being
      * walked, nor may a collection run finalizers that switch threads mid-walk. */
     int gc_was_enabled = PyGC_Disable();
@@ -1002,8 +1014,16 @@ prof_snapshot(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
     int failed = 0;
     for (size_t i = 0; i < S.stack_cap && !failed; i++) {
         Stack *st = S.stacks[i];
-        if (st != NULL && st->live > 0)
+        if (st == NULL)
+            continue;
+        if (st->live > 0)
             failed = snapshot_append(list, st) < 0;
+        else if (gone != NULL && st->frames_tuple != NULL) {
+            PyObject *item =
+                Py_BuildValue("(Od)", st->frames_tuple, st->alloc_w2 + st->free_w2);
+            failed = item == NULL || PyList_Append(gone, item) < 0;
+            Py_XDECREF(item);
+        }
     }
     if (!failed && overflow_stack.live > 0)
         failed = snapshot_append(list, &overflow_stack) < 0;
@@ -1017,9 +1037,15 @@ prof_snapshot(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
         stacks_release(dead, ndead);
     if (failed) {
         Py_DECREF(list);
+        Py_XDECREF(gone);
         return NULL;
     }
-    return list;
+    if (gone == NULL)
+        return list;
+    PyObject *pair = PyTuple_Pack(2, list, gone);
+    Py_DECREF(list);
+    Py_DECREF(gone);
+    return pair;
 }
 
 static size_t
@@ -1081,7 +1107,7 @@ static PyMethodDef prof_methods[] = {
      "set_interval(bytes): sample at another mean interval, keeping the samples; False when a "
      "profile has seen too many intervals (restart it)."},
     {"clear", prof_clear, METH_NOARGS, "Forget every sample and stack; keep running."},
-    {"snapshot", prof_snapshot, METH_NOARGS,
+    {"snapshot", (PyCFunction)(void (*)(void))prof_snapshot, METH_VARARGS | METH_KEYWORDS,
      "[(frames, est_bytes, est_blocks, variance, sampled_blocks, alloc_w2, free_w2), ...]"},
     {"stats", prof_stats, METH_NOARGS, "The tracker's counters and its own memory."},
     {NULL, NULL, 0, NULL},

@@ -57,7 +57,7 @@ class _Extension(Protocol):
     def is_running(self) -> bool: ...
     def set_interval(self, interval: int) -> bool: ...
     def clear(self) -> None: ...
-    def snapshot(self) -> list[_RawStack]: ...
+    def snapshot(self, released: bool = False) -> Any: ...
     def stats(self) -> dict[str, Any]: ...
 
 
@@ -300,17 +300,20 @@ class SampledProfiler:
         """One estimate per stack with live sampled blocks (holds the GIL: keep it rare)."""
         if _ext is None:
             return []
-        # Stacks are interned by instruction, so two calls on one line are two entries with
-        # the same frames: one estimate per line stack (all the fields add up).
-        merged: dict[RawFrames, list[Any]] = {}
-        for raw in _ext.snapshot():
-            seen = merged.get(raw[0])
-            if seen is None:
-                merged[raw[0]] = list(raw)
-            else:
-                for k in range(1, len(raw)):
-                    seen[k] += raw[k]
-        return [StackEstimate(*fields) for fields in merged.values()]
+        return _merged(_ext.snapshot())
+
+    def snapshot_released(self) -> tuple[list[StackEstimate], list[tuple[RawFrames, float]]]:
+        """:meth:`snapshot`, and the stacks an earlier snapshot reported that have no live
+        block now and are released by this one, each with its final cumulative churn
+        (``alloc_w2 + free_w2``): added to what its site's live stacks report, a site's churn
+        never falls because one of its stacks died."""
+        if _ext is None:
+            return [], []
+        live, gone = _ext.snapshot(released=True)
+        released: dict[RawFrames, float] = {}
+        for frames, churn in gone:
+            released[frames] = released.get(frames, 0.0) + churn
+        return _merged(live), list(released.items())
 
     def stats(self) -> ProfilerStats:
         ext = _require()
@@ -319,6 +322,20 @@ class SampledProfiler:
     def _current(self) -> tuple[int, int, int, int]:
         st = _require().stats()
         return (st["interval"], st["frames"], st["max_blocks"], st["max_stacks"])
+
+
+def _merged(raws: list[_RawStack]) -> list[StackEstimate]:
+    # Stacks are interned by instruction, so two calls on one line are two entries with the
+    # same frames: one estimate per line stack (all the fields add up).
+    merged: dict[RawFrames, list[Any]] = {}
+    for raw in raws:
+        seen = merged.get(raw[0])
+        if seen is None:
+            merged[raw[0]] = list(raw)
+        else:
+            for k in range(1, len(raw)):
+                seen[k] += raw[k]
+    return [StackEstimate(*fields) for fields in merged.values()]
 
 
 def _require() -> _Extension:

@@ -72,6 +72,10 @@ class Agent:
         # are the most grown since, so that a slow leak far down the list by size is followed
         # from its first samples on, not only once it is among the largest.
         self._site_baseline: dict[str, int] = {}
+        # Per site, the cumulative churn of its stacks the profiler released (no live block
+        # left): the churn sent is the live stacks' plus this, so it never falls (its
+        # difference over a window bounds the variance of the site's growth).
+        self._released_churn: dict[str, float] = {}
 
     # -- the sampled profiler ----------------------------------------------------------------
 
@@ -188,11 +192,11 @@ class Agent:
             groups = collect_traces(self._resolver)
         elif self._profiler is not None and self._profiler.running:
             started = time.perf_counter()
-            stacks = self._profiler.snapshot()  # holds the GIL: the target's pause
+            stacks, released = self._profiler.snapshot_released()  # holds the GIL: the pause
             pause = time.perf_counter() - started
             interval = self._profiler.stats().interval
-            groups = replace(collect_sampled(self._resolver, stacks), pause_s=pause)
-            del stacks
+            groups = replace(collect_sampled(self._resolver, stacks, released), pause_s=pause)
+            del stacks, released
         else:
             return SitesResult.not_tracing(tracemalloc.get_tracemalloc_memory())
         # The heap level is the block count times a mean block size. From a sampled profile that
@@ -221,6 +225,21 @@ class Agent:
         filler = [s for s in rest if s.site not in taken]  # places no grown site took
         return head + grown + filler[: self.max_sites - len(head) - len(grown)]
 
+    def _with_released_churn(self, groups: TraceGroups) -> list[SnapshotSite]:
+        """Sites by size, each one's churn including its released stacks' (kept for the
+        sites live now only: the table stays bounded)."""
+        by_size = groups.by_site()
+        carried = self._released_churn
+        for site, churn in groups.released_churn.items():
+            carried[site] = carried.get(site, 0.0) + churn
+        self._released_churn = {s.site: carried[s.site] for s in by_size if s.site in carried}
+        return [
+            replace(s, churn=s.churn + self._released_churn[s.site])
+            if s.site in self._released_churn
+            else s
+            for s in by_size
+        ]
+
     def _sites_result(
         self,
         groups: TraceGroups,
@@ -236,7 +255,7 @@ class Agent:
         if calibrate:
             self._heap.calibrate(groups.traced_bytes, groups.blocks)
         result = SitesResult(
-            sites=tuple(self._select_sites(groups.by_site())),
+            sites=tuple(self._select_sites(self._with_released_churn(groups))),
             traced_bytes=groups.traced_bytes,
             overhead_bytes=tracemalloc.get_tracemalloc_memory(),
             blocks=groups.blocks,

@@ -18,8 +18,8 @@ import os
 import sysconfig
 import time
 import tracemalloc
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
 
@@ -169,6 +169,8 @@ class TraceGroups:
     own_blocks: int
     pause_s: float  # the copy of tracemalloc's tables, which holds the GIL throughout
     group_s: float
+    # Sampled profiler: per site, the final churn of its stacks released by this snapshot.
+    released_churn: Mapping[str, float] = field(default_factory=dict)
 
     def by_site(self) -> list[SiteGroup]:
         """Merge traceback groups per site, largest first; the heaviest traceback represents it."""
@@ -222,7 +224,11 @@ def collect_traces(resolver: SiteResolver) -> TraceGroups:
     )
 
 
-def collect_sampled(resolver: SiteResolver, stacks: Sequence[StackEstimate]) -> TraceGroups:
+def collect_sampled(
+    resolver: SiteResolver,
+    stacks: Sequence[StackEstimate],
+    released: Sequence[tuple[RawTraceback, float]] = (),
+) -> TraceGroups:
     """Group the sampled profiler's live stacks like traces: sizes and counts are estimates.
 
     The profiler hands out one entry per distinct stack, already summed in C, so this loop runs
@@ -256,6 +262,11 @@ def collect_sampled(resolver: SiteResolver, stacks: Sequence[StackEstimate]) -> 
             )
         )
     out.sort(key=lambda g: -g.size)
+    gone: dict[str, float] = {}
+    for frames, churn in released:
+        resolved = resolver.resolve(frames)
+        if resolved is not None:
+            gone[resolved[0]] = gone.get(resolved[0], 0.0) + churn
     done = time.perf_counter()
     return TraceGroups(
         by_traceback=out,
@@ -265,4 +276,5 @@ def collect_sampled(resolver: SiteResolver, stacks: Sequence[StackEstimate]) -> 
         own_blocks=round(own_blocks),
         pause_s=0.0,
         group_s=done - start,
+        released_churn=gone,
     )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from soakd import profiler
 from soakd.agent import Agent
 from soakd.snapshots import SnapshotSite
 
@@ -31,3 +34,39 @@ def test_sites_no_longer_live_are_forgotten() -> None:
     agent._select_sites([_site(f"gone.py:{i}", 100) for i in range(1000)])
     agent._select_sites([_site("here.py:1", 100)])
     assert set(agent._site_baseline) == {"here.py:1"}
+
+
+def _keep(n: int) -> list[bytes]:
+    return [bytes(300) for _ in range(n)]  # the site: two callers, two stacks
+
+
+def _via_a(n: int) -> list[bytes]:
+    return _keep(n)
+
+
+def _via_b(n: int) -> list[bytes]:
+    return _keep(n)
+
+
+@pytest.mark.skipif(not profiler.AVAILABLE, reason="the sampled profiler is not built")
+def test_a_sites_churn_does_not_fall_when_one_of_its_stacks_is_released() -> None:
+    # The churn's difference over a window bounds the variance of the site's growth: if it
+    # fell when a stack died, the detector would judge the site on its ends' variances.
+    agent = Agent(frames=4)
+    try:
+        assert agent.start_profiler(interval=4096)
+        a, b = _via_a(5000), _via_b(5000)
+        site = f"{__file__}:{_keep.__code__.co_firstlineno + 1}"
+
+        def churn() -> tuple[float, int]:
+            [s] = [s for s in agent.sites().sites if s.site == site]
+            return s.churn, s.size
+
+        before, size_before = churn()
+        del a  # the stack through _via_a has no live block left: released by the next sample
+        after, size_after = churn()
+        assert size_after < 0.75 * size_before
+        assert after >= before > 0
+        del b
+    finally:
+        profiler.SampledProfiler().stop()
