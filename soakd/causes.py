@@ -192,10 +192,7 @@ def _held_by(leak: Mapping[str, Any], resource: str) -> bool:
 
 
 def _same_chain(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    tb_a, tb_b = a.get("traceback"), b.get("traceback")
-    return (isinstance(tb_a, list) and b.get("site") in tb_a) or (
-        isinstance(tb_b, list) and a.get("site") in tb_b
-    )
+    return b.get("site") in _frames(a) or a.get("site") in _frames(b)
 
 
 def _neighbours(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:

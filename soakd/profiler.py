@@ -309,11 +309,8 @@ class SampledProfiler:
         never falls because one of its stacks died."""
         if _ext is None:
             return [], []
-        live, gone = _ext.snapshot(released=True)
-        released: dict[RawFrames, float] = {}
-        for frames, churn in gone:
-            released[frames] = released.get(frames, 0.0) + churn
-        return _merged(live), list(released.items())
+        live, released = _ext.snapshot(released=True)
+        return _merged(live), released  # summed per site by the caller
 
     def stats(self) -> ProfilerStats:
         ext = _require()
