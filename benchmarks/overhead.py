@@ -12,6 +12,8 @@ target paid, perturbed intervals included). Variants, run side by side in every 
 - ``interval-x0.25`` / ``interval-x4``  the default with a quarter / four times the interval
 - ``no-profiler``   the default without attribution (profiler and tracemalloc off): the rest of
                     soakd's sampling, so that default / no-profiler is the profiler's own cost
+- ``hooks-only``    the profiler at a 1 GiB interval (next to no samples): what its allocator
+                    hooks cost by themselves, against what sampling and stacks add
 - ``tracemalloc-f1``  exact tracing from the start, 1 frame (profiler off)
 - ``otel``          the default with ``[otel]`` on at its default sampling ratio, exporting
                     metrics and spans over OTLP/HTTP to a sink on loopback that this script
@@ -57,11 +59,13 @@ VARIANTS: dict[str, list[str]] = {
     "interval-x4": [f"sampling.profiler_interval={DEFAULT_INTERVAL * 4}"],
     # Every sampler but attribution: what the profiler adds is default / no-profiler.
     "no-profiler": ["sampling.profiler=off", "sampling.tracemalloc=off"],
+    # The profiler's hooks with (almost) no samples: the per-allocation toll alone.
+    "hooks-only": ["sampling.profiler_interval=1GiB", "sampling.profiler_zoom_interval=0"],
     "tracemalloc-f1": ["sampling.profiler=off", "sampling.tracemalloc=always", "sampling.frames=1"],
     "memray": ["sampling.enabled=false"],
     "otel": ["otel.enabled=true"],  # + otel.endpoint: the sink this script serves
 }
-EXTRA = ("no-profiler", "tracemalloc-f1", "memray", "otel")
+EXTRA = ("no-profiler", "hooks-only", "tracemalloc-f1", "memray", "otel")
 GOAL = 0.95  # throughput, default / sampling-off
 OTEL_GOAL = 0.97  # throughput, otel / default
 P99_GOAL = 1.10  # p99 latency, default / sampling-off

@@ -14,8 +14,9 @@
  *
  * Hot path
  *   malloc/calloc/realloc: call the previous allocator, subtract the size from a byte
- *   countdown, return if it is still positive. free: if any sampled block is live, one probe of
- *   an open-addressing table of sampled pointers (keys only, a few KiB, cache resident).
+ *   countdown, return if it is still positive. free: if any sampled block is live, one bit of a
+ *   small bitmap of hashed sampled pointers; only when it is set, one probe of an
+ *   open-addressing table of the sampled pointers.
  *   Everything else is the rare "sample" path.
  *
  * Re-entrancy
@@ -49,6 +50,7 @@
 #define MAX_FRAMES 128
 #define MIN_BLOCK_CAP 1024
 #define MIN_STACK_CAP 256
+#define FILTER_BITS 32 /* per block table slot */
 /* Where the countdown parks while nothing may be sampled: never reaches zero in practice. */
 #define PARKED (INT64_MAX / 2)
 
@@ -126,6 +128,10 @@ static struct {
     BlockInfo *infos;
     size_t block_cap; /* power of two */
     Py_ssize_t live_blocks;
+    /* Every free asks "is this a sampled block?" and the answer is almost always no. A bitmap
+     * of FILTER_BITS bits per slot (at most 1 in 64 bits set, as the table is at most half
+     * full; half the keys' bytes) answers most of those from cache; only a set bit probes. */
+    uint64_t *filter;
 
     /* interned stacks: linear probing on Stack.hash, deleted only from Python */
     Stack **stacks;
@@ -207,18 +213,58 @@ ptr_slot(uintptr_t key, size_t cap)
     return (size_t)(((uint64_t)key * 0x9E3779B97F4A7C15ULL) >> 32) & (cap - 1);
 }
 
+/* The filter's bit: the slot hash with five more bits (block_cap <= 2**27: 32 bits in all). */
+static inline size_t
+filter_bit(uintptr_t key, size_t cap)
+{
+    return (size_t)(((uint64_t)key * 0x9E3779B97F4A7C15ULL) >> 32) & (cap * FILTER_BITS - 1);
+}
+
+static inline void
+filter_set(uintptr_t key)
+{
+    size_t b = filter_bit(key, S.block_cap);
+    S.filter[b >> 6] |= (uint64_t)1 << (b & 63);
+}
+
+static inline int
+filter_may_hold(uintptr_t key)
+{
+    size_t b = filter_bit(key, S.block_cap);
+    return (S.filter[b >> 6] >> (b & 63)) & 1;
+}
+
+/* After `key` left the table: clear its bit unless another live key shares it. Such a key has
+ * the same home slot (the bit's low bits are the slot), so it lies in the run of occupied slots
+ * from there: a short walk, and the bitmap never holds a stale bit. Stale bits would gather
+ * exactly where they cost most: pymalloc hands a freed address straight out again. */
+static void
+filter_forget(uintptr_t key)
+{
+    size_t b = filter_bit(key, S.block_cap);
+    size_t mask = S.block_cap - 1;
+    for (size_t j = b & mask; S.keys[j] != 0; j = (j + 1) & mask) {
+        if (filter_bit(S.keys[j], S.block_cap) == b)
+            return;
+    }
+    S.filter[b >> 6] &= ~((uint64_t)1 << (b & 63));
+}
+
 static int
 block_table_alloc(size_t cap)
 {
     uintptr_t *keys = calloc(cap, sizeof(uintptr_t));
     BlockInfo *infos = malloc(cap * sizeof(BlockInfo));
-    if (keys == NULL || infos == NULL) {
+    uint64_t *filter = calloc(cap * FILTER_BITS / 64, sizeof(uint64_t));
+    if (keys == NULL || infos == NULL || filter == NULL) {
         free(keys);
         free(infos);
+        free(filter);
         return -1;
     }
     S.keys = keys;
     S.infos = infos;
+    S.filter = filter;
     S.block_cap = cap;
     return 0;
 }
@@ -233,6 +279,7 @@ block_put(uintptr_t key, size_t size, Stack *stack)
     if (S.keys[i] == 0)
         S.live_blocks++;
     S.keys[i] = key;
+    filter_set(key);
     S.infos[i].size = size;
     S.infos[i].stack = stack;
 }
@@ -243,6 +290,7 @@ block_table_grow(void)
 {
     uintptr_t *old_keys = S.keys;
     BlockInfo *old_infos = S.infos;
+    uint64_t *old_filter = S.filter;
     size_t old_cap = S.block_cap;
     if (block_table_alloc(old_cap * 2) < 0)
         return -1;
@@ -253,6 +301,7 @@ block_table_grow(void)
     }
     free(old_keys);
     free(old_infos);
+    free(old_filter);
     return 0;
 }
 
@@ -296,11 +345,13 @@ stack_remove_block(Stack *st, size_t packed)
     }
 }
 
-/* The free path: is this pointer a live sampled block? Then account its free. */
-static inline void
-untrack(void *ptr)
+/* A free whose bit is set: is it a live sampled block? Then account its free. */
+static void
+#if defined(__GNUC__)
+    __attribute__((noinline))
+#endif
+    untrack_probe(uintptr_t key)
 {
-    uintptr_t key = (uintptr_t)ptr;
     size_t mask = S.block_cap - 1;
     size_t i = ptr_slot(key, S.block_cap);
     for (;;) {
@@ -316,6 +367,16 @@ untrack(void *ptr)
     block_delete_slot(i);
     stack_remove_block(st, size);
     S.frees_seen++;
+    filter_forget(key);
+}
+
+/* The free path: one bit answers "not sampled" for almost every free. */
+static inline void
+untrack(void *ptr)
+{
+    uintptr_t key = (uintptr_t)ptr;
+    if (UNLIKELY(filter_may_hold(key)))
+        untrack_probe(key);
 }
 
 /* ---- stack table ------------------------------------------------------------------------- */
@@ -607,18 +668,31 @@ hook_realloc(void *ctx, void *old, size_t size)
         return NULL; /* the old block is untouched and stays tracked */
     /* The old block ends here (a free); the new size is a new allocation. */
     if (old != NULL && S.live_blocks > 0)
-        untrack(old);
+        untrack(old); /* not a hot path: realloc is rare next to malloc and free */
     account(ptr, size);
     return ptr;
+}
+
+/* A free that may be of a sampled block (its bit is set): out of line, so that the common path
+ * of hook_free saves no registers and ends in a tail call. */
+static void
+#if defined(__GNUC__)
+    __attribute__((noinline))
+#endif
+    hook_free_probe(Hook *h, void *ptr)
+{
+    untrack_probe((uintptr_t)ptr);
+    h->prev.free(h->prev.ctx, ptr);
 }
 
 static void
 hook_free(void *ctx, void *ptr)
 {
     Hook *h = (Hook *)ctx;
-    if (S.live_blocks > 0 && ptr != NULL)
-        untrack(ptr);
-    h->prev.free(h->prev.ctx, ptr);
+    if (UNLIKELY(S.live_blocks > 0 && ptr != NULL && filter_may_hold((uintptr_t)ptr)))
+        hook_free_probe(h, ptr);
+    else
+        h->prev.free(h->prev.ctx, ptr);
 }
 
 static void
@@ -692,8 +766,10 @@ tables_release(void)
     size_t old_cap = S.stack_cap;
     free(S.keys);
     free(S.infos);
+    free(S.filter);
     S.keys = NULL;
     S.infos = NULL;
+    S.filter = NULL;
     S.block_cap = 0;
     S.live_blocks = 0;
     S.stacks = NULL;
@@ -1062,7 +1138,7 @@ tuple_bytes(PyObject *frames_tuple)
 static size_t
 memory_bytes(void)
 {
-    size_t total = S.block_cap * (sizeof(uintptr_t) + sizeof(BlockInfo));
+    size_t total = S.block_cap * (sizeof(uintptr_t) + sizeof(BlockInfo) + FILTER_BITS / 8);
     total += S.stack_cap * sizeof(Stack *) + S.stack_bytes;
     for (size_t i = 0; i < S.stack_cap; i++) {
         if (S.stacks[i] != NULL)

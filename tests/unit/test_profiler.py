@@ -182,6 +182,33 @@ def test_freed_blocks_leave_the_estimate(prof: SampledProfiler) -> None:
     assert prof.stats().frees_seen >= est.sampled
 
 
+def test_every_sampled_free_is_seen_across_growth_and_address_reuse(prof: SampledProfiler) -> None:
+    """Frees are screened by a bitmap before the table is probed: a free of a sampled block
+    must never be screened out, whatever the order of frees and however addresses are reused
+    (pymalloc hands a freed address straight back out) or the table grows meanwhile."""
+    import random
+
+    prof.start(interval=4096, frames=1, seed=7)
+    site = _site(_alloc)
+    rng = random.Random(3)
+    keep = _alloc(30_000, 100)  # ~750 samples: the table grows twice on the way
+    for _ in range(3):
+        order = list(range(len(keep)))
+        rng.shuffle(order)
+        for i in order[: len(order) // 2]:
+            keep[i] = None
+        refill = _alloc(len(order) // 2, 100)  # reuses the freed addresses
+        keep = [b for b in keep if b is not None] + refill
+    live = _estimate(prof.snapshot(), site)
+    assert live is not None
+    before = prof.stats()
+    del keep, refill
+    gc.collect()
+    after = prof.stats()
+    assert _estimate(prof.snapshot(), site) is None  # every sampled block's free was seen
+    assert after.frees_seen - before.frees_seen >= live.sampled
+
+
 def _alloc_in_thread(
     fn: object, n: int, size: int, barrier: threading.Barrier, out: dict[object, object]
 ) -> None:
