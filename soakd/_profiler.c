@@ -206,18 +206,25 @@ block_weights(size_t size, double interval, double *w, double *inv_p, double *va
 
 /* ---- block table ------------------------------------------------------------------------- */
 
+/* Fibonacci hashing; blocks are 16-byte aligned, the multiply mixes the high bits down. */
+static inline size_t
+ptr_hash(uintptr_t key)
+{
+    return (size_t)(((uint64_t)key * 0x9E3779B97F4A7C15ULL) >> 32);
+}
+
 static inline size_t
 ptr_slot(uintptr_t key, size_t cap)
 {
-    /* Fibonacci hashing; blocks are 16-byte aligned, the multiply mixes the high bits down. */
-    return (size_t)(((uint64_t)key * 0x9E3779B97F4A7C15ULL) >> 32) & (cap - 1);
+    return ptr_hash(key) & (cap - 1);
 }
 
-/* The filter's bit: the slot hash with five more bits (block_cap <= 2**27: 32 bits in all). */
+/* The filter's bit: the slot with five more bits of the same hash (block_cap <= 2**27: 32
+ * bits in all), so that keys sharing a bit share a home slot. */
 static inline size_t
 filter_bit(uintptr_t key, size_t cap)
 {
-    return (size_t)(((uint64_t)key * 0x9E3779B97F4A7C15ULL) >> 32) & (cap * FILTER_BITS - 1);
+    return ptr_hash(key) & (cap * FILTER_BITS - 1);
 }
 
 static inline void
@@ -345,12 +352,21 @@ stack_remove_block(Stack *st, size_t packed)
     }
 }
 
-/* A free whose bit is set: is it a live sampled block? Then account its free. */
+/* Is this block, freed or reallocated, perhaps a sampled one? One bit answers "no" for almost
+ * every call. Without live samples the tables may be released (filter NULL): not asked then. */
+static inline int
+may_be_sampled(void *ptr)
+{
+    return S.live_blocks > 0 && ptr != NULL && filter_may_hold((uintptr_t)ptr);
+}
+
+/* A block whose bit is set: is it a live sampled block? Then account its end. Out of line: the
+ * hooks' common path stays short. */
 static void
 #if defined(__GNUC__)
     __attribute__((noinline))
 #endif
-    untrack_probe(uintptr_t key)
+    untrack(uintptr_t key)
 {
     size_t mask = S.block_cap - 1;
     size_t i = ptr_slot(key, S.block_cap);
@@ -368,15 +384,6 @@ static void
     stack_remove_block(st, size);
     S.frees_seen++;
     filter_forget(key);
-}
-
-/* The free path: one bit answers "not sampled" for almost every free. */
-static inline void
-untrack(void *ptr)
-{
-    uintptr_t key = (uintptr_t)ptr;
-    if (UNLIKELY(filter_may_hold(key)))
-        untrack_probe(key);
 }
 
 /* ---- stack table ------------------------------------------------------------------------- */
@@ -667,8 +674,8 @@ hook_realloc(void *ctx, void *old, size_t size)
     if (UNLIKELY(ptr == NULL))
         return NULL; /* the old block is untouched and stays tracked */
     /* The old block ends here (a free); the new size is a new allocation. */
-    if (old != NULL && S.live_blocks > 0)
-        untrack(old); /* not a hot path: realloc is rare next to malloc and free */
+    if (UNLIKELY(may_be_sampled(old)))
+        untrack((uintptr_t)old);
     account(ptr, size);
     return ptr;
 }
@@ -681,7 +688,7 @@ static void
 #endif
     hook_free_probe(Hook *h, void *ptr)
 {
-    untrack_probe((uintptr_t)ptr);
+    untrack((uintptr_t)ptr);
     h->prev.free(h->prev.ctx, ptr);
 }
 
@@ -689,7 +696,7 @@ static void
 hook_free(void *ctx, void *ptr)
 {
     Hook *h = (Hook *)ctx;
-    if (UNLIKELY(S.live_blocks > 0 && ptr != NULL && filter_may_hold((uintptr_t)ptr)))
+    if (UNLIKELY(may_be_sampled(ptr)))
         hook_free_probe(h, ptr);
     else
         h->prev.free(h->prev.ctx, ptr);

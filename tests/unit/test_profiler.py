@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import math
 import os
+import random
 import sys
 import threading
 import tracemalloc
@@ -186,8 +187,6 @@ def test_every_sampled_free_is_seen_across_growth_and_address_reuse(prof: Sample
     """Frees are screened by a bitmap before the table is probed: a free of a sampled block
     must never be screened out, whatever the order of frees and however addresses are reused
     (pymalloc hands a freed address straight back out) or the table grows meanwhile."""
-    import random
-
     prof.start(interval=4096, frames=1, seed=7)
     site = _site(_alloc)
     rng = random.Random(3)
