@@ -1,6 +1,7 @@
 """The sampled profiler's own cost on the saturated reference aggregator, A/B within one process.
 
     python benchmarks/profiler_ab.py [--seconds 240] [--phase 4] [--users 16]
+    python benchmarks/profiler_ab.py --processes 6 [--seconds 15]
 
 ``overhead.py`` compares whole soakd runs, one after another: on a shared box their throughput
 drifts by ±5 % from run to run, as much as the cost it is after. This script removes the drift
@@ -19,12 +20,23 @@ whole run's; at 64 KiB the free path's cost barely depends on it (a bitmap scree
 
 Prints every phase, then per variant the median of the per-cycle ratios to "off" and its
 spread; goal for the default interval: throughput ≥ 0.95×, p99 ≤ 1.10×.
+
+``--processes N`` measures the other way round, for the profiler as a soak meets it: N rounds
+of one fresh process per variant (order reversed every other round), each starting the
+profiler before it imports the aggregator (as soakd's worker does), driving it with soakd's
+own workload engine (16 users, no think time, the default corpus) for ``--seconds`` after a
+3 s warm-up, and counting completed iterations. Between this and a whole soak lie only the
+rest of soakd (agent requests, the supervisor): ``overhead.py`` shows the whole.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,7 +48,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from soakd import profiler
 from soakd.profiler import DEFAULT_INTERVAL, SampledProfiler
-from soakd.reference import ReferenceAggregator
 
 GOAL = 0.95
 P99_GOAL = 1.10
@@ -76,6 +87,8 @@ class Phase:
 
 
 async def run(args: argparse.Namespace) -> list[Phase]:
+    from soakd.reference import ReferenceAggregator
+
     prof = SampledProfiler()
     phases: list[Phase] = []
     current: Phase | None = None
@@ -157,17 +170,89 @@ def report(phases: list[Phase]) -> None:
         )
 
 
+_CHILD_ENV = "SOAKD_BENCH_AB_VARIANT"
+
+
+def child(variant: str, seconds: float, users: int) -> None:
+    """One process of ``--processes``: the profiler first, then the imports, then the load;
+    prints its iterations per second as JSON."""
+    interval = VARIANTS[variant]
+    prof = SampledProfiler()
+    if interval is not None:
+        prof.start(interval=interval, frames=8)
+    from soakd.reference import ReferenceAggregator
+    from soakd.workload.corpus import Corpus
+    from soakd.workload.engine import Engine
+    from soakd.workload.settings import ThinkSpec, WorkloadSettings
+
+    async def drive() -> float:
+        cfg = WorkloadSettings(users=users, seed=1, think_time=ThinkSpec(distribution="none"))
+        async with ReferenceAggregator(seed=1, mock_latency_ms=1.0) as agg:
+            engine = Engine(cfg, agg.process_query, Corpus.from_config(cfg))
+            stop = asyncio.Event()
+            running = asyncio.get_running_loop().create_task(engine.run(stop, 5.0))
+            await asyncio.sleep(3.0)
+            done, t0 = engine.completed, time.perf_counter()
+            await asyncio.sleep(seconds)
+            rate = (engine.completed - done) / (time.perf_counter() - t0)
+            stop.set()
+            await running
+        return rate
+
+    print(json.dumps({"variant": variant, "throughput": asyncio.run(drive())}))
+
+
+def by_process(args: argparse.Namespace) -> None:
+    names = list(VARIANTS)
+    ratios: dict[str, list[float]] = {name: [] for name in names}
+    print(f"{'round':>5}  " + "  ".join(f"{n:>16}" for n in names))
+    for rnd in range(args.processes):
+        rates: dict[str, float] = {}
+        for name in names if rnd % 2 == 0 else names[::-1]:
+            out = subprocess.run(
+                [sys.executable, __file__, "--seconds", str(args.seconds), "--users",
+                 str(args.users)],
+                env=dict(os.environ, **{_CHILD_ENV: name}),
+                capture_output=True,
+                text=True,
+                timeout=args.seconds + 120,
+            )  # fmt: skip
+            if out.returncode != 0:
+                sys.exit(f"{name}: the measuring process failed:\n{out.stderr[-2000:]}")
+            rates[name] = float(json.loads(out.stdout.splitlines()[-1])["throughput"])
+        for name in names:
+            ratios[name].append(rates[name] / rates["off"])
+        print(f"{rnd:5d}  " + "  ".join(
+            f"{rates[n]:9.1f} ({rates[n] / rates['off']:.3f})" for n in names))  # fmt: skip
+    print(f"\nmedian ratio to 'off' over {args.processes} rounds (min..max)")
+    for name in names[1:]:
+        r = ratios[name]
+        print(f"{name:12s} {statistics.median(r):.3f} ({min(r):.3f}..{max(r):.3f})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seconds", type=float, default=240.0, help="measured time (240)")
     parser.add_argument("--phase", type=float, default=4.0, help="seconds per phase (4)")
     parser.add_argument("--users", type=int, default=16, help="concurrent users (16)")
     parser.add_argument("--warmup", type=float, default=10.0, help="unmeasured start (10 s)")
+    parser.add_argument(
+        "--processes", type=int, metavar="N", help="N rounds of fresh processes (see above)"
+    )
     args = parser.parse_args()
-    if args.phase <= SETTLE_S * 2 or args.seconds < args.phase * len(VARIANTS) * 2:
-        parser.error("--phase must exceed 1 s and --seconds must hold at least two cycles")
     if not profiler.AVAILABLE:
         sys.exit(f"the sampled profiler is unavailable: {profiler.UNAVAILABLE_REASON}")
+    variant = os.environ.get(_CHILD_ENV)
+    if variant is not None:
+        child(variant, args.seconds, args.users)
+        return
+    if args.processes is not None:
+        if args.processes < 1 or args.seconds <= 0:
+            parser.error("--processes must be ≥ 1 and --seconds > 0")
+        by_process(args)
+        return
+    if args.phase <= SETTLE_S * 2 or args.seconds < args.phase * len(VARIANTS) * 2:
+        parser.error("--phase must exceed 1 s and --seconds must hold at least two cycles")
     report(anyio.run(run, args))
 
 
