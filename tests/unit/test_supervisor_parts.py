@@ -10,12 +10,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from soakd.config import Config, SamplingConfig
 from soakd.rundir import RunDir
+from soakd.supervisor.analysis import AnalysisLoop
 from soakd.supervisor.recorder import RunRecorder
+from soakd.supervisor.sampling import SiteSampler
 from soakd.supervisor.schedule import jobs
 from soakd.supervisor.state import RunState
 from soakd.supervisor.thresholds import Thresholds
+from soakd.supervisor.tracing import TracingPolicy
 from soakd.supervisor.workload import WorkloadMonitor
 
 
@@ -101,3 +106,43 @@ def test_schedule_has_heap_jobs_only_with_heap_statistics() -> None:
     assert on["sample_sites"].every_s == on["sample_heap"].every_s
     off = jobs(SamplingConfig(enabled=False), **kw)
     assert [s.name for s in off] == ["sample_process", "sample_system", "checkpoint"]
+
+
+def test_sampled_sites_come_every_sites_interval_and_at_the_heap_cadence_near_a_verdict(
+    tmp_path: Path,
+) -> None:
+    """Grouping the sampled profile every heap sample cost a saturated target ~5 %: a steady
+    run samples sites every ``sites_interval``, a suspicion or a zoom at the heap cadence."""
+    state, recorder, thresholds = parts(tmp_path)
+    cfg = Config.model_validate({})
+    now = [0.0]
+    state.now = lambda: now[0]  # type: ignore[method-assign]
+    analysis = AnalysisLoop(cfg, state.now, recorder.emit, thresholds)
+    policy = TracingPolicy.from_config(cfg.sampling, analysis.params)
+    run = RunDir(tmp_path, "test-run")
+    sampler = SiteSampler(state, cfg.sampling, run, lambda: None, recorder, analysis, policy)
+    taken: list[float] = []
+
+    async def sample(role: str = "latest", *, snapshot: bool = True) -> None:
+        sampler.last_t = now[0]
+        taken.append(now[0])
+
+    sampler.sample = sample  # type: ignore[method-assign]
+
+    def run_until(end: float) -> list[float]:
+        taken.clear()
+        while now[0] < end:  # the scheduler wakes the job at the heap cadence
+            anyio.run(sampler.due)
+            now[0] += cfg.sampling.heap_interval
+        return list(taken)
+
+    assert cfg.sampling.heap_interval == 2.0 and cfg.sampling.sites_interval == 10.0
+    assert run_until(40.0) == [0.0, 10.0, 20.0, 30.0]
+    analysis.suspected = True
+    assert run_until(50.0) == [40.0, 42.0, 44.0, 46.0, 48.0]
+    analysis.suspected = False
+    policy.zoom(True, now[0])
+    assert len(run_until(80.0)) == 15  # a zoom: every heap sample
+    policy.zoom(False, now[0])
+    assert run_until(100.0) == [88.0, 98.0]
+    recorder.close()
