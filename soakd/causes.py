@@ -11,11 +11,14 @@ read as several leaks, a consequence first. :func:`group_causes` keeps one entry
   passes through the code that makes the resource (``asyncio`` task creation, ``threading``,
   ``socket``/``open``);
 * of sites on one call chain (one's traceback holds the other's site) the most grown stays;
-* so does the most grown of sites whose stacks part only at neighbouring lines of one caller
-  (at most ``ADJACENT_LINES`` apart) and that were first detected together: one statement's
-  leak shows at every block it retains, such as a cache's key built on the line before the
-  call that stores it, or an object a C extension keeps which reuses a block another line
-  allocated (free lists keep a block's first allocation site);
+* sites whose stacks part only inside one function of a shared caller (lines of one
+  function, as the records' ``functions`` read from the source say; without them, lines at
+  most ``ADJACENT_LINES`` apart) and that were first detected together are one leak: a
+  statement's leak shows at every block it keeps, such as the key or value built on another
+  line of the function that stores them, or an object a C extension keeps which reuses a block
+  another line allocated (free lists keep a block's first allocation site). The site whose
+  stack goes on into a call (the store, the constructor) is the cause; the function's own
+  allocations are what it keeps. Otherwise the most grown stays;
 * an object type is evidence of the site whose source line names its class.
 
 The cause keeps its own fields, the earliest ``first_detected_s`` of its group, and lists the
@@ -138,14 +141,16 @@ def _owners(out: Sequence[Mapping[str, Any]]) -> dict[int, int]:
     sites = [i for i, leak in enumerate(out) if leak.get("site") and i not in owner]
     for i in sites:
         for j in sites:
-            if (
-                i != j
-                and j not in owner
-                and i not in owner
-                and (_same_chain(out[i], out[j]) or _neighbours(out[i], out[j]))
-            ):
+            if i == j or j in owner or i in owner:
+                continue
+            if _same_chain(out[i], out[j]):
                 keep, drop = (i, j) if _growth(out[i]) >= _growth(out[j]) else (j, i)
-                owner[drop] = keep
+            elif (depths := _siblings(out[i], out[j])) is not None:
+                deeper = (depths[0], _growth(out[i])) >= (depths[1], _growth(out[j]))
+                keep, drop = (i, j) if deeper else (j, i)
+            else:
+                continue
+            owner[drop] = keep
     for j, leak in enumerate(out):
         if leak.get("kind") == "objects" and j not in owner:
             for i in sites:
@@ -195,16 +200,18 @@ def _same_chain(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     return b.get("site") in _frames(a) or a.get("site") in _frames(b)
 
 
-def _neighbours(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    """Stacks that share their callers and part at lines of one frame ``ADJACENT_LINES``
-    apart, first detected within ``TOGETHER_S``. Tracebacks are cut at the innermost frames,
-    so the shared callers are matched from the first frame both hold, not from the outermost."""
+def _siblings(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[int, int] | None:
+    """Stacks that share their callers and part inside one function, first detected within
+    ``TOGETHER_S``: the depth in each stack of the frame where they part (0: the function
+    allocated it on its own line; more: through calls), or None. Tracebacks are cut at the
+    innermost frames, so the shared callers are matched from the first frame both hold, not
+    from the outermost."""
     ta, tb = _frames(a), _frames(b)
     fa, fb = a.get("first_detected_s"), b.get("first_detected_s")
     if not ta or not tb or not isinstance(fa, int | float) or not isinstance(fb, int | float):
-        return False
+        return None
     if abs(fa - fb) > TOGETHER_S:
-        return False
+        return None
     in_b = {f: k for k, f in enumerate(tb)}
     for i, frame in enumerate(ta):
         j = in_b.get(frame)
@@ -213,9 +220,23 @@ def _neighbours(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
         # the callers from here out agree as far as both go
         n = min(len(ta) - i, len(tb) - j)
         if ta[i : i + n] != tb[j : j + n] or i == 0 or j == 0:
-            return False
-        return _near(ta[i - 1], tb[j - 1])
-    return False
+            return None
+        x, y = ta[i - 1], tb[j - 1]
+        if x == y or x.rpartition(":")[0] != y.rpartition(":")[0]:
+            return None
+        fx, fy = _function(a, i - 1), _function(b, j - 1)
+        together = fx == fy if fx is not None and fy is not None else _near(x, y)
+        return (i - 1, j - 1) if together else None
+    return None
+
+
+def _function(leak: Mapping[str, Any], k: int) -> str | None:
+    """The function of frame ``k`` as the record says (``functions``, read from the source)."""
+    functions = leak.get("functions")
+    if not isinstance(functions, list) or k >= len(functions):
+        return None
+    name = functions[k]
+    return name if isinstance(name, str) and name else None
 
 
 def _frames(leak: Mapping[str, Any]) -> list[str]:

@@ -24,6 +24,7 @@ from soakd.causes import evidence_keys, group_causes
 from soakd.coerce import num, text
 from soakd.coerce import opt_str as _opt_str
 from soakd.detection import KIND_RANK
+from soakd.sources import functions_of
 
 if TYPE_CHECKING:
     from soakd.detection import Finding
@@ -78,6 +79,9 @@ class LeakRecord(TypedDict):
     analyses: int
     signals: list[str]
     method: NotRequired[str]  # "end_to_end" when no trend was judged
+    # The function each traceback frame is in, read from the source (soakd.sources); absent
+    # when none could be read. Lets soakd.causes tell lines of one function from two functions.
+    functions: NotRequired[list[str | None]]
     # Findings of the same cause folded into this one (soakd.causes): kind, site, type, ...
     evidence: NotRequired[list[dict[str, Any]]]
     # On a ``leak.confirmed`` event: the confirmed leak this one is a consequence of.
@@ -88,7 +92,7 @@ class LeakRecord(TypedDict):
 def record_from_finding(f: Finding) -> LeakRecord:
     """The ``leak.*`` event's fields for a finding (rounded as events.jsonl has them)."""
     # Field order is the order of the event's JSON line.
-    return {
+    record: LeakRecord = {
         "kind": f.kind,
         "key": f.key,
         "site": f.site,
@@ -104,6 +108,11 @@ def record_from_finding(f: Finding) -> LeakRecord:
         "analyses": f.analyses,
         "signals": list(f.signals),
     }
+    if f.site is not None:
+        functions = functions_of(f.traceback)
+        if any(functions):
+            record["functions"] = functions
+    return record
 
 
 def leak_event(f: Finding) -> tuple[str, str, LeakRecord]:
@@ -141,6 +150,9 @@ def record_from_event(fields: Mapping[str, Any]) -> LeakRecord:
         "analyses": int(_float(fields.get("analyses"))),
         "signals": signals if isinstance(signals, list) else [],
     }
+    functions = fields.get("functions")
+    if isinstance(functions, list) and isinstance(tb, list) and len(functions) == len(tb):
+        record["functions"] = [f if isinstance(f, str) else None for f in functions]
     evidence = _evidence_of(fields)
     if evidence is not None:
         record["evidence"] = evidence

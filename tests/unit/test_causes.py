@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from soakd.causes import cause_of, group_causes
 from soakd.leaks import LeakLedger
+from soakd.sources import functions_of
 
 ASYNCIO = "/usr/lib/python3.11/asyncio"
 
@@ -147,3 +149,60 @@ def test_a_consequence_confirmed_after_its_cause_names_it_and_a_cause_does_not()
     assert cause_of(unrelated, [tasks, coroutines]) is None
     # The cause confirmed after its consequence is news: it is a cause, not a consequence.
     assert cause_of(tasks, [coroutines]) is None
+
+
+HANDLER = """\
+class Target:
+    async def process_query(self, query):
+        self.n += 1
+        yield {"type": "status"}
+        docs = [{"title": query} for _ in range(10)]
+        await self.pause()
+        self.step(query)
+        yield {"type": "content", "text": str(docs)}
+
+
+async def handle_a(request):
+    return request.body
+async def handle_b(request):
+    return request.headers
+"""
+
+
+def _sited(path: Path, line: int, deeper: list[str], growth: float) -> dict[str, Any]:
+    """A heap finding whose stack parts at ``path:line`` (through ``deeper`` frames first),
+    called from one engine line, with its frames' functions read from the source."""
+    tb = [*deeper, f"{path}:{line}", "/app/engine.py:465", "/app/engine.py:434"]
+    return _leak("heap", site=tb[0], traceback=tb, growth=growth, functions=functions_of(tb))
+
+
+def test_sites_parting_anywhere_in_one_function_are_one_leak_at_the_store(tmp_path: Path) -> None:
+    # A dict that keeps growing: its entries at the line that stores them (through step()),
+    # the ints it keeps as values where the function made them, four lines above. The store
+    # is the cause even where the values were sampled as more bytes.
+    src = tmp_path / "target.py"
+    src.write_text(HANDLER, encoding="utf-8")
+    store = _sited(src, 7, ["/app/leaky.py:12"], growth=1.5e5)
+    values = _sited(src, 3, [], growth=2.5e5)
+    assert store["functions"][1] == values["functions"][0] == "Target.process_query"
+    [cause] = group_causes([values, store])
+    assert cause["site"] == "/app/leaky.py:12"
+    assert [e["site"] for e in cause["evidence"]] == [values["site"]]
+    # the same from the leak.confirmed events, as summary.json is made
+    ledger = LeakLedger()
+    for fields in (values, store):
+        ledger.apply("leak.confirmed", fields)
+    assert [leak["site"] for leak in ledger.confirmed()] == ["/app/leaky.py:12"]
+
+
+def test_sites_in_two_functions_called_from_one_line_stay_apart(tmp_path: Path) -> None:
+    # One dispatch line calls either handler: lines two apart, but two functions, two leaks.
+    src = tmp_path / "handlers.py"
+    src.write_text(HANDLER, encoding="utf-8")
+    a = _sited(src, 12, [], growth=2e5)
+    b = _sited(src, 14, ["/app/store.py:3"], growth=1e5)
+    assert a["functions"][0] == "handle_a" and b["functions"][1] == "handle_b"
+    assert len(group_causes([a, b])) == 2
+    # without the source (a report read elsewhere) lines so close count as one statement
+    del a["functions"], b["functions"]
+    assert len(group_causes([a, b])) == 1
