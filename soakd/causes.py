@@ -17,8 +17,10 @@ read as several leaks, a consequence first. :func:`group_causes` keeps one entry
   statement's leak shows at every block it keeps, such as the key or value built on another
   line of the function that stores them, or an object a C extension keeps which reuses a block
   another line allocated (free lists keep a block's first allocation site). The site whose
-  stack goes on into a call (the store, the constructor) is the cause; the function's own
-  allocations are what it keeps. Otherwise the most grown stays;
+  stack goes on into a call outside the standard library (the store, the constructor) is the
+  cause: the function's own allocations, and what a standard-library call hands back to it
+  (``json.dumps``' string, ``asyncio.sleep``'s future), are what that call keeps or reuses.
+  Between equals the most grown stays;
 * an object type is evidence of the site whose source line names its class.
 
 The cause keeps its own fields, the earliest ``first_detected_s`` of its group, and lists the
@@ -27,6 +29,7 @@ others under ``evidence``. Pure: it works on ``leaks[]`` records as summary.json
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -38,6 +41,9 @@ ADJACENT_LINES: Final[int] = 2
 # ... if first detected within this many seconds of each other (a leak's consequences show
 # with it; a leak that starts later at the next line is news).
 TOGETHER_S: Final[float] = 300.0
+
+# A frame of the standard library: lib/pythonX.Y/ but not its site-packages, or a frozen module.
+_STDLIB: Final = re.compile(r"(?:^|/)lib/python3\.\d+/(?!(?:site|dist)-packages/)|^<frozen ")
 
 # Type names (last dotted part) a leaked resource of each kind holds.
 _HELD_TYPES: Final[dict[str, frozenset[str]]] = {
@@ -202,8 +208,8 @@ def _same_chain(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
 
 def _siblings(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[int, int] | None:
     """Stacks that share their callers and part inside one function, first detected within
-    ``TOGETHER_S``: the depth in each stack of the frame where they part (0: the function
-    allocated it on its own line; more: through calls), or None. Tracebacks are cut at the
+    ``TOGETHER_S``: how far each goes on into calls of its own from there (:func:`_own_depth`;
+    0: the function allocated it on its own line), or None. Tracebacks are cut at the
     innermost frames, so the shared callers are matched from the first frame both hold, not
     from the outermost."""
     ta, tb = _frames(a), _frames(b)
@@ -226,8 +232,16 @@ def _siblings(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[int, int] | N
             return None
         fx, fy = _function(a, i - 1), _function(b, j - 1)
         together = fx == fy if fx is not None and fy is not None else _near(x, y)
-        return (i - 1, j - 1) if together else None
+        return (_own_depth(ta[: i - 1]), _own_depth(tb[: j - 1])) if together else None
     return None
+
+
+def _own_depth(calls: Sequence[str]) -> int:
+    """Frames of ``calls`` (a stack's frames inside the call it parts at) outside the standard
+    library: the interpreter's ``lib/pythonX.Y`` other than its installed packages, and frozen
+    modules. Read from the path, so a target on another interpreter than soakd's is judged
+    alike."""
+    return sum(1 for frame in calls if not _STDLIB.search(frame))
 
 
 def _function(leak: Mapping[str, Any], k: int) -> str | None:

@@ -206,3 +206,24 @@ def test_sites_in_two_functions_called_from_one_line_stay_apart(tmp_path: Path) 
     # without the source (a report read elsewhere) lines so close count as one statement
     del a["functions"], b["functions"]
     assert len(group_causes([a, b])) == 1
+
+
+def test_a_call_into_the_standard_library_is_not_where_the_blocks_are_kept(
+    tmp_path: Path,
+) -> None:
+    # multidict 6.3.1 keeps the dict given to CIMultiDict(); new dicts come from CPython's free
+    # list, whose blocks keep the site that first allocated them: the json.dumps and
+    # asyncio.sleep lines of the same function. The constructor's line is the cause, however
+    # deep the standard library's frames go and however much those sites grew.
+    src = tmp_path / "target.py"
+    src.write_text(HANDLER, encoding="utf-8")
+    lib = "/usr/lib/python3.11"
+    kept = _sited(src, 7, ["/venv/lib/python3.11/site-packages/app/rw.py:129"], growth=2.5e5)
+    sleep = _sited(src, 6, [f"{lib}/asyncio/base_events.py:427", f"{lib}/asyncio/tasks.py:644"],
+                   growth=2.7e5)  # fmt: skip
+    dumps = _sited(src, 8, [f"{lib}/json/encoder.py:216", f"{lib}/json/__init__.py:231"],
+                   growth=1.2e5)  # fmt: skip
+    [cause] = group_causes([sleep, kept, dumps])
+    assert cause["site"] == kept["site"]
+    assert {e["site"] for e in cause["evidence"]} == {sleep["site"], dumps["site"]}
+    assert cause_of(sleep, [kept]) is kept
