@@ -14,6 +14,10 @@ target paid, perturbed intervals included). Variants, run side by side in every 
                     soakd's sampling, so that default / no-profiler is the profiler's own cost
 - ``hooks-only``    the profiler at a 1 GiB interval (next to no samples): what its allocator
                     hooks cost by themselves, against what sampling and stacks add
+- ``profiler-quiet``  the default with no heap, site or type samples (each at 1000 s): the
+                    profiler in a soak without soakd's requests to the target
+- ``no-site-samples``  the default without site groupings (``sites_interval`` 1000 s): what
+                    grouping the profile and writing snapshots costs, against the default
 - ``tracemalloc-f1``  exact tracing from the start, 1 frame (profiler off)
 - ``otel``          the default with ``[otel]`` on at its default sampling ratio, exporting
                     metrics and spans over OTLP/HTTP to a sink on loopback that this script
@@ -61,11 +65,22 @@ VARIANTS: dict[str, list[str]] = {
     "no-profiler": ["sampling.profiler=off", "sampling.tracemalloc=off"],
     # The profiler's hooks with (almost) no samples: the per-allocation toll alone.
     "hooks-only": ["sampling.profiler_interval=1GiB", "sampling.profiler_zoom_interval=0"],
+    # soakd's requests to the target taken away, one kind or all: where the rest of the cost is.
+    "profiler-quiet": [f"sampling.{k}_interval=1000" for k in ("heap", "sites", "types")],
+    "no-site-samples": ["sampling.sites_interval=1000"],
     "tracemalloc-f1": ["sampling.profiler=off", "sampling.tracemalloc=always", "sampling.frames=1"],
     "memray": ["sampling.enabled=false"],
     "otel": ["otel.enabled=true"],  # + otel.endpoint: the sink this script serves
 }
-EXTRA = ("no-profiler", "hooks-only", "tracemalloc-f1", "memray", "otel")
+EXTRA = (
+    "no-profiler",
+    "hooks-only",
+    "profiler-quiet",
+    "no-site-samples",
+    "tracemalloc-f1",
+    "memray",
+    "otel",
+)
 GOAL = 0.95  # throughput, default / sampling-off
 OTEL_GOAL = 0.97  # throughput, otel / default
 P99_GOAL = 1.10  # p99 latency, default / sampling-off
