@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import os
 import stat
+import threading
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -37,6 +38,7 @@ class FunctionIndex:
     def __init__(self, max_files: int = _MAX_FILES) -> None:
         self.max_files = max_files
         self._files: OrderedDict[str, _Spans | None] = OrderedDict()
+        self._lock = threading.Lock()  # the analysis thread warms it, the loop reads it
 
     def __call__(self, frame: str) -> str | None:
         path, _, line = frame.rpartition(":")
@@ -54,14 +56,15 @@ class FunctionIndex:
         return "<module>"
 
     def _spans(self, path: str) -> _Spans | None:
-        if path in self._files:
-            self._files.move_to_end(path)
-            return self._files[path]
-        spans = _parse(path)
-        self._files[path] = spans
-        while len(self._files) > self.max_files:
-            self._files.popitem(last=False)
-        return spans
+        with self._lock:
+            if path in self._files:
+                self._files.move_to_end(path)
+                return self._files[path]
+            spans = _parse(path)
+            self._files[path] = spans
+            while len(self._files) > self.max_files:
+                self._files.popitem(last=False)
+            return spans
 
 
 def _parse(path: str) -> _Spans | None:

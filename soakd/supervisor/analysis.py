@@ -17,6 +17,7 @@ from soakd.causes import cause_of
 from soakd.config import Config
 from soakd.detection import DetectionParams, Detector, Finding, SignalKind, SiteInfo
 from soakd.leaks import leak_event, record_from_finding
+from soakd.sources import functions_of
 from soakd.supervisor.state import Emit
 from soakd.supervisor.thresholds import Thresholds
 
@@ -192,6 +193,9 @@ class AnalysisLoop:
                         noise=item.noise,
                     )
             changes = detector.analyze(now)
+            for finding in changes:  # parse their sources here, not on the loop (cached)
+                if finding.site is not None:
+                    functions_of(finding.traceback)
             return (
                 changes,
                 detector.warmup_end(),
