@@ -282,6 +282,16 @@ class LeakEntry:
     analyses: object
     signals: object
     evidence: tuple[str, ...] = ()  # findings of the same cause, one line each
+    functions: tuple[str | None, ...] = ()  # the function of each traceback frame, if known
+
+    @property
+    def frames(self) -> list[str]:
+        """The traceback's frames, each with its function where the source named it."""
+        named = self.functions if len(self.functions) == len(self.traceback) else ()
+        return [
+            f"{frame} in {named[k]}" if named and named[k] else frame
+            for k, frame in enumerate(self.traceback)
+        ]
 
     @property
     def key(self) -> LeakKey:
@@ -290,6 +300,7 @@ class LeakEntry:
 
 def _leak_from(data: Mapping[str, Any], status: str) -> LeakEntry:
     tb = data.get("traceback")
+    fns = data.get("functions")
     return LeakEntry(
         status=status,
         kind=text(data.get("kind") or "?", 40),
@@ -308,6 +319,9 @@ def _leak_from(data: Mapping[str, Any], status: str) -> LeakEntry:
         analyses=data.get("analyses"),
         signals=data.get("signals"),
         evidence=tuple(_evidence_label(e) for e in _evidence_of(data) or []),
+        functions=tuple(text(f, 300) if isinstance(f, str) else None for f in fns[:200])
+        if isinstance(fns, list)
+        else (),
     )
 
 

@@ -336,7 +336,7 @@ def _leak(run: RunData, leak: LeakEntry, index: int) -> str:
         stats.append(("same cause, also seen as", f"<ul>{items}</ul>"))
     parts = [f"<h3 id='leak-{index}'>{_e(title)}</h3>", _table(stats)]
     site = run.sites.get(leak.site or "")
-    traceback = leak.traceback or (site.traceback if site else ())
+    traceback = leak.frames or list(site.traceback if site else ())
     if traceback:
         frames = "".join(f"<li><code>{_e(f)}</code></li>" for f in traceback)
         parts.append(f"<p>Traceback (innermost first):</p><ol>{frames}</ol>")

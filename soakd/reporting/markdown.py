@@ -70,7 +70,7 @@ def _leak(leak: LeakEntry) -> list[str]:
         out.append("- same cause, also seen as:")
         out += [f"  - {md(e)}" for e in leak.evidence]
     if leak.traceback:
-        out += ["", "Traceback (innermost first):", "", _code_block(list(leak.traceback))]
+        out += ["", "Traceback (innermost first):", "", _code_block(leak.frames)]
     context = source_context(leak.site)
     if context:
         lineno = int((leak.site or "0").rpartition(":")[2])

@@ -136,7 +136,8 @@ def build_run(
             900.0,
             kind="heap",
             site=leak_site,
-            traceback=[leak_site],
+            traceback=[leak_site, "/srv/app/main.py:10"],
+            functions=["remember", None],
             line="    CACHE.append(data)",
             type=None,
             slope_per_h=72e6,
@@ -311,6 +312,7 @@ def test_report_html_has_every_plot_and_leak_details(tmp_path: Path) -> None:
     assert "CACHE.append(data)  # grows forever" in html
     assert re.search(r'class="hit">\s+9  ', html)
     assert "/srv/app/main.py:10" in html
+    assert "leaky_service.py:9 in remember</code>" in html
     assert "68.7 MiB/h" in html  # 72e6 bytes per hour
     assert "1e-09" in html
     assert "theil_sen_low" in html
@@ -333,6 +335,8 @@ def test_report_markdown_states_the_facts(tmp_path: Path) -> None:
     assert "| RSS peak | 168.8 MiB |" in md
     assert "### CONFIRMED: heap leak at `" in md
     assert ">     9      CACHE.append(data)  # grows forever" in md
+    # the traceback names each frame's function where the source did
+    assert f"{run.parent}/leaky_service.py:9 in remember\n/srv/app/main.py:10\n" in md
     assert "### SUSPECTED: objects leak (type dict)" in md
     assert "| rss over 150MB | 143.1 MiB | 143.1 MiB | alert | 25m00s |" in md
     assert '- signals: `{"mann_kendall": true, "theil_sen_low": 65000000.0}`' in md
