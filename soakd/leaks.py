@@ -79,6 +79,8 @@ class LeakRecord(TypedDict):
     analyses: int
     signals: list[str]
     method: NotRequired[str]  # "end_to_end" when no trend was judged
+    # On ``leak.*`` events: the latest verdict's reason (why a finding was cleared).
+    reason: NotRequired[str]
     # The function each traceback frame is in, read from the source (soakd.sources); absent
     # when none could be read. Lets soakd.causes tell lines of one function from two functions.
     functions: NotRequired[list[str | None]]
@@ -108,6 +110,8 @@ def record_from_finding(f: Finding) -> LeakRecord:
         "analyses": f.analyses,
         "signals": list(f.signals),
     }
+    if f.reason:
+        record["reason"] = f.reason
     if f.site is not None:
         functions = functions_of(f.traceback)
         if any(functions):

@@ -20,6 +20,8 @@ __all__ = ["native_verdict", "site_verdict"]
 
 # CPython serves requests up to this size from pymalloc (counted as blocks), larger from malloc.
 _PYMALLOC_MAX_BYTES = 512.0
+# A site whose mean block size lies within this factor of 512 B may hold blocks of both kinds.
+_SIZE_AMBIGUITY = 1.25
 
 
 def native_verdict(
@@ -83,12 +85,18 @@ def site_verdict(
     # Blocks over pymalloc's 512 B come from malloc, and its bytes in use are exact: they
     # must show there, in bytes (in the block count a 1 KiB block weighs as much as any, and
     # the heap's own slow drift would corroborate a turnover's random walk); small ones must
-    # show in the block count (malloc moves by more than they weigh).
-    large = v.slope > _PYMALLOC_MAX_BYTES * max(site_blocks, 0.0)
+    # show in the block count (malloc moves by more than they weigh). The site's mean block
+    # size decides, from its latest estimates (a ratio of two slopes fitted apart strays by
+    # 10 % and more); near 512 B the blocks may be either, and either corroborates.
+    size = _mean_block_size(track, v, site_blocks)
+    large = size > _PYMALLOC_MAX_BYTES
+    either = _PYMALLOC_MAX_BYTES / _SIZE_AMBIGUITY <= size <= _PYMALLOC_MAX_BYTES * _SIZE_AMBIGUITY
+    by_malloc = malloc is not None and malloc >= share * v.slope
+    by_blocks = heap is not None and heap >= share * site_blocks * p.block_bytes
     if large and malloc is not None:
-        if malloc >= share * v.slope:
+        if by_malloc or (either and by_blocks):
             return v
-    elif heap is not None and heap >= share * site_blocks * p.block_bytes:
+    elif by_blocks or (either and by_malloc):
         return v
     elif malloc is None:
         # Without malloc's numbers, RSS: it creeps by itself (allocator) and climbs with
@@ -106,6 +114,15 @@ def site_verdict(
             "blocks/h): entries allocated since tracing started replace older ones"
         ),
     )
+
+
+def _mean_block_size(track: Track, v: SeriesVerdict, site_blocks: float) -> float:
+    """Bytes per block at the site: its latest byte estimate over its latest block count, else
+    the window's byte slope over its block slope."""
+    last, count = track.series.last, track.counts.last if track.counts is not None else None
+    if last is not None and count is not None and count[0] == last[0] and count[1] > 0.0:
+        return last[1] / count[1]
+    return v.slope / site_blocks if site_blocks > 0.0 else math.inf
 
 
 def _within_sampling_noise(

@@ -48,6 +48,8 @@ class Finding:
     first_detected_s: float
     analyses: int
     signals: tuple[str, ...]
+    # Why the latest verdict said what it did: for a cleared finding, what turned it.
+    reason: str = ""
 
     def as_leak(self) -> dict[str, object]:
         """The summary.json ``leaks[]`` entry (schema soakd.summary/1)."""
@@ -255,6 +257,7 @@ def finding_of(track: Track, state: FindingState) -> Finding:
         first_detected_s=track.first_detected_s,
         analyses=track.leak_analyses,
         signals=track.signals,
+        reason=(track.verdict or v).reason,
     )
 
 

@@ -12,15 +12,17 @@ from tests.conftest import events, run_soakd, write_config
 
 
 def test_type_walks_are_perturbations_left_out_of_the_workload(tmp_path: Path) -> None:
-    # FAST walks the target's gc types every 2 s; workload intervals are 1 s
+    # FAST walks the target's gc types every 2 s; workload intervals are 1 s. 14 s leaves
+    # room for a slow worker start on a loaded box (an 8 s run once saw no walk at all).
     cfg = write_config(tmp_path, '[target]\nfactory = "simple_targets:Echo"\n')
     run = tmp_path / "run"
-    proc = run_soakd("run", "-c", str(cfg), "-d", "8s", "--run-dir", str(run), cwd=tmp_path,
+    proc = run_soakd("run", "-c", str(cfg), "-d", "14s", "--run-dir", str(run), cwd=tmp_path,
                      timeout=60)  # fmt: skip
     assert proc.returncode in (0, 7), proc.stderr[-2000:]  # pass, or too short to judge
     spans = [e for e in events(run) if e["event"] == "target.perturbed"]
     types = [e for e in spans if e["cause"] == "types"]
-    assert types, f"no types span among {len(spans)} target.perturbed events"
+    started = [e["t"] for e in events(run) if e["event"] == "worker.ready"]
+    assert types, f"no types span among {len(spans)} target.perturbed events (ready {started})"
     for e in types:
         assert e["end"] >= e["start"] >= 0 and e["duration_ms"] >= 0
     perturbed = [e for e in events(run) if e["event"] == "workload.interval" and e.get("perturbed")]

@@ -763,3 +763,48 @@ def test_growth_turned_sees_a_sampled_leak_stop_and_never_a_steady_one() -> None
             growth_turned(steady, confirmed, now, 0.01 / 3) for now in range(200, 3601, 100)
         )
     assert false <= 3
+
+
+def test_blocks_just_over_512_bytes_are_corroborated_by_malloc_whatever_the_slopes_ratio() -> None:
+    # 513 B blocks at 20 a second (a 10 KB/s leak, malloc's blocks): malloc's bytes grow as
+    # the site does, the block count is flat. The site's block count has a stray start, so the
+    # ratio of its two fitted slopes reads 460 B a block (pymalloc's side of 512 B); its latest
+    # estimates say 513 B. Judged by the slopes' ratio, this leak read as turnover.
+    from soakd.analysis.verdicts import SeriesVerdict
+    from soakd.detection.corroboration import site_verdict
+    from soakd.detection.tracks import TrackTable
+    from soakd.detection.windows import Thresholds
+
+    params = DetectionParams()
+    th = Thresholds.from_params(params)
+    tracks = TrackTable(params)
+    r = random.Random(5)
+    for i in range(61):  # 120 s, every 2 s
+        t = 60.0 + 2.0 * i
+        tracks.add("heap", "heap", t, HEAP0 + r.gauss(0.0, 4e3))
+        tracks.add("malloc", "malloc", t, 8e6 + 10_260.0 * (t - 60.0) + r.gauss(0.0, 2e3))
+        blocks = 1000.0 + 20.0 * (t - 60.0)
+        count = blocks + 2.3 * (t - 60.0) if i else 0.0  # count slope 22.3/s, not 20
+        tracks.add("site", "app.py:1", t, 513.0 * blocks, count=max(count, 1.0))
+    track = tracks.get("site", "app.py:1")
+    assert track is not None and track.counts is not None
+    slope = 10_260.0
+    leak = SeriesVerdict("leak", slope, 0.9 * slope, 1e-9, slope * 120.0, "rises", 61, 120.0)
+    v = site_verdict(tracks, track, leak, 180.0, params, th)
+    assert v.is_leak, v.reason
+    # The same site while malloc stays flat is turnover (the block count cannot speak for it).
+    flat = TrackTable(params)
+    for i in range(61):
+        t = 60.0 + 2.0 * i
+        flat.add("heap", "heap", t, HEAP0 + r.gauss(0.0, 4e3))
+        flat.add("malloc", "malloc", t, 8e6 + r.gauss(0.0, 2e3))
+        flat.add(
+            "site",
+            "app.py:1",
+            t,
+            513.0 * (1000.0 + 20.0 * (t - 60.0)),
+            count=1000.0 + 20.0 * (t - 60.0),
+        )
+    ftrack = flat.get("site", "app.py:1")
+    assert ftrack is not None
+    assert site_verdict(flat, ftrack, leak, 180.0, params, th).reason.startswith("turnover")
