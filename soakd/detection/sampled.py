@@ -110,7 +110,8 @@ def judge_sampled(
         return verdict(
             "plateau", f"growth slowing down (second half at {slowing:.0%} of the first): filling"
         )
-    return verdict("leak", f"sampled growth {growth:.3g} B, {growth / sigma:.1f} σ of the estimate")
+    sigmas = f"{growth / sigma:.1f} σ" if sigma > 0 else "no sampled churn"
+    return verdict("leak", f"sampled growth {growth:.3g} B, {sigmas} of the estimate")
 
 
 def _deceleration(
@@ -128,6 +129,8 @@ def _deceleration(
     if mid < 2 or len(ts) - mid < 2:
         return None
     d1, d2 = ts[mid] - ts[0], ts[-1] - ts[mid]
+    if d1 <= 0.0 or d2 <= 0.0:  # points sharing a timestamp
+        return None
     r1 = (ys[mid] - ys[0]) / d1
     r2 = (ys[-1] - ys[mid]) / d2
     if r1 <= 0.0 or r2 >= vp.decel_ratio * r1:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -121,8 +122,19 @@ class RunRecorder:
         count = self.job_failures.get(name, 0) + 1
         self.job_failures[name] = count
         if count in (1, 10, 100) or count % 1000 == 0:
+            frames = traceback.extract_tb(exc.__traceback__)
+            at = (
+                f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}"
+                if frames
+                else None
+            )
             self.emit(
-                "job.failed", "warning", job=name, error=f"{type(exc).__name__}: {exc}", count=count
+                "job.failed",
+                "warning",
+                job=name,
+                error=f"{type(exc).__name__}: {exc}",
+                at=at,  # where it was raised: enough to report it, never a whole traceback
+                count=count,
             )
 
     # -- start -----------------------------------------------------------------------------

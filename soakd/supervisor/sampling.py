@@ -190,18 +190,20 @@ class TypeSampler:
         self._interval = sampling.types_interval
         self._collected_interval = types_every(sampling.types_interval, workload_interval_s)
         self.collecting = False
+        self._every = self._interval
         self.last_t = -math.inf
 
     async def __call__(self) -> None:
         now = self._state.now()
-        if self.collecting != self._analysis.collect_wanted:
-            self.collecting = not self.collecting
-            # Also a change in the target's behaviour: its cyclic garbage is freed sooner.
-            self._recorder.emit(
-                "detection.collecting", on=self.collecting, interval_s=self._collected_interval
-            )
-            self._analysis.restart("type", now)
-        every = self._collected_interval if self.collecting else self._interval
+        eager = self._analysis.collect_wanted
+        collecting = eager or self._analysis.collect_held
+        every = self._collected_interval if eager else self._interval
+        if (collecting, every) != (self.collecting, self._every):
+            if collecting != self.collecting:
+                # Also a change in the target's behaviour: its cyclic garbage is freed sooner.
+                self._analysis.restart("type", now)
+            self.collecting, self._every = collecting, every
+            self._recorder.emit("detection.collecting", on=collecting, interval_s=every)
         if now - self.last_t < 0.9 * every:
             return
         stats = self._stats()

@@ -151,3 +151,17 @@ def test_a_steady_leak_is_not_read_as_slowing_down() -> None:
         churn = [INTERVAL * (y - ys[0]) for y in ys]
         slowing += "slowing down" in judge_sampled(ts, ys, vs, PARAMS, 30.0, churn).reason
     assert slowing <= 3
+
+
+def test_windows_without_sampled_churn_or_with_shared_timestamps_are_judged_not_raised() -> None:
+    # A window whose ends hold no variance and whose churn did not move (a window cut between
+    # two collections can be such), and one whose last points share a timestamp: judged, where
+    # they used to raise ZeroDivisionError out of the analysis (and lose its state changes).
+    ts = [float(t) for t in range(0, 61, 5)]
+    ys = [1000.0 * t for t in ts]
+    v = judge_sampled(ts, ys, [0.0] * len(ts), PARAMS, 30.0, [5.0] * len(ts))
+    assert v.is_leak and "no sampled churn" in v.reason
+    ts2 = [*ts[:-1], ts[-2]]
+    ys2 = [*ys[:-1], ys[-2] + 500.0]
+    vs2 = [8192.0 * y for y in ys2]
+    assert judge_sampled(ts2, ys2, vs2, PARAMS, 30.0).pattern in ("leak", "plateau", "flat", "step")

@@ -146,3 +146,24 @@ def test_sampled_sites_come_every_sites_interval_and_at_the_heap_cadence_near_a_
     policy.zoom(False, now[0])
     assert run_until(100.0) == [88.0, 98.0]
     recorder.close()
+
+
+def test_a_failed_job_says_where_it_raised(tmp_path: Path) -> None:
+    _, recorder, _ = parts(tmp_path)
+
+    def analyze() -> None:
+        1.0 / 0.0  # noqa: B018  # a bug in soakd's own job
+
+    for _ in range(2):
+        try:
+            analyze()
+        except ZeroDivisionError as exc:
+            recorder.job_failed("analyze", exc)
+    recorder.close()
+    failed = [e for e in events(tmp_path) if e["event"] == "job.failed"]
+    assert len(failed) == 1 and failed[0]["count"] == 1  # the 1st is told, the 2nd counted
+    assert failed[0]["error"] == "ZeroDivisionError: float division by zero"
+    assert (
+        failed[0]["at"].endswith(" in analyze") and "test_supervisor_parts.py:" in failed[0]["at"]
+    )
+    assert recorder.job_failures == {"analyze": 2}
