@@ -92,7 +92,14 @@ def site_verdict(
     large = size > _PYMALLOC_MAX_BYTES
     either = _PYMALLOC_MAX_BYTES / _SIZE_AMBIGUITY <= size <= _PYMALLOC_MAX_BYTES * _SIZE_AMBIGUITY
     by_malloc = malloc is not None and malloc >= share * v.slope
-    by_blocks = heap is not None and heap >= share * site_blocks * p.block_bytes
+    needed = share * site_blocks * p.block_bytes
+    # The heap level's own leak verdict (its whole window) shows it too: the site is where
+    # that growth is, and refusing it would leave the leak reported without its line.
+    level = tracks.get("heap")
+    judged = level.verdict if level is not None else None
+    by_blocks = (heap is not None and heap >= needed) or (
+        judged is not None and judged.is_leak and judged.slope_low >= needed
+    )
     if large and malloc is not None:
         if by_malloc or (either and by_blocks):
             return v

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -864,3 +864,36 @@ def test_garbage_piling_up_after_soakd_stopped_collecting_is_not_a_leak() -> Non
     # A 3 KB/s leak under the same garbage is still one.
     track, collections = _garbage_site(3e3)
     assert judge_window(track, 300.0, 60.0, vp, min_window, params, collections).is_leak
+
+
+def test_a_site_is_corroborated_by_the_heap_levels_own_leak_verdict() -> None:
+    # 50 B blocks at 20 a second (1 KB/s) under a heap level too noisy for the lower bound of
+    # its newest 30 s to show 10 blocks/s, while its whole window is judged a leak: the site is
+    # where that growth is (before, the level was confirmed alone and the site 50 s later).
+    from soakd.analysis.verdicts import SeriesVerdict
+    from soakd.detection.corroboration import site_verdict
+    from soakd.detection.tracks import TrackTable
+    from soakd.detection.windows import Thresholds
+
+    params = DetectionParams()
+    th = Thresholds.from_params(params)
+    r = random.Random(3)
+
+    def judged(level_verdict: SeriesVerdict | None) -> SeriesVerdict:
+        tracks = TrackTable(params)
+        for i in range(61):
+            t = 60.0 + 2.0 * i
+            tracks.add("heap", "heap", t, HEAP0 + 20 * 80.0 * t + r.gauss(0.0, 3e4))
+            tracks.add("malloc", "malloc", t, 8e6 + r.gauss(0.0, 2e3))
+            tracks.add("site", "app.py:1", t, 1000.0 * (t - 60.0), count=20.0 * (t - 60.0))
+        heap = tracks.get("heap")
+        track = tracks.get("site", "app.py:1")
+        assert heap is not None and track is not None
+        heap.verdict = level_verdict
+        leak = SeriesVerdict("leak", 1000.0, 800.0, 1e-9, 1.2e5, "rises", 61, 120.0)
+        return site_verdict(tracks, track, leak, 180.0, params, th)
+
+    assert judged(None).reason.startswith("turnover")
+    level = SeriesVerdict("leak", 1600.0, 900.0, 1e-6, 1.9e5, "sustained growth", 61, 120.0)
+    assert judged(level).is_leak
+    assert judged(replace(level, pattern="flat")).reason.startswith("turnover")
