@@ -177,8 +177,8 @@ def collected_span(
     (and a cache turning over is exactly such a line). While collections come (the latest
     within ``recent`` seconds), the window ends on the first point after the latest one in
     it, and starts on the first point after the earliest one in it if the rest still spans
-    ``min_window``: both ends then hold no garbage older than one sampling interval.
-    Otherwise the whole window.
+    ``min_window``: both ends then hold no garbage older than one sampling interval. A window
+    that would be shorter than ``min_window`` even from its first point is judged whole.
     """
     whole = (0, len(ts) - 1)
     if not ts or not collections or now - collections[-1] > recent:
@@ -188,9 +188,11 @@ def collected_span(
         return whole
     last = bisect_left(ts, inside[-1])
     first = bisect_left(ts, inside[0])
-    if first >= last or ts[last] - ts[first] < min_window:
-        first = 0
-    return first, last
+    if first < last and ts[last] - ts[first] >= min_window:
+        return first, last
+    if ts[last] - ts[0] >= min_window:
+        return 0, last
+    return whole  # collections only just began: judged whole until a window lies before one
 
 
 def prescreen(

@@ -84,10 +84,6 @@ class AnalysisLoop:
         # Python memory or object counts are suspected of growing: samples of object counts
         # follow full collections meanwhile (see TypeSampler).
         self.collect_wanted = False
-        # A Python memory or objects leak is confirmed: collections go on at the types cadence.
-        # Turned off, cyclic garbage piles up between them and reads as growth: it held
-        # false confirmations and kept a cache that stopped filling from being cleared.
-        self.collect_held = False
         self.warmup_reported = False
         self.judged_reported = False
         self.groupings = 0  # site groupings started + finished: odd while one runs
@@ -213,9 +209,6 @@ class AnalysisLoop:
             growing
             or suspicious
             or any(f.kind in ("heap", "objects") and f.state == "suspected" for f in findings)
-        )
-        self.collect_held = any(
-            f.kind in ("heap", "objects") and f.state == "confirmed" for f in findings
         )
         self.suspected = any(f.state == "suspected" for f in findings)
         if not self.warmup_reported and warmup is not None:

@@ -826,6 +826,8 @@ def test_collected_span_ends_a_window_just_after_its_latest_collection() -> None
     # Two collections too close for a window between them: only the end is moved.
     first, last = collected_span(ts, [281.0, 291.0], 300.0, 30.0, 60.0)
     assert (first, ts[last]) == (0, 292.0)
+    # Collections just begun (one, 15 s into the window): judged whole, not stalled at it.
+    assert collected_span(ts, [75.0], 100.0, 30.0, 60.0) == (0, len(ts) - 1)
 
 
 def _garbage_site(rate: float, seconds: float = 300.0) -> tuple[Track, list[float]]:
