@@ -97,8 +97,6 @@ class Detector:
 
     def mark_collected(self, t: float) -> None:
         """A full collection ran in the target just before ``t`` (see ``collection_check``)."""
-        if t > self._tracks.collected_at:
-            self._tracks.collections.append(t)
         self._tracks.collected_at = max(self._tracks.collected_at, t)
 
     def mark_discontinuity(self, signal: SignalKind, t: float) -> None:
@@ -158,9 +156,7 @@ class Detector:
     def _judge(
         self, track: Track, now: float, warmup: float, vp: VerdictParams, min_window: float
     ) -> SeriesVerdict:
-        return judge_window(
-            track, now, warmup, vp, min_window, self.params, self._tracks.collections
-        )
+        return judge_window(track, now, warmup, vp, min_window, self.params)
 
     def _judge_rss(
         self, track: Track, now: float, warmup: float, vp: VerdictParams, ceiling: float

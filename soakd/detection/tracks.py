@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
@@ -12,9 +11,6 @@ from soakd.analysis.series import BoundedSeries
 from soakd.analysis.verdicts import SeriesVerdict
 from soakd.detection.kinds import SIGNALS, SignalKind
 from soakd.detection.params import DetectionParams
-
-# Full collections remembered: a 30 min window at one every 10 s.
-COLLECTIONS_KEPT = 256
 
 __all__ = ["SiteInfo", "Track", "TrackState", "TrackTable"]
 
@@ -82,9 +78,6 @@ class TrackTable:
         self._groups: dict[SignalKind, dict[str, Track]] = {}
         self.restarted: dict[SignalKind, float] = {}  # latest discontinuity per signal
         self.collected_at = -math.inf  # the target's latest full collection we know of
-        # Recent full collections (a window's worth at soakd's fastest collecting cadence):
-        # sampled site windows end on a sample taken just after one (see judge_window).
-        self.collections: deque[float] = deque(maxlen=COLLECTIONS_KEPT)
         self.dropped = 0  # samples refused: out of order or not finite
 
     def __contains__(self, signal: SignalKind) -> bool:

@@ -4,8 +4,6 @@ half and quarter. Pure functions over a :class:`~soakd.detection.tracks.Track`.
 
 from __future__ import annotations
 
-from bisect import bisect_left
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from soakd.analysis.series import downsample
@@ -16,7 +14,7 @@ from soakd.detection.params import HOUR, DetectionParams
 from soakd.detection.sampled import judge_sampled
 from soakd.detection.tracks import Track
 
-__all__ = ["SUB_WINDOWS", "Thresholds", "collected_span", "judge_window"]
+__all__ = ["SUB_WINDOWS", "Thresholds", "judge_window"]
 
 # Sub-windows (fractions of the window, newest part) also judged, for leaks that start late.
 SUB_WINDOWS = (0.5, 0.25)
@@ -80,13 +78,8 @@ def judge_window(
     vp: VerdictParams,
     min_window: float,
     p: DetectionParams,
-    collections: Sequence[float] = (),
 ) -> SeriesVerdict:
-    """Verdict on the track's window, then on its newest half and quarter (late onset).
-
-    ``collections``: times of recent full collections in the target (ascending); a sampled
-    site's window is judged between the samples just after them (see :func:`collected_span`).
-    """
+    """Verdict on the track's window, then on its newest half and quarter (late onset)."""
     start = max(warmup, now - p.window_s, track.segment_start)
     ts, ys = track.series.window(start, now)
     if not ts:
@@ -99,7 +92,7 @@ def judge_window(
     # and analyses tick on separate schedules.
     min_window = max(min_window - 2.0 * track.typical_dt, 0.75 * min_window)
     if track.variances is not None:
-        sampled = _judge_sampled_track(track, ts, ys, start, now, vp, min_window, collections, p)
+        sampled = _judge_sampled_track(track, ts, ys, start, now, vp, min_window)
         if sampled is not None:
             return sampled
     full = prescreen(ts, ys, vp, min_window) or classify(ts, ys, vp)
@@ -136,8 +129,6 @@ def _judge_sampled_track(
     now: float,
     vp: VerdictParams,
     min_window: float,
-    collections: Sequence[float],
-    p: DetectionParams,
 ) -> SeriesVerdict | None:
     """The window (or, when flat, its newest half or quarter: a late onset) of a sampled site;
     None when its variances do not line up with its points (then the usual tests judge)."""
@@ -149,9 +140,6 @@ def _judge_sampled_track(
     if track.churn is not None:
         cts, cs = track.churn.window(start, now)
         cs = cs if cts == ts else None
-    first, last = collected_span(ts, collections, now, min_window, p.gap_s)
-    ts, ys, vs = ts[first : last + 1], ys[first : last + 1], vs[first : last + 1]
-    cs = cs[first : last + 1] if cs is not None else None
     full = judge_sampled(ts, ys, vs, vp, min_window, cs)
     if full.pattern != "flat":
         return full
@@ -165,34 +153,6 @@ def _judge_sampled_track(
         if sub.is_leak and new_high(ys[:first], ys[first:]):
             return sub
     return full
-
-
-def collected_span(
-    ts: list[float], collections: Sequence[float], now: float, min_window: float, recent: float
-) -> tuple[int, int]:
-    """The indices of a window's first and last points to judge while soakd collects.
-
-    Between full collections cyclic garbage piles up at the lines that allocate it, freed all
-    at once by the next: a sawtooth whose rising edge, at a window's end, reads as growth
-    (and a cache turning over is exactly such a line). While collections come (the latest
-    within ``recent`` seconds), the window ends on the first point after the latest one in
-    it, and starts on the first point after the earliest one in it if the rest still spans
-    ``min_window``: both ends then hold no garbage older than one sampling interval. A window
-    that would be shorter than ``min_window`` even from its first point is judged whole.
-    """
-    whole = (0, len(ts) - 1)
-    if not ts or not collections or now - collections[-1] > recent:
-        return whole
-    inside = [c for c in collections if ts[0] < c <= ts[-1]]
-    if not inside:
-        return whole
-    last = bisect_left(ts, inside[-1])
-    first = bisect_left(ts, inside[0])
-    if first < last and ts[last] - ts[first] >= min_window:
-        return first, last
-    if ts[last] - ts[0] >= min_window:
-        return 0, last
-    return whole  # collections only just began: judged whole until a window lies before one
 
 
 def prescreen(

@@ -166,13 +166,12 @@ class TypeSampler:
 
     Between the collector's full collections, counts include cyclic garbage and tuples and
     dicts not yet untracked: they pile up in the oldest generation for minutes and read as
-    growth, of the counts and of the heap (garbage holds its blocks). From the first time the
-    detector suspects Python memory or a type of growing, every sample follows a full
-    collection: more often (``types_every``) while suspected, every ``types_interval`` after;
-    the detector confirms such a finding only after a collection (the growth survived one) and
-    judges sampled sites between collections. The type series restart when collections begin
-    (their level moves by the garbage); the heap level is not restarted (that would delay
-    every heap verdict). A collection costs the target about what the count does.
+    growth, of the counts and of the heap (garbage holds its blocks). While the detector
+    suspects Python memory or a type of growing, every sample follows a full collection, more
+    often (``COLLECTED_TYPES_INTERVAL_S``), and the detector confirms such a finding only after
+    a collection (the growth survived one). The type series restart at each switch (their
+    level moves by the garbage); the heap level is not restarted (that would delay every heap
+    verdict). A collection costs the target about what the count does, only while suspected.
     """
 
     def __init__(
@@ -191,24 +190,18 @@ class TypeSampler:
         self._interval = sampling.types_interval
         self._collected_interval = types_every(sampling.types_interval, workload_interval_s)
         self.collecting = False
-        self._every = self._interval
         self.last_t = -math.inf
 
     async def __call__(self) -> None:
         now = self._state.now()
-        eager = self._analysis.collect_wanted
-        # Once started, collections never stop (every types_interval at least): stopped, the
-        # cyclic garbage piles up again between them and reads as growth at the lines that
-        # make it (it held false confirmations, and kept a cache that stopped filling from
-        # being cleared), and the site windows that end after a collection would stall.
-        collecting = eager or self.collecting
-        every = self._collected_interval if eager else self._interval
-        if (collecting, every) != (self.collecting, self._every):
-            if collecting != self.collecting:
-                # Also a change in the target's behaviour: its cyclic garbage is freed sooner.
-                self._analysis.restart("type", now)
-            self.collecting, self._every = collecting, every
-            self._recorder.emit("detection.collecting", on=collecting, interval_s=every)
+        if self.collecting != self._analysis.collect_wanted:
+            self.collecting = not self.collecting
+            # Also a change in the target's behaviour: its cyclic garbage is freed sooner.
+            self._recorder.emit(
+                "detection.collecting", on=self.collecting, interval_s=self._collected_interval
+            )
+            self._analysis.restart("type", now)
+        every = self._collected_interval if self.collecting else self._interval
         if now - self.last_t < 0.9 * every:
             return
         stats = self._stats()

@@ -810,64 +810,6 @@ def test_blocks_just_over_512_bytes_are_corroborated_by_malloc_whatever_the_slop
     assert site_verdict(flat, ftrack, leak, 180.0, params, th).reason.startswith("turnover")
 
 
-def test_collected_span_ends_a_window_just_after_its_latest_collection() -> None:
-    from soakd.detection.windows import collected_span
-
-    ts = [float(t) for t in range(60, 301, 2)]  # a point every 2 s
-    # Collections every 10 s from 62 to 252 s (on a point each), none since.
-    collections = [float(c) + 1.0 for c in range(61, 252, 10)]
-    first, last = collected_span(ts, collections, 300.0, 30.0, 60.0)
-    assert (ts[first], ts[last]) == (62.0, 252.0)
-    # The latest collection over a minute ago: soakd stopped collecting, the whole window.
-    assert collected_span(ts, collections, 320.0, 30.0, 60.0) == (0, len(ts) - 1)
-    # No collection inside the window, or none at all: the whole window.
-    assert collected_span(ts, [30.0], 70.0, 30.0, 60.0) == (0, len(ts) - 1)
-    assert collected_span(ts, [], 300.0, 30.0, 60.0) == (0, len(ts) - 1)
-    # Two collections too close for a window between them: only the end is moved.
-    first, last = collected_span(ts, [281.0, 291.0], 300.0, 30.0, 60.0)
-    assert (first, ts[last]) == (0, 292.0)
-    # Collections just begun (one, 15 s into the window): judged whole, not stalled at it.
-    assert collected_span(ts, [75.0], 100.0, 30.0, 60.0) == (0, len(ts) - 1)
-
-
-def _garbage_site(rate: float, seconds: float = 300.0) -> tuple[Track, list[float]]:
-    """A sampled site (8 KiB samples) holding 1 MB plus ``rate`` B/s of leak, and cyclic
-    garbage piling up at 4 KB/s between full collections: every 10 s from 61 to 241 s, then
-    none."""
-    from soakd.detection.tracks import TrackTable
-
-    interval = 8192.0
-    collections = [float(c) for c in range(61, 251, 10)]
-    tracks = TrackTable(DetectionParams())
-    churn = 0.0
-    for i in range(31, int(seconds / 2) + 1):  # from 62 s, just after the first collection
-        t = 2.0 * i
-        latest = max((c for c in collections if c <= t), default=0.0)
-        value = 1e6 + rate * t + 4e3 * (t - latest)
-        churn += 2 * interval**2  # a few sampled blocks allocated and freed every 2 s
-        tracks.add("site", "app.py:1", t, value, noise=(interval * value, churn))
-    track = tracks.get("site", "app.py:1")
-    assert track is not None
-    return track, collections
-
-
-def test_garbage_piling_up_after_soakd_stopped_collecting_is_not_a_leak() -> None:
-    from soakd.detection.windows import Thresholds, judge_window
-
-    params = DetectionParams()
-    th = Thresholds.from_params(params)
-    vp, min_window = th.for_signal("site", params)
-    track, collections = _garbage_site(0.0)
-    # Judged whole, the 200 KB of garbage at the window's end is growth.
-    assert judge_window(track, 300.0, 60.0, vp, min_window, params).is_leak
-    # Between points just after collections, the site is flat.
-    v = judge_window(track, 300.0, 60.0, vp, min_window, params, collections)
-    assert not v.is_leak, v.reason
-    # A 3 KB/s leak under the same garbage is still one.
-    track, collections = _garbage_site(3e3)
-    assert judge_window(track, 300.0, 60.0, vp, min_window, params, collections).is_leak
-
-
 def test_a_site_is_corroborated_by_the_heap_levels_own_leak_verdict() -> None:
     # 50 B blocks at 20 a second (1 KB/s) under a heap level too noisy for the lower bound of
     # its newest 30 s to show 10 blocks/s, while its whole window is judged a leak: the site is

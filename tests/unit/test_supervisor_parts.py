@@ -6,7 +6,6 @@ and driven with explicit times where the part takes them.
 
 from __future__ import annotations
 
-import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -168,49 +167,3 @@ def test_a_failed_job_says_where_it_raised(tmp_path: Path) -> None:
         failed[0]["at"].endswith(" in analyze") and "test_supervisor_parts.py:" in failed[0]["at"]
     )
     assert recorder.job_failures == {"analyze": 2}
-
-
-def test_collections_once_begun_go_on_at_the_types_interval(tmp_path: Path) -> None:
-    """Stopped, cyclic garbage piles up between collections and reads as growth."""
-    from soakd.agent.protocol import TypesSample
-    from soakd.supervisor.sampling import TypeSampler
-
-    state, recorder, thresholds = parts(tmp_path)
-    cfg = Config.model_validate({})
-    now = [0.0]
-    state.now = lambda: now[0]  # type: ignore[method-assign]
-    analysis = AnalysisLoop(cfg, state.now, recorder.emit, thresholds)
-    walks: list[tuple[float, bool]] = []
-
-    class Agent:  # stands in for the target's agent connection: only the walk's flag matters
-        async def types(self, collect: bool = False) -> TypesSample:
-            walks.append((now[0], collect))
-            return TypesSample(counts={"dict": 10})
-
-    agent = Agent()
-    sampler = TypeSampler(state, lambda: agent, recorder, analysis, cfg.sampling, 10.0)  # type: ignore[arg-type,return-value]
-
-    def run_until(end: float) -> None:
-        while now[0] < end:
-            anyio.run(sampler)
-            now[0] += 1.0
-
-    run_until(60.0)  # nothing suspected: a plain walk every 30 s
-    analysis.collect_wanted = True
-    run_until(100.0)  # suspected: a collection every 10 s
-    analysis.collect_wanted = False
-    run_until(200.0)  # no longer: collections go on, every 30 s
-    recorder.close()
-
-    def gaps(lo: float, hi: float) -> list[float]:
-        ts = [t for t, _ in walks if lo <= t < hi]
-        return [b - a for a, b in itertools.pairwise(ts)]
-
-    assert not any(c for t, c in walks if t < 60.0) and min(gaps(0.0, 60.0)) >= 27.0
-    assert all(c for t, c in walks if t >= 60.0)
-    assert len(gaps(60.0, 100.0)) >= 3 and max(gaps(60.0, 100.0)) <= 10.0
-    assert len(gaps(100.0, 200.0)) >= 2 and min(gaps(100.0, 200.0)) >= 27.0
-    switches = [
-        (e["on"], e["interval_s"]) for e in events(tmp_path) if e["event"] == "detection.collecting"
-    ]
-    assert switches == [(True, 10.0), (True, 30.0)]
