@@ -75,6 +75,9 @@ typedef struct {
 typedef struct {
     uint64_t hash;
     Py_ssize_t live;        /* live sampled blocks */
+    /* Of those, sampled at an interval coarser than the current one: after a zoom, the live
+     * mass they stand for is known only to that coarse grain (see set_interval). */
+    Py_ssize_t coarse_live;
     double est_bytes;       /* sum of w = s/p over live sampled blocks */
     double est_blocks;      /* sum of 1/p */
     double variance;        /* sum of s*s*(1-p)/(p*p) */
@@ -339,8 +342,11 @@ static void
 stack_remove_block(Stack *st, size_t packed)
 {
     double w, inv_p, var;
-    block_weights(packed & SIZE_MASK, S.intervals[packed >> EPOCH_SHIFT], &w, &inv_p, &var);
+    double interval = S.intervals[packed >> EPOCH_SHIFT];
+    block_weights(packed & SIZE_MASK, interval, &w, &inv_p, &var);
     st->live--;
+    if (interval > S.interval)
+        st->coarse_live--;
     st->free_w2 += var;
     if (st->live == 0) { /* exact zero: no floating-point residue from add/subtract */
         st->est_bytes = st->est_blocks = st->variance = 0.0;
@@ -758,7 +764,7 @@ hook_install(Hook *h)
 static void
 stack_reset_counts(Stack *st)
 {
-    st->live = 0;
+    st->live = st->coarse_live = 0;
     st->est_bytes = st->est_blocks = st->variance = 0.0;
     st->alloc_w2 = st->free_w2 = 0.0;
 }
@@ -850,8 +856,9 @@ snapshot_append(PyObject *list, Stack *st)
         if (st->frames_tuple == NULL)
             return -1;
     }
-    PyObject *item = Py_BuildValue("(Odddndd)", st->frames_tuple, st->est_bytes, st->est_blocks,
-                                   st->variance, st->live, st->alloc_w2, st->free_w2);
+    PyObject *item =
+        Py_BuildValue("(Odddnddn)", st->frames_tuple, st->est_bytes, st->est_blocks, st->variance,
+                      st->live, st->alloc_w2, st->free_w2, st->coarse_live);
     if (item == NULL)
         return -1;
     int rc = PyList_Append(list, item);
@@ -964,6 +971,25 @@ prof_start(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
     Py_RETURN_NONE;
 }
 
+/* Which live samples are coarser than the interval now in force, per stack. Zooming in leaves
+ * the blocks already live at their coarse samples: a stack that drew none there, or few, holds
+ * live bytes its estimate does not show, and as those blocks are replaced by finely sampled
+ * ones its estimate climbs without the stack growing. The detector bounds that climb by these
+ * counts. One walk of the tables per interval change (GIL held: no hook runs meanwhile). */
+static void
+recount_coarse(void)
+{
+    for (size_t i = 0; S.stacks != NULL && i < S.stack_cap; i++) {
+        if (S.stacks[i] != NULL)
+            S.stacks[i]->coarse_live = 0;
+    }
+    overflow_stack.coarse_live = 0;
+    for (size_t i = 0; S.keys != NULL && i < S.block_cap; i++) {
+        if (S.keys[i] != 0 && S.intervals[S.infos[i].size >> EPOCH_SHIFT] > S.interval)
+            S.infos[i].stack->coarse_live++;
+    }
+}
+
 /* Samples from now on at another interval, keeping every sample taken so far: each block keeps
  * the weights of the interval it was sampled at, so the estimates stay unbiased (a
  * Horvitz-Thompson sum needs each unit's own inclusion probability, not a common one). */
@@ -991,6 +1017,7 @@ prof_set_interval(PyObject *Py_UNUSED(module), PyObject *arg)
     }
     S.interval = (double)interval;
     S.epoch = (size_t)k;
+    recount_coarse();
     S.remaining = draw_countdown();
     Py_RETURN_TRUE;
 }

@@ -41,7 +41,7 @@ __all__ = [
 DEFAULT_INTERVAL = 64 * 1024
 
 RawFrames = tuple[tuple[str, int], ...]
-_RawStack = tuple[RawFrames, float, float, float, int, float, float]
+_RawStack = tuple[RawFrames, float, float, float, int, float, float, int]
 _Z95 = 1.959963984540054
 _ALPHA = 0.05
 # Above this many samples at a stack the normal interval on the variance is accurate enough.
@@ -115,6 +115,8 @@ class StackEstimate:
     sampled: int  # live sampled blocks
     alloc_w2: float
     free_w2: float
+    # Live sampled blocks taken at an interval coarser than the current one (after a zoom).
+    coarse: int = 0
 
     @property
     def interval95(self) -> tuple[float, float]:

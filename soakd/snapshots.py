@@ -82,6 +82,9 @@ class SnapshotSite:
     # Sampled: cumulative variance terms of the samples allocated and freed here (bound the
     # variance of the growth between two snapshots); not written to snapshot files.
     churn: float = 0.0
+    # Sampled: live samples taken at an interval coarser than the current one (after a zoom);
+    # not written to snapshot files.
+    coarse: int = 0
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -270,7 +273,7 @@ def group_sites(sites: Iterable[SnapshotSite], group_by: GroupBy) -> list[Snapsh
         key = _key(s, group_by)
         acc = merged.get(key)
         if acc is None:
-            merged[key] = [s, s.size, s.count, s.variance, s.churn]
+            merged[key] = [s, s.size, s.count, s.variance, s.churn, s.coarse]
         else:
             if s.size > acc[0].size:
                 acc[0] = s  # the heaviest caller chain represents the site
@@ -278,9 +281,10 @@ def group_sites(sites: Iterable[SnapshotSite], group_by: GroupBy) -> list[Snapsh
             acc[2] += s.count
             acc[3] += s.variance  # the entries' estimates are independent
             acc[4] += s.churn
+            acc[5] += s.coarse
     out = [
-        SnapshotSite(s.site, s.traceback, s.line, size, count, variance, churn)
-        for s, size, count, variance, churn in merged.values()
+        SnapshotSite(s.site, s.traceback, s.line, size, count, variance, churn, coarse)
+        for s, size, count, variance, churn, coarse in merged.values()
     ]
     out.sort(key=lambda s: (-s.size, s.site))
     return out

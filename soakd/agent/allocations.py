@@ -259,6 +259,7 @@ def collect_sampled(
                 round(stack.est_blocks),
                 stack.variance,
                 stack.alloc_w2 + stack.free_w2,
+                stack.coarse,
             )
         )
     out.sort(key=lambda g: -g.size)

@@ -209,10 +209,7 @@ class SitesResult(_WireView):
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "sites": [
-                {**site.to_json(), "churn": site.churn} if site.churn else site.to_json()
-                for site in self.sites
-            ],
+            "sites": [_site_json(site) for site in self.sites],
             "traced_bytes": self.traced_bytes,
             "overhead_bytes": self.overhead_bytes,
             "blocks": self.blocks,
@@ -247,6 +244,7 @@ class SitesResult(_WireView):
                     count=int(s["count"]),
                     variance=float(s.get("variance") or 0.0),
                     churn=float(s.get("churn") or 0.0),
+                    coarse=int(s.get("coarse") or 0),
                 )
                 for s in raw.get("sites") or ()
             ),
@@ -283,6 +281,16 @@ class TracingState(_WireView):
 
 
 Answer = Hello | HeapSample | TypesSample | SitesResult | TracingState | int
+
+
+def _site_json(site: SnapshotSite) -> dict[str, Any]:
+    """A site on the wire: its snapshot-file form plus the sampled noise terms in force."""
+    out = site.to_json()
+    if site.churn:
+        out["churn"] = site.churn
+    if site.coarse:
+        out["coarse"] = site.coarse
+    return out
 
 
 def encode(answer: Answer) -> Any:

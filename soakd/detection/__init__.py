@@ -61,7 +61,7 @@ from soakd.detection.detector import Detector
 from soakd.detection.findings import Finding, FindingState
 from soakd.detection.kinds import KIND_RANK, LEAK_KINDS, LeakKind, SignalKind
 from soakd.detection.params import DetectionParams
-from soakd.detection.tracks import SiteInfo
+from soakd.detection.tracks import SampledNoise, SiteInfo
 
 __all__ = [
     "KIND_RANK",
@@ -71,6 +71,7 @@ __all__ = [
     "Finding",
     "FindingState",
     "LeakKind",
+    "SampledNoise",
     "SignalKind",
     "SiteInfo",
 ]

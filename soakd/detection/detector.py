@@ -16,7 +16,7 @@ from soakd.detection.findings import (
 )
 from soakd.detection.kinds import SignalKind
 from soakd.detection.params import DetectionParams
-from soakd.detection.tracks import SiteInfo, Track, TrackTable
+from soakd.detection.tracks import SampledNoise, SiteInfo, Track, TrackTable
 from soakd.detection.warmup import WarmupJudge
 from soakd.detection.windows import Thresholds, judge_window
 
@@ -84,14 +84,14 @@ class Detector:
         info: SiteInfo | None = None,
         count: float | None = None,
         *,
-        noise: tuple[float, float] | None = None,
+        noise: SampledNoise | None = None,
     ) -> None:
         """Record one sample; out-of-order or non-finite samples are counted in ``dropped``.
 
         ``count``: for a site, its live blocks (checks that its growth shows in the process).
-        ``noise``: for a site estimated from sampled allocations, the estimate's variance and
-        the cumulative squared weights of its sampled allocations and frees (its growth must
-        stand out of the sampling noise).
+        ``noise``: for a site estimated from sampled allocations, the estimate's variance, the
+        cumulative squared weights of its sampled allocations and frees (its growth must stand
+        out of the sampling noise), and its samples coarser than the profile's interval.
         """
         self._tracks.add(signal, key, t, value, info, count, noise)
 
@@ -156,7 +156,15 @@ class Detector:
     def _judge(
         self, track: Track, now: float, warmup: float, vp: VerdictParams, min_window: float
     ) -> SeriesVerdict:
-        return judge_window(track, now, warmup, vp, min_window, self.params)
+        zoom = None
+        if track.signal == "site":
+            # A zoom's turnover keeps the process flat: once the heap level itself is a
+            # confirmed leak, a site's climb is that growth, not blocks the coarse interval
+            # missed (a slow leak's site holds few coarse samples and would wait for minutes).
+            level = self._tracks.get("heap")
+            if level is None or level.state != "confirmed":
+                zoom = self._tracks.latest_zoom(now)
+        return judge_window(track, now, warmup, vp, min_window, self.params, zoom)
 
     def _judge_rss(
         self, track: Track, now: float, warmup: float, vp: VerdictParams, ceiling: float

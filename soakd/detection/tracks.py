@@ -5,14 +5,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from soakd.analysis.series import BoundedSeries
 from soakd.analysis.verdicts import SeriesVerdict
 from soakd.detection.kinds import SIGNALS, SignalKind
 from soakd.detection.params import DetectionParams
 
-__all__ = ["SiteInfo", "Track", "TrackState", "TrackTable"]
+__all__ = ["SampledNoise", "SiteInfo", "Track", "TrackState", "TrackTable"]
 
 TrackState = Literal["none", "suspected", "confirmed"]
 
@@ -24,6 +24,19 @@ class SiteInfo:
     site: str | None
     traceback: tuple[str, ...] = ()
     line: str | None = None
+
+
+class SampledNoise(NamedTuple):
+    """What a site estimated from sampled allocations comes with."""
+
+    variance: float  # of the estimate
+    churn: float  # cumulative variance terms of its sampled allocations and frees
+    coarse: float = 0.0  # live samples taken at an interval coarser than ``interval``
+    interval: float = 0.0  # the profile's mean sampling interval then (0: unknown)
+
+
+# Interval changes remembered (zooms are held for minutes: a few cover any window).
+_MAX_INTERVAL_CHANGES = 16
 
 
 @dataclass
@@ -60,6 +73,7 @@ class Track:
     # allocations and frees.
     variances: BoundedSeries | None = None
     churn: BoundedSeries | None = None
+    coarse: BoundedSeries | None = None  # live samples coarser than the interval then
 
     @property
     def active(self) -> bool:
@@ -79,6 +93,8 @@ class TrackTable:
         self.restarted: dict[SignalKind, float] = {}  # latest discontinuity per signal
         self.collected_at = -math.inf  # the target's latest full collection we know of
         self.dropped = 0  # samples refused: out of order or not finite
+        # The sampled profile's interval: (since, bytes) at each change, oldest first.
+        self.intervals: list[tuple[float, float]] = []
 
     def __contains__(self, signal: SignalKind) -> bool:
         """Whether ``signal`` has ever had a series (a group outlives eviction)."""
@@ -108,7 +124,7 @@ class TrackTable:
         value: float,
         info: SiteInfo | None = None,
         count: float | None = None,
-        noise: tuple[float, float] | None = None,
+        noise: SampledNoise | None = None,
     ) -> None:
         """Record one sample; out-of-order or non-finite samples are counted in ``dropped``."""
         if signal not in SIGNALS:
@@ -149,11 +165,33 @@ class TrackTable:
                 track.counts = BoundedSeries(self.params.max_points)
             track.counts.append(t, count)
         if noise is not None and all(math.isfinite(x) for x in noise):
-            if track.variances is None or track.churn is None:
+            noise = SampledNoise(*noise)
+            if track.variances is None or track.churn is None or track.coarse is None:
                 track.variances = BoundedSeries(self.params.max_points)
                 track.churn = BoundedSeries(self.params.max_points)
-            track.variances.append(t, noise[0])
-            track.churn.append(t, noise[1])
+                track.coarse = BoundedSeries(self.params.max_points)
+            track.variances.append(t, noise.variance)
+            track.churn.append(t, noise.churn)
+            track.coarse.append(t, noise.coarse)
+            if noise.interval > 0.0:
+                self._note_interval(t, noise.interval)
+
+    def _note_interval(self, t: float, interval: float) -> None:
+        if self.intervals and self.intervals[-1][1] == interval:
+            return
+        if self.intervals and t < self.intervals[-1][0]:
+            return  # out of order: the change is already known
+        self.intervals.append((t, interval))
+        del self.intervals[:-_MAX_INTERVAL_CHANGES]
+
+    def latest_zoom(self, t: float) -> tuple[float, float] | None:
+        """The latest change of the sampled profile to a finer interval seen by ``t``: (when,
+        the coarsest interval in force before it); None when there was none, or the profile
+        has since gone back to a coarser one (no block is undersampled then)."""
+        seen = [(since, interval) for since, interval in self.intervals if since <= t]
+        if len(seen) >= 2 and seen[-1][1] < seen[-2][1]:
+            return seen[-1][0], max(interval for _, interval in seen[:-1])
+        return None
 
     def mark_discontinuity(self, signal: SignalKind, t: float) -> None:
         """Judge ``signal``'s series only from ``t`` on (e.g. tracemalloc was restarted)."""

@@ -11,7 +11,7 @@ from soakd.analysis.trend import ols_fit, robust_scale
 from soakd.analysis.verdicts import SeriesVerdict, VerdictParams, classify
 from soakd.detection.kinds import SignalKind
 from soakd.detection.params import HOUR, DetectionParams
-from soakd.detection.sampled import judge_sampled
+from soakd.detection.sampled import judge_sampled, unseen_allowance
 from soakd.detection.tracks import Track
 
 __all__ = ["SUB_WINDOWS", "Thresholds", "judge_window"]
@@ -78,8 +78,13 @@ def judge_window(
     vp: VerdictParams,
     min_window: float,
     p: DetectionParams,
+    zoom: tuple[float, float] | None = None,
 ) -> SeriesVerdict:
-    """Verdict on the track's window, then on its newest half and quarter (late onset)."""
+    """Verdict on the track's window, then on its newest half and quarter (late onset).
+
+    ``zoom``: the sampled profile's latest change to a finer interval (when, the interval
+    before), for sampled sites.
+    """
     start = max(warmup, now - p.window_s, track.segment_start)
     ts, ys = track.series.window(start, now)
     if not ts:
@@ -92,7 +97,7 @@ def judge_window(
     # and analyses tick on separate schedules.
     min_window = max(min_window - 2.0 * track.typical_dt, 0.75 * min_window)
     if track.variances is not None:
-        sampled = _judge_sampled_track(track, ts, ys, start, now, vp, min_window)
+        sampled = _judge_sampled_track(track, ts, ys, start, now, vp, min_window, zoom)
         if sampled is not None:
             return sampled
     full = prescreen(ts, ys, vp, min_window) or classify(ts, ys, vp)
@@ -129,6 +134,7 @@ def _judge_sampled_track(
     now: float,
     vp: VerdictParams,
     min_window: float,
+    zoom: tuple[float, float] | None,
 ) -> SeriesVerdict | None:
     """The window (or, when flat, its newest half or quarter: a late onset) of a sampled site;
     None when its variances do not line up with its points (then the usual tests judge)."""
@@ -140,7 +146,7 @@ def _judge_sampled_track(
     if track.churn is not None:
         cts, cs = track.churn.window(start, now)
         cs = cs if cts == ts else None
-    full = judge_sampled(ts, ys, vs, vp, min_window, cs)
+    full = judge_sampled(ts, ys, vs, vp, min_window, cs, _zoom_allowance(track, ts[0], now, zoom))
     if full.pattern != "flat":
         return full
     span = ts[-1] - ts[0]
@@ -149,10 +155,34 @@ def _judge_sampled_track(
             break
         first = next(i for i, t in enumerate(ts) if t >= ts[-1] - span * fraction)
         sub_cs = cs[first:] if cs is not None else None
-        sub = judge_sampled(ts[first:], ys[first:], vs[first:], vp, min_window, sub_cs)
+        allowance = _zoom_allowance(track, ts[first], now, zoom)
+        sub = judge_sampled(ts[first:], ys[first:], vs[first:], vp, min_window, sub_cs, allowance)
         if sub.is_leak and new_high(ys[:first], ys[first:]):
             return sub
     return full
+
+
+def _zoom_allowance(
+    track: Track, start: float, now: float, zoom: tuple[float, float] | None
+) -> float:
+    """Growth over [start, now] that a zoom to a finer interval explains (see
+    :func:`~soakd.detection.sampled.unseen_allowance`); 0 without a zoom before ``now``."""
+    if zoom is None or track.coarse is None:
+        return 0.0
+    since, interval = zoom
+    cts, cs = track.coarse.window(since, now)
+    if not cts:
+        return 0.0
+    # Its coarse samples at the zoom: all it had then (none, if it appeared since); they only
+    # leave afterwards. The window's share of their leaving counts.
+    n_zoom = cs[0]
+    at_start = (
+        n_zoom if start <= cts[0] else next(c for t, c in zip(cts, cs, strict=True) if t >= start)
+    )
+    left = at_start - cs[-1]
+    last, count = track.series.last, track.counts.last if track.counts is not None else None
+    block = last[1] / count[1] if last is not None and count is not None and count[1] > 0 else 0.0
+    return unseen_allowance(n_zoom, left, interval, block)
 
 
 def prescreen(

@@ -15,7 +15,14 @@ import anyio
 
 from soakd.causes import cause_of
 from soakd.config import Config
-from soakd.detection import DetectionParams, Detector, Finding, SignalKind, SiteInfo
+from soakd.detection import (
+    DetectionParams,
+    Detector,
+    Finding,
+    SampledNoise,
+    SignalKind,
+    SiteInfo,
+)
 from soakd.leaks import leak_event, record_from_finding
 from soakd.sources import functions_of
 from soakd.supervisor.state import Emit
@@ -35,7 +42,7 @@ class Sample:
     info: SiteInfo | None = None
     count: float | None = None  # site series: live blocks at the site
     # Site series, sampled: the estimate's variance and its cumulative churn (squared weights).
-    noise: tuple[float, float] | None = None
+    noise: SampledNoise | None = None
 
 
 @dataclass(frozen=True)
@@ -145,7 +152,7 @@ class AnalysisLoop:
         info: SiteInfo,
         size: float,
         count: float,
-        noise: tuple[float, float] | None = None,
+        noise: SampledNoise | None = None,
     ) -> None:
         assert info.site is not None
         self._feed(Sample("site", info.site, t, size, info, count, noise))

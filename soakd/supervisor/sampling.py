@@ -18,7 +18,7 @@ import psutil
 from soakd.agent.protocol import SitesResult
 from soakd.agent.stats import StatsSource
 from soakd.config import SamplingConfig
-from soakd.detection import SiteInfo
+from soakd.detection import SampledNoise, SiteInfo
 from soakd.rundir import RunDir
 from soakd.supervisor.analysis import AnalysisLoop
 from soakd.supervisor.recorder import RunRecorder
@@ -333,9 +333,10 @@ class SiteSampler:
             if result.sampling_interval is None:
                 self._analysis.feed_site(t, info, float(site.size), float(site.count))
             else:
-                self._analysis.feed_site(
-                    t, info, float(site.size), float(site.count), (site.variance, site.churn)
+                noise = SampledNoise(
+                    site.variance, site.churn, float(site.coarse), float(result.sampling_interval)
                 )
+                self._analysis.feed_site(t, info, float(site.size), float(site.count), noise)
         values["traced_bytes"] = float(result.traced_bytes)
         # Counted by the agent from the traces, so that the target's allocations made while
         # the grouping ran stay in the heap level.

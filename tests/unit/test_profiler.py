@@ -14,6 +14,7 @@ import sys
 import threading
 import tracemalloc
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 import pytest
 
@@ -534,17 +535,28 @@ def test_a_new_interval_keeps_the_samples_and_their_weights(prof: SampledProfile
     old = _alloc(20_000, 1000)  # 20 MB at 64 KiB: ~300 samples
     before = _estimate(prof.snapshot(), _site(_alloc))
     assert before is not None and before.sampled > 100
+    assert before.coarse == 0
     assert prof.set_interval(8 * 1024) and prof.stats().interval == 8 * 1024
-    assert _estimate(prof.snapshot(), _site(_alloc)) == before  # nothing forgotten
+    # Nothing forgotten; every sample taken so far is now coarser than the interval.
+    zoomed = _estimate(prof.snapshot(), _site(_alloc))
+    assert zoomed == replace(before, coarse=before.sampled)
     new = _alloc_b(4000, 1000)  # 4 MB at 8 KiB: ~490 samples
     mixed = _estimate(prof.snapshot(), _site(_alloc))
     assert mixed is not None and mixed.est_bytes == before.est_bytes
+    fine = _estimate(prof.snapshot(), _site(_alloc_b))
+    assert fine is not None and fine.coarse == 0 and fine.sampled > 100
+    half = len(old) // 2
+    del old[:half]  # the coarse samples leave with their blocks
+    partly = _estimate(prof.snapshot(), _site(_alloc))
+    assert partly is not None and 0 < partly.coarse == partly.sampled < before.sampled
     del old  # freed after the change: removed with the weights they were added with
     assert _estimate(prof.snapshot(), _site(_alloc)) is None  # exactly gone, no residue
     after = _estimate(prof.snapshot(), _site(_alloc_b))
     assert after is not None
     assert abs(after.est_bytes - 4000 * 1000) <= 5 * math.sqrt(after.variance)
     assert prof.set_interval(64 * 1024)  # back: the earlier interval's weights are reused
+    back = _estimate(prof.snapshot(), _site(_alloc_b))
+    assert back is not None and back.coarse == 0  # 8 KiB samples are finer, not coarser
     del new
     assert _estimate(prof.snapshot(), _site(_alloc_b)) is None
 
