@@ -91,8 +91,10 @@ SCENARIOS: tuple[Scenario, ...] = (
              duration_s=300, options={"size": 480}),
     Scenario("heap-3k", "HeapLeak", True, "heap 3 KB/s (150 B/q)", "heap", "heap",
              duration_s=360, options={"size": 110}),
+    # Long enough to show the 10-minute goal: its site, sampled a few times at the coarse
+    # interval when the profiler zooms in, waits until it outgrows what that interval missed.
     Scenario("heap-1k", "HeapLeak", True, "heap 1 KB/s (50 B/q)", "heap", "heap",
-             duration_s=420, options={"size": 16}),
+             duration_s=720, options={"size": 16}),
     Scenario("heap-large", "LargeObjectLeak", True, "heap 10 KB/s as one 10 KiB object/s",
              "heap", "large", duration_s=300),
     Scenario("heap-late", "HeapLeak", True, "heap 10 KB/s starting at 200 s", "heap", "heap",

@@ -158,11 +158,13 @@ class Detector:
     ) -> SeriesVerdict:
         zoom = None
         if track.signal == "site":
-            # A zoom's turnover keeps the process flat: once the heap level itself is a
-            # confirmed leak, a site's climb is that growth, not blocks the coarse interval
-            # missed (a slow leak's site holds few coarse samples and would wait for minutes).
+            # A zoom's turnover keeps the process flat: once the heap level's own growth has
+            # persisted as a confirmed leak's must (confirmed, or waiting for a site to explain
+            # it), a site's climb is that growth, not blocks the coarse interval missed (a slow
+            # leak's site holds few coarse samples and would wait minutes, and be reported
+            # after its level, in a second alert).
             level = self._tracks.get("heap")
-            if level is None or level.state != "confirmed":
+            if level is None or not self._machine.established(level, now):
                 zoom = self._tracks.latest_zoom(now)
         return judge_window(track, now, warmup, vp, min_window, self.params, zoom)
 

@@ -101,14 +101,7 @@ class StateMachine:
             # window's end reads as growth for a few analyses, until the flat part after it shows.
             # And on data newer than what started it: analyses outpace slow series (object
             # counts), and re-judging one sample thrice is not three agreeing analyses.
-            persisted = track.streak >= confirm and (
-                confirm == 1
-                or (
-                    now - track.streak_since >= self._confirm_span(track.signal)
-                    and last is not None
-                    and last[0] > track.streak_data_t
-                )
-            )
+            persisted = self._persisted(track, now)
             if persisted and track.signal == "heap":
                 since = track.first_detected_s if track.state != "none" else now
                 persisted = not self._awaiting_attribution(since, now)
@@ -177,6 +170,29 @@ class StateMachine:
     def _heap_active(self) -> bool:
         heap_kind: tuple[SignalKind, ...] = ("site", "heap")
         return any(t.active for s in heap_kind for t in self._tracks.of(s))
+
+    def _persisted(self, track: Track, now: float) -> bool:
+        """The streak of leak verdicts is long enough to confirm: in analyses, in time, and on
+        data newer than what started it."""
+        confirm = self._params.confirm_after
+        last = track.series.last
+        return track.streak >= confirm and (
+            confirm == 1
+            or (
+                now - track.streak_since >= self._confirm_span(track.signal)
+                and last is not None
+                and last[0] > track.streak_data_t
+            )
+        )
+
+    def established(self, track: Track, now: float) -> bool:
+        """Confirmed, or its growth has persisted as a confirmed finding's must, through a full
+        collection (cyclic garbage is not it), and only a site to explain it is awaited."""
+        return track.state == "confirmed" or (
+            track.state == "suspected"
+            and self._persisted(track, now)
+            and not self._awaiting_collection(track, now)
+        )
 
     def _awaiting_attribution(self, since: float, now: float) -> bool:
         """True while sites are traced, none is confirmed, and the wait has not run out: a
