@@ -28,6 +28,7 @@ target paid, perturbed intervals included). Variants, run side by side in every 
 
 ``--no-extra`` keeps only the first four rows; ``--only a,b`` runs those (and the baseline).
 
+A 10 s run of the baseline comes first and is not counted (bytecode compiled, caches warm).
 The order is reversed on odd rounds (A B … / … B A) so that a slow drift of a shared box cancels
 out. The load saturates the worker by default (no think time, many users), the worst case for
 overhead: with think time the aggregator waits and sampling costs nothing visible. Prints every
@@ -278,6 +279,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="soakd-overhead-") as tmpname:
         tmp = args.keep or Path(tmpname)
         tmp.mkdir(parents=True, exist_ok=True)
+        # A fresh box's first run pays for compiling bytecode and filling the page cache:
+        # one short run of the baseline, not counted, so that round 0 compares like with like.
+        warm = run_once(BASELINE, -1, argparse.Namespace(**{**vars(args), "seconds": 10.0}),
+                        tmp, common)  # fmt: skip
+        print(f"{'warm':>5}  {warm.variant:<15}{warm.throughput:>9.1f}  (not counted)", flush=True)
         for rnd in range(args.rounds):
             order = variants if rnd % 2 == 0 else variants[::-1]
             done: list[Result] = []

@@ -126,9 +126,9 @@ def site_verdict(
 def _mean_block_size(track: Track, v: SeriesVerdict, site_blocks: float) -> float:
     """Bytes per block at the site: its latest byte estimate over its latest block count, else
     the window's byte slope over its block slope."""
-    last, count = track.series.last, track.counts.last if track.counts is not None else None
-    if last is not None and count is not None and count[0] == last[0] and count[1] > 0.0:
-        return last[1] / count[1]
+    size = track.block_size()
+    if size is not None:
+        return size
     return v.slope / site_blocks if site_blocks > 0.0 else math.inf
 
 

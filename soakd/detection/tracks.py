@@ -79,6 +79,14 @@ class Track:
     def active(self) -> bool:
         return self.state != "none"
 
+    def block_size(self) -> float | None:
+        """Bytes per live block at a site: its latest byte estimate over its block count taken
+        with it; None without both (not a site, or no block counted)."""
+        last, count = self.series.last, self.counts.last if self.counts is not None else None
+        if last is not None and count is not None and count[0] == last[0] and count[1] > 0.0:
+            return last[1] / count[1]
+        return None
+
 
 class TrackTable:
     """Every series by signal and key, bounded per signal; gaps and discontinuities.

@@ -180,9 +180,7 @@ def _zoom_allowance(
         n_zoom if start <= cts[0] else next(c for t, c in zip(cts, cs, strict=True) if t >= start)
     )
     left = at_start - cs[-1]
-    last, count = track.series.last, track.counts.last if track.counts is not None else None
-    block = last[1] / count[1] if last is not None and count is not None and count[1] > 0 else 0.0
-    return unseen_allowance(n_zoom, left, interval, block)
+    return unseen_allowance(n_zoom, left, interval, track.block_size() or 0.0)
 
 
 def prescreen(
