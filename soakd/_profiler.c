@@ -110,6 +110,10 @@ typedef struct {
     int hooked; /* we set ours on this domain and have not restored prev since */
 } Hook;
 
+/* The filter while there is no block table: one word, never a bit set, so that a free asks
+ * one question whatever the state (no test for a table or a live block first). */
+static uint64_t no_filter[1];
+
 static struct {
     int64_t remaining; /* bytes left before the next sample: THE hot-path variable */
     int enabled;
@@ -135,6 +139,7 @@ static struct {
      * of FILTER_BITS bits per slot (at most 1 in 64 bits set, as the table is at most half
      * full; half the keys' bytes) answers most of those from cache; only a set bit probes. */
     uint64_t *filter;
+    size_t filter_mask; /* bits in filter - 1 */
 
     /* interned stacks: linear probing on Stack.hash, deleted only from Python */
     Stack **stacks;
@@ -147,7 +152,7 @@ static struct {
     uint64_t dropped;
     double dropped_w;
     uint64_t overflow_samples;
-} S;
+} S = {.filter = no_filter, .filter_mask = 63};
 
 static Hook hook_mem, hook_obj;
 static Stack overflow_stack; /* where samples go when the stack table is full */
@@ -225,22 +230,22 @@ ptr_slot(uintptr_t key, size_t cap)
 /* The filter's bit: the slot with five more bits of the same hash (block_cap <= 2**27: 32
  * bits in all), so that keys sharing a bit share a home slot. */
 static inline size_t
-filter_bit(uintptr_t key, size_t cap)
+filter_bit(uintptr_t key)
 {
-    return ptr_hash(key) & (cap * FILTER_BITS - 1);
+    return ptr_hash(key) & S.filter_mask;
 }
 
 static inline void
 filter_set(uintptr_t key)
 {
-    size_t b = filter_bit(key, S.block_cap);
+    size_t b = filter_bit(key);
     S.filter[b >> 6] |= (uint64_t)1 << (b & 63);
 }
 
 static inline int
 filter_may_hold(uintptr_t key)
 {
-    size_t b = filter_bit(key, S.block_cap);
+    size_t b = filter_bit(key);
     return (S.filter[b >> 6] >> (b & 63)) & 1;
 }
 
@@ -251,10 +256,10 @@ filter_may_hold(uintptr_t key)
 static void
 filter_forget(uintptr_t key)
 {
-    size_t b = filter_bit(key, S.block_cap);
+    size_t b = filter_bit(key);
     size_t mask = S.block_cap - 1;
     for (size_t j = b & mask; S.keys[j] != 0; j = (j + 1) & mask) {
-        if (filter_bit(S.keys[j], S.block_cap) == b)
+        if (filter_bit(S.keys[j]) == b)
             return;
     }
     S.filter[b >> 6] &= ~((uint64_t)1 << (b & 63));
@@ -275,6 +280,7 @@ block_table_alloc(size_t cap)
     S.keys = keys;
     S.infos = infos;
     S.filter = filter;
+    S.filter_mask = cap * FILTER_BITS - 1;
     S.block_cap = cap;
     return 0;
 }
@@ -311,7 +317,8 @@ block_table_grow(void)
     }
     free(old_keys);
     free(old_infos);
-    free(old_filter);
+    if (old_filter != no_filter)
+        free(old_filter);
     return 0;
 }
 
@@ -359,11 +366,11 @@ stack_remove_block(Stack *st, size_t packed)
 }
 
 /* Is this block, freed or reallocated, perhaps a sampled one? One bit answers "no" for almost
- * every call. Without live samples the tables may be released (filter NULL): not asked then. */
+ * every call (NULL too: a set bit only sends it to untrack(), which finds no key 0). */
 static inline int
 may_be_sampled(void *ptr)
 {
-    return S.live_blocks > 0 && ptr != NULL && filter_may_hold((uintptr_t)ptr);
+    return filter_may_hold((uintptr_t)ptr);
 }
 
 /* A block whose bit is set: is it a live sampled block? Then account its end. Out of line: the
@@ -652,24 +659,62 @@ account(void *ptr, size_t size)
         sample_block(ptr, size);
 }
 
+/* malloc and calloc take their bytes off the countdown before they allocate, so that the
+ * common path ends in a tail call to the allocator below: no frame of ours to come back
+ * through, which is most of what a hook costs on millions of allocations a second. An
+ * allocation that reaches zero is made out of line and sampled once it exists. */
+static void *
+#if defined(__GNUC__)
+    __attribute__((noinline))
+#endif
+    sampled_result(void *ptr, size_t size)
+{
+    if (UNLIKELY(ptr == NULL))
+        S.remaining += (int64_t)size; /* nothing was allocated: the sampled byte is still due */
+    else
+        sample_block(ptr, size);
+    return ptr;
+}
+
+static void *
+#if defined(__GNUC__)
+    __attribute__((noinline))
+#endif
+    malloc_sampled(Hook *h, size_t size)
+{
+    return sampled_result(h->prev.malloc(h->prev.ctx, size), size);
+}
+
+static void *
+#if defined(__GNUC__)
+    __attribute__((noinline))
+#endif
+    calloc_sampled(Hook *h, size_t nelem, size_t elsize)
+{
+    return sampled_result(h->prev.calloc(h->prev.ctx, nelem, elsize), nelem * elsize);
+}
+
 static void *
 hook_malloc(void *ctx, size_t size)
 {
     Hook *h = (Hook *)ctx;
-    void *ptr = h->prev.malloc(h->prev.ctx, size);
-    if (LIKELY(ptr != NULL))
-        account(ptr, size);
-    return ptr;
+    S.remaining -= (int64_t)size;
+    if (UNLIKELY(S.remaining <= 0))
+        return malloc_sampled(h, size);
+    return h->prev.malloc(h->prev.ctx, size);
 }
 
 static void *
 hook_calloc(void *ctx, size_t nelem, size_t elsize)
 {
     Hook *h = (Hook *)ctx;
-    void *ptr = h->prev.calloc(h->prev.ctx, nelem, elsize);
-    if (LIKELY(ptr != NULL))
-        account(ptr, nelem * elsize); /* no overflow: the allocator checked it */
-    return ptr;
+    size_t size = nelem * elsize;
+    if (UNLIKELY(elsize != 0 && size / elsize != nelem)) /* overflows: fails below, uncounted */
+        return h->prev.calloc(h->prev.ctx, nelem, elsize);
+    S.remaining -= (int64_t)size;
+    if (UNLIKELY(S.remaining <= 0))
+        return calloc_sampled(h, nelem, elsize);
+    return h->prev.calloc(h->prev.ctx, nelem, elsize);
 }
 
 static void *
@@ -779,10 +824,12 @@ tables_release(void)
     size_t old_cap = S.stack_cap;
     free(S.keys);
     free(S.infos);
-    free(S.filter);
+    if (S.filter != no_filter)
+        free(S.filter);
     S.keys = NULL;
     S.infos = NULL;
-    S.filter = NULL;
+    S.filter = no_filter;
+    S.filter_mask = 63;
     S.block_cap = 0;
     S.live_blocks = 0;
     S.stacks = NULL;
