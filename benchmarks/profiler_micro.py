@@ -12,8 +12,16 @@ site had no sample at all (``unseen``: invisible, estimate 0), coverage of the 9
 all trials (unseen ones count as misses) and over the trials where the site was seen, mean
 (bias) and root-mean-square relative error, mean relative half-width.
 
+Instructions (``--instructions``, needs valgrind): the same loop in child processes under
+``valgrind --tool=cachegrind``, counting the instructions it executes with no profiler, with
+the hooks alone (1 GiB interval: next to no samples) and at the interval, each with 10 MiB of
+blocks held live first (as a service holds data: hundreds of live samples for the free path to
+screen). Each variant runs twice, with n and 2n iterations; the difference over n is the
+instructions per iteration, start-up cancelled. Unlike time, the count does not move with
+whatever else the box runs, so two builds compare exactly (run it at both commits).
+
 Usage: ``python benchmarks/profiler_micro.py [--rounds 5] [--n 200000 | --seconds 1]
-[--trials 200] [--sizes-mib 1,10,100] [--interval BYTES]``
+[--trials 200] [--sizes-mib 1,10,100] [--interval BYTES] [--instructions]``
 """
 
 from __future__ import annotations
@@ -22,7 +30,10 @@ import argparse
 import gc
 import math
 import os
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 import tracemalloc
@@ -165,7 +176,50 @@ def accuracy(trials: int, sizes_mib: list[float], interval: int) -> None:
         prof.stop()
 
 
+HELD_MIB = 10
+INSTR_VARIANTS = {"none": None, "hooks only (1 GiB)": 1024**3, "interval": 0}  # 0: --interval
+
+
+def instructions_child(interval: int, n: int) -> None:
+    """One measured process: start the variant, hold HELD_MIB live, run the loop n times."""
+    if interval:
+        profiler.SampledProfiler().start(interval=interval, frames=8)
+    held = [bytes(1000) for _ in range(HELD_MIB * 1024)]
+    workload(n)
+    del held
+
+
+def _count(interval: int, n: int) -> int:
+    cmd = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null"]
+    cmd += [sys.executable, __file__, "--instructions-child", str(interval), str(n)]
+    env = dict(os.environ, PYTHONHASHSEED="0")  # str hashes steer dicts: same in every child
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stderr
+    found = re.search(r"I\s+refs:\s+([\d,]+)", out)
+    if found is None:
+        raise SystemExit(f"no instruction count in valgrind's output:\n{out[-2000:]}")
+    return int(found.group(1).replace(",", ""))
+
+
+def instructions(n: int, interval: int) -> None:
+    if shutil.which("valgrind") is None:
+        print("instructions: valgrind is not installed (apt-get install valgrind): skipped")
+        return
+    print(f"\ninstructions: {n} and {2 * n} iterations under cachegrind, {HELD_MIB} MiB held")
+    print(f"{'variant':<30} {'instr/iter':>10} {'over none':>10} {'ratio':>7}")
+    base = None
+    for name, size in INSTR_VARIANTS.items():
+        size = interval if size == 0 else size
+        if size and not profiler.AVAILABLE:
+            continue
+        per = (_count(size or 0, 2 * n) - _count(size or 0, n)) / n
+        base = per if base is None else base
+        print(f"{name:<30} {per:>10.1f} {per - base:>10.1f} {per / base:>7.3f}", flush=True)
+
+
 def main() -> int:
+    if len(sys.argv) == 4 and sys.argv[1] == "--instructions-child":
+        instructions_child(int(sys.argv[2]), int(sys.argv[3]))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--n", type=int, help="iterations per run (default: from --seconds)")
@@ -173,7 +227,13 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=200, help="accuracy trials per size")
     parser.add_argument("--sizes-mib", default="1,10,100", help="accuracy: live MiB at the site")
     parser.add_argument("--interval", type=int, default=profiler.DEFAULT_INTERVAL)
+    parser.add_argument(
+        "--instructions", action="store_true", help="only count instructions (valgrind)"
+    )
     args = parser.parse_args()
+    if args.instructions:
+        instructions(args.n or 100_000, args.interval)
+        return 0
     print(f"python {sys.version.split()[0]}, load average {os.getloadavg()[0]:.2f}")
     if not profiler.AVAILABLE:
         print(f"profiler unavailable: {profiler.UNAVAILABLE_REASON}")
