@@ -1,10 +1,13 @@
-"""The function a ``file:line`` frame is in, read from the target's source on this box.
+"""What a ``file:line`` frame says in the target's source on this box: its line, its function.
 
-Tracebacks name frames by file and line only. Whether two sites part inside one function (one
-statement's leak seen at the blocks it keeps, :mod:`soakd.causes`) needs the function: a line
-number distance cannot tell a long function from two short ones. The supervisor runs beside
-the target, so its source files are here; each is parsed once (``ast``) into the line spans of
-its functions.
+Tracebacks name frames by file and line only. The report shows each site's source line, and
+whether two sites part inside one function (one statement's leak seen at the blocks it keeps,
+:mod:`soakd.causes`) needs the function: a line number distance cannot tell a long function
+from two short ones. The supervisor runs beside the target, so its source files are here. Both
+are read here, never in the target: loading the sources of every sampled site (megabytes of
+lines, ``linecache`` in the agent) grew the target's heap by 8 MB at the first grouping and
+slowed the saturated reference aggregator by 2-20 % for the rest of the run (the lines stay;
+measured as whole runs in pairs, with and without, see ``benchmarks/overhead.py``).
 
 Never trusted: only regular files up to ``MAX_SOURCE_BYTES`` are read (a FIFO or a device
 would block, a huge file would stall the analysis), opened without following a FIFO's open,
@@ -14,18 +17,22 @@ and any failure to read or parse means "unknown" (``None``), never an error.
 from __future__ import annotations
 
 import ast
+import io
 import os
 import stat
 import threading
+import tokenize
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Final
 
-__all__ = ["MAX_SOURCE_BYTES", "FunctionIndex", "functions_of"]
+__all__ = ["MAX_SOURCE_BYTES", "FunctionIndex", "SourceLines", "functions_of"]
 
 MAX_SOURCE_BYTES: Final[int] = 2 * 1024 * 1024
 _MAX_FILES: Final[int] = 128  # parsed files kept (least recently used dropped)
+_MAX_LINE_FILES: Final[int] = 16  # files whose lines are kept (each at most MAX_SOURCE_BYTES)
+MAX_LINE_CHARS: Final[int] = 1000  # a longer source line is cut (minified or generated code)
 
 # (first line, last line, qualified name), sorted by first line; nested spans follow their parent.
 _Spans = tuple[tuple[int, int, str], ...]
@@ -65,6 +72,51 @@ class FunctionIndex:
             while len(self._files) > self.max_files:
                 self._files.popitem(last=False)
             return spans
+
+
+class SourceLines:
+    """``lines("path/to/file.py:42")`` -> that line of the file, stripped (None when the file
+    cannot be read, the line does not exist or is blank). Bounded: the lines of the last
+    ``max_files`` files read, each file at most :data:`MAX_SOURCE_BYTES`."""
+
+    def __init__(self, max_files: int = _MAX_LINE_FILES) -> None:
+        self.max_files = max_files
+        self._files: OrderedDict[str, tuple[str, ...] | None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, frame: str) -> str | None:
+        path, _, line = frame.rpartition(":")
+        if not path or not line.isdigit():
+            return None
+        lines = self._lines(path)
+        lineno = int(line)
+        if lines is None or not 1 <= lineno <= len(lines):
+            return None
+        return lines[lineno - 1].strip()[:MAX_LINE_CHARS] or None
+
+    def _lines(self, path: str) -> tuple[str, ...] | None:
+        with self._lock:
+            if path in self._files:
+                self._files.move_to_end(path)
+                return self._files[path]
+            lines = _decode(_read(path))
+            self._files[path] = lines
+            while len(self._files) > self.max_files:
+                self._files.popitem(last=False)
+            return lines
+
+
+def _decode(source: bytes | None) -> tuple[str, ...] | None:
+    """Lines as the interpreter numbers them: the file's declared encoding (PEP 263) and
+    universal newlines (never ``str.splitlines``, which also splits at form feeds)."""
+    if source is None:
+        return None
+    try:
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(source).readline)
+        text = source.decode(encoding, errors="replace")
+    except (SyntaxError, LookupError):
+        return None
+    return tuple(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
 
 
 def _parse(path: str) -> _Spans | None:

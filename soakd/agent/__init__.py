@@ -26,6 +26,7 @@ from soakd.agent.objects import TypeCounter, count_tasks
 from soakd.agent.protocol import AgentError, HeapSample, SitesResult, TypesSample
 from soakd.agent.server import AgentClient, AgentRefused, serve
 from soakd.snapshots import SnapshotSite
+from soakd.sources import SourceLines
 
 __all__ = ["SNAPSHOT_SITES", "Agent", "AgentClient", "AgentError", "AgentRefused", "serve"]
 
@@ -41,6 +42,9 @@ class Agent:
     the :class:`~soakd.profiler.SampledProfiler` (allocation sites at a cost the target does not
     feel; tracemalloc is the exact mode, and wins while it traces). Answers are the typed values
     of :mod:`soakd.agent.protocol`.
+
+    ``source_lines=False``: sites carry no source line (None); for an agent whose answers go to
+    a watcher, which reads them on its side.
     """
 
     def __init__(
@@ -50,6 +54,7 @@ class Agent:
         max_sites: int = 50,
         max_types: int = 50,
         exclude: Sequence[str] = (),
+        source_lines: bool = True,
     ) -> None:
         if not 1 <= frames <= 1000:
             raise ValueError(f"frames must be between 1 and 1000: {frames}")
@@ -58,7 +63,9 @@ class Agent:
         self.frames = frames
         self.max_sites = max_sites
         self.max_types = max_types
-        self._resolver = SiteResolver(frames, exclude)
+        # Reading the sites' sources is the watcher's job when there is one (soakd's worker,
+        # the socket server): in the target it costs the target (see soakd.sources).
+        self._resolver = SiteResolver(frames, exclude, SourceLines() if source_lines else None)
         self._heap = HeapSampler()
         self._types = TypeCounter(max_types)
         self._profiler = profiler.SampledProfiler() if profiler.AVAILABLE else None

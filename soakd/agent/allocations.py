@@ -13,12 +13,11 @@ adds in C without allocating intermediate integers.
 
 from __future__ import annotations
 
-import linecache
 import os
 import sysconfig
 import time
 import tracemalloc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
@@ -85,10 +84,19 @@ class SiteResolver:
     but with a soakd frame is soakd's own allocation and is skipped; one made only of stdlib
     frames (interpreter caches, asyncio internals deeper than the frame limit) keeps its
     innermost frame as the site so that it stays visible.
+
+    ``lines`` reads a site's source line (``"path:lineno"`` -> text); without it the line is
+    None, for the watcher to read on its side (see :mod:`soakd.sources`).
     """
 
-    def __init__(self, frames: int, exclude: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        frames: int,
+        exclude: Sequence[str] = (),
+        lines: Callable[[str], str | None] | None = None,
+    ) -> None:
         self.frames = frames
+        self._lines = lines
         self._stdlib, self._third_party = default_excluded()
         self._extra = tuple(os.path.abspath(p) for p in exclude)
         self._file_kind: dict[str, int] = {}  # 0 target, 1 stdlib/frozen, 2 soakd/excluded, 3 agent
@@ -151,9 +159,8 @@ class SiteResolver:
                 return None
             site_index = 0
         formatted = tuple(f"{self._absolute(f)}:{n}" for f, n in frames)
-        filename, lineno = frames[site_index]
-        line = linecache.getline(filename, lineno).strip() or None
-        return formatted[site_index], formatted, line
+        site = formatted[site_index]
+        return site, formatted, self._lines(site) if self._lines is not None else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -201,6 +202,35 @@ class SitesResult(_WireView):
     # wall-clock times above also count waiting for the target's GIL.
     cpu_s: float = 0.0
     snapshot: Mapping[str, Any] | None = None
+
+    def with_lines(self, lines: Callable[[str], str | None]) -> SitesResult:
+        """The watcher's side: each site's source line read by ``lines`` where the agent sent
+        none (an agent serving a watcher reads no source in the target), in the snapshot too."""
+        sites = tuple(s if s.line else replace(s, line=lines(s.site)) for s in self.sites)
+        snapshot = self.snapshot
+        if snapshot is not None and isinstance(snapshot.get("sites"), list):
+            entries = [
+                {**e, "line": lines(e["site"])}
+                if isinstance(e, dict) and e.get("line") is None and isinstance(e.get("site"), str)
+                else e
+                for e in snapshot["sites"]
+            ]
+            snapshot = {**snapshot, "sites": entries}
+        return replace(self, sites=sites, snapshot=snapshot)
+
+    def saved(self, path: str) -> SitesResult:
+        """Writes the snapshot the agent sent in this answer to ``path`` (the watcher writes it:
+        an agent never writes a file its peer names); the answer without the document, with
+        ``snapshot_path`` and ``write_s``. A malformed document: SnapshotError, nothing written."""
+        from soakd.snapshots import write_snapshot
+
+        if self.snapshot is None:
+            return self
+        started = time.perf_counter()
+        written = os.fspath(write_snapshot(path, self.snapshot))
+        return replace(
+            self, snapshot=None, snapshot_path=written, write_s=time.perf_counter() - started
+        )
 
     @classmethod
     def not_tracing(cls, overhead_bytes: int) -> SitesResult:

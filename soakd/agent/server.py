@@ -39,9 +39,7 @@ import struct
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from soakd.agent.env import ENV_DISABLED, ENV_SOCKET, default_socket_path
@@ -58,6 +56,7 @@ from soakd.agent.protocol import (
     encode,
 )
 from soakd.errors import SnapshotError, SoakdError
+from soakd.sources import SourceLines
 
 if TYPE_CHECKING:
     from soakd.agent import Agent
@@ -318,7 +317,9 @@ def serve(
         if agent is None:
             from soakd.agent import Agent
 
-            agent = Agent(frames=frames, max_sites=max_sites, max_types=max_types)
+            agent = Agent(
+                frames=frames, max_sites=max_sites, max_types=max_types, source_lines=False
+            )
         # Bound first: when it cannot be, nothing was started in the app.
         try:
             server = AgentServer(agent, path or default_socket_path())
@@ -368,6 +369,7 @@ class AgentClient:
         self._sock: socket.socket | None = None
         self._stream: Any = None
         self._lock = threading.Lock()
+        self._lines = SourceLines()
 
     def __enter__(self) -> AgentClient:
         return self
@@ -416,18 +418,13 @@ class AgentClient:
         (by this process: the agent never writes a file its peer names)."""
         request = {"op": "sites", "snapshot": snapshot_path is not None, "role": role, "t": t}
         result = self._ask(request, SitesResult.from_json, self.sites_timeout)
-        if snapshot_path is None or result.snapshot is None:
+        result = result.with_lines(self._lines)  # read here: the agent reads no source
+        if snapshot_path is None:
             return result
-        from soakd.snapshots import write_snapshot
-
-        started = time.perf_counter()
         try:
-            path = os.fspath(write_snapshot(snapshot_path, result.snapshot))
+            return result.saved(snapshot_path)
         except SnapshotError as exc:  # checked with the reader's rules before it is written
             raise AgentError(f"agent at {self.path} sent a malformed snapshot: {exc}") from None
-        return replace(
-            result, snapshot=None, snapshot_path=path, write_s=time.perf_counter() - started
-        )
 
     def connect(self, timeout: float | None = None) -> int:
         """Open the connection now (and check its peer); the pid that serves it."""

@@ -3,7 +3,8 @@
 A Python target runs in soakd's worker, which answers over the worker channel
 (:class:`WorkerStats`); an external target (``-- CMD`` or ``--pid``) answers through the agent
 it loaded, over a unix socket, with a blocking client run in a thread (:class:`AgentStats`).
-Both return the typed answers of :mod:`soakd.agent.protocol`.
+Both return the typed answers of :mod:`soakd.agent.protocol`, with the sites' source lines
+read and the snapshot files written here, in the supervisor, never in the target.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import anyio
 from soakd.agent.protocol import HeapSample, Hello, SitesResult, TracingState, TypesSample
 from soakd.agent.server import AgentClient
 from soakd.channel import WorkerLink
+from soakd.sources import SourceLines
 
 __all__ = ["TRACING_TIMEOUT_S", "AgentStats", "StatsSource", "WorkerStats"]
 
@@ -56,6 +58,7 @@ class WorkerStats:
     def __init__(self, link: WorkerLink, timeout: float) -> None:
         self._link = link
         self._timeout = timeout
+        self._lines = SourceLines()
 
     async def ping(self) -> Hello:
         return Hello.from_json(await self._link.request("ping", self._timeout))
@@ -71,10 +74,18 @@ class WorkerStats:
         return int(await self._link.request("tasks", self._timeout))
 
     async def sites(self, snapshot_path: str | None, role: str, t: float | None) -> SitesResult:
-        result = await self._link.request(
-            "sites", self._timeout, snapshot_path=snapshot_path, role=role, t=t
+        # The snapshot comes in the answer and is written here, its source lines read here:
+        # compressing it and reading the sources cost the target nothing then.
+        raw = await self._link.request(
+            "sites", self._timeout, snapshot=snapshot_path is not None, role=role, t=t
         )
-        return SitesResult.from_json(result)
+        result = SitesResult.from_json(raw)
+
+        def finish() -> SitesResult:
+            done = result.with_lines(self._lines)
+            return done if snapshot_path is None else done.saved(snapshot_path)
+
+        return await anyio.to_thread.run_sync(finish)
 
     async def start_tracing(self) -> TracingState:
         return TracingState.from_json(await self._link.request("start_tracing", TRACING_TIMEOUT_S))

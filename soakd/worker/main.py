@@ -56,7 +56,9 @@ class Worker:
         self.config = config
         self.channel = channel
         s = config.sampling
-        self.agent = Agent(frames=s.frames, max_sites=s.max_sites, max_types=s.max_types)
+        self.agent = Agent(
+            frames=s.frames, max_sites=s.max_sites, max_types=s.max_types, source_lines=False
+        )
         self.stop = asyncio.Event()
         self.engine: Engine | None = None
         self._answers: set[asyncio.Task[None]] = set()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import linecache
+
 import pytest
 
 from soakd import profiler
@@ -70,3 +72,29 @@ def test_a_sites_churn_does_not_fall_when_one_of_its_stacks_is_released() -> Non
         del b
     finally:
         profiler.SampledProfiler().stop()
+
+
+@pytest.mark.skipif(not profiler.AVAILABLE, reason="the sampled profiler is not built")
+def test_an_agent_serving_a_watcher_reads_no_source_in_the_target() -> None:
+    # Loading the sites' sources into the target grew its heap by megabytes and slowed it for
+    # the rest of the run: the watcher reads them (SitesResult.with_lines) on its side.
+    site = f"{__file__}:{_keep.__code__.co_firstlineno + 1}"
+    for source_lines, expected in (
+        (False, None),
+        (True, "return [bytes(300) for _ in range(n)]  # the site: two callers, two stacks"),
+    ):
+        agent = Agent(frames=4, source_lines=source_lines)
+        try:
+            assert agent.start_profiler(interval=4096)
+            held = _via_a(5000)
+            linecache.clearcache()
+            result = agent.sites()
+            [found] = [s for s in result.sites if s.site == site]
+            assert found.line == expected
+            if not source_lines:
+                assert linecache.cache == {}  # nothing read through linecache either
+                filled = result.with_lines(lambda frame: f"read {frame}")
+                assert [s.line for s in filled.sites if s.site == site] == [f"read {site}"]
+            del held
+        finally:
+            profiler.SampledProfiler().stop()
