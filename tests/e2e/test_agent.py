@@ -393,6 +393,12 @@ def test_python_m_soakd_agent_serves_a_real_child(tmp_path: Path) -> None:
             site = f"{script}:{CHILD_LEAK_LINE}"
             assert second["sites"][0]["site"] == site
             assert second["sites"][0]["size"] > first["sites"][0]["size"]
+            # the source line is read by the client, on the watcher's side, into the answer
+            # and into the snapshot file it writes
+            leak_line = "LEAK.append(bytearray(1024)); LEAK.append(LeakyThing(len(LEAK)))"
+            assert second["sites"][0]["line"] == leak_line
+            written = read_snapshot(tmp_path / "b.json.gz").by_site()
+            assert [s.line for s in written if s.site == site] == [leak_line]
             assert types_b["__main__.LeakyThing"] > types_a["__main__.LeakyThing"]
             client.stop_tracing()
             assert client.tracing is False

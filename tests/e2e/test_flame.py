@@ -74,6 +74,10 @@ def test_collapsed_and_speedscope_totals_match_the_diff(leaky_run: Path) -> None
     assert len(profile["samples"]) == len(lines) and profile["endValue"] == sum(weights)
     names = scope["shared"]["frames"]
     assert any(f["name"] == "simple_targets.py:34" and f["line"] == 34 for f in names)
+    # the snapshot's source lines were read by the supervisor that wrote it (the worker sends
+    # none: reading sources in the target costs the target)
+    top_row = max(grown, key=lambda r: r["size_diff"])
+    assert top_row["line"] == "_KEEP.append(os.urandom(self.kb * 1024))  # the leak site"
 
 
 @pytest.mark.slow
