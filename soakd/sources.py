@@ -27,7 +27,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Final
 
-__all__ = ["MAX_SOURCE_BYTES", "FunctionIndex", "SourceLines", "functions_of", "read_quotable"]
+__all__ = ["MAX_SOURCE_BYTES", "FunctionIndex", "SourceLines", "functions_of"]
 
 MAX_SOURCE_BYTES: Final[int] = 2 * 1024 * 1024
 _MAX_FILES: Final[int] = 128  # parsed files kept (least recently used dropped)
@@ -75,10 +75,9 @@ class FunctionIndex:
 
 
 class SourceLines:
-    """``lines("/path/to/file.py:42")`` -> that line of the file, stripped; None when the file
-    may not be quoted (:func:`read_quotable`: the lines go to disk, and soakd often runs as
-    root), the line does not exist or is blank. Bounded: the lines of the last ``max_files``
-    files read, each file at most :data:`MAX_SOURCE_BYTES`."""
+    """``lines("path/to/file.py:42")`` -> that line of the file, stripped (None when the file
+    cannot be read, the line does not exist or is blank). Bounded: the lines of the last
+    ``max_files`` files read, each file at most :data:`MAX_SOURCE_BYTES`."""
 
     def __init__(self, max_files: int = _MAX_LINE_FILES) -> None:
         self.max_files = max_files
@@ -100,7 +99,7 @@ class SourceLines:
             if path in self._files:
                 self._files.move_to_end(path)
                 return self._files[path]
-            lines = _decode(read_quotable(path))
+            lines = _decode(_read(path))
             self._files[path] = lines
             while len(self._files) > self.max_files:
                 self._files.popitem(last=False)
@@ -147,33 +146,6 @@ def _parse(path: str) -> _Spans | None:
         return None
     out.sort()
     return tuple(out)
-
-
-def read_quotable(path: str, max_bytes: int = MAX_SOURCE_BYTES) -> bytes | None:
-    """The bytes of a Python source file that soakd may quote (in a snapshot, a report), else
-    None. soakd often runs as root and the path comes from the target's frames or a foreign run
-    directory: only an absolute ``.py`` path to a regular file of at most ``max_bytes`` that
-    every user of the box may read anyway, opened without following a link or blocking."""
-    if not path.endswith(".py") or not os.path.isabs(path):
-        return None
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-    try:
-        fd = os.open(path, flags)
-    except (OSError, ValueError):
-        return None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or not info.st_mode & stat.S_IROTH:
-            return None
-        if info.st_size > max_bytes:
-            return None
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            data = fh.read(max_bytes + 1)
-        return data if len(data) <= max_bytes else None
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
 
 
 def _read(path: str) -> bytes | None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Mapping
 from typing import Any
 
 from soakd.coerce import text
-from soakd.sources import read_quotable
 from soakd.units import format_duration, format_value
 
 MAX_SOURCE_BYTES = 8 << 20
@@ -46,9 +47,27 @@ def source_context(site: str | None, radius: int = 3) -> list[tuple[int, str]] |
     if not sep or not line_s.isdigit() or len(line_s) > 9 or not path_s.endswith(".py"):
         return None
     lineno = int(line_s)
-    raw = read_quotable(path_s, MAX_SOURCE_BYTES)
-    if raw is None:
+    if not os.path.isabs(path_s):
         return None
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        fd = os.open(path_s, flags)
+    except (OSError, ValueError):
+        return None
+    try:
+        st = os.fstat(fd)
+        # world-readable only: quoting must not show a reader what they could not read
+        if not stat.S_ISREG(st.st_mode) or not st.st_mode & stat.S_IROTH:
+            return None
+        if st.st_size > MAX_SOURCE_BYTES:
+            return None
+        os.set_blocking(fd, True)
+        with open(fd, "rb", closefd=False) as fh:
+            raw = fh.read(MAX_SOURCE_BYTES + 1)
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
     lines = raw.decode("utf-8", errors="replace").splitlines()
     if not 1 <= lineno <= len(lines):
         return None

@@ -6,8 +6,6 @@ import os
 import threading
 from pathlib import Path
 
-import pytest
-
 from soakd.sources import MAX_LINE_CHARS, MAX_SOURCE_BYTES, FunctionIndex, SourceLines, functions_of
 
 SOURCE = """\
@@ -115,28 +113,3 @@ def test_source_lines_never_block_and_stay_bounded(tmp_path: Path) -> None:
         src.write_text(f"VALUE = {k}\n", encoding="utf-8")
         assert lines(f"{src}:1") == f"VALUE = {k}"
     assert len(lines._files) == 2
-
-
-def test_source_lines_quote_only_what_every_user_may_read(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The lines go to disk (snapshots, samples.db) and soakd often runs as root, while the
-    # paths come from the target's frames: the report's quoting rules apply.
-    public = tmp_path / "public.py"
-    public.write_text("SECRET = 1\n", encoding="utf-8")
-    public.chmod(0o644)
-    private = tmp_path / "private.py"
-    private.write_text("SECRET = 2\n", encoding="utf-8")
-    private.chmod(0o600)
-    not_python = tmp_path / "notes.txt"
-    not_python.write_text("SECRET = 3\n", encoding="utf-8")
-    not_python.chmod(0o644)
-    link = tmp_path / "link.py"
-    link.symlink_to(public)
-    lines = SourceLines()
-    assert lines(f"{public}:1") == "SECRET = 1"
-    assert lines(f"{private}:1") is None
-    assert lines(f"{not_python}:1") is None
-    assert lines(f"{link}:1") is None  # never through a link
-    monkeypatch.chdir(tmp_path)
-    assert lines("public.py:1") is None  # relative: whose directory?
