@@ -24,8 +24,8 @@ import threading
 import tokenize
 from bisect import bisect_right
 from collections import OrderedDict
-from collections.abc import Sequence
-from typing import Final
+from collections.abc import Callable, Sequence
+from typing import Final, Generic, TypeVar
 
 __all__ = ["MAX_SOURCE_BYTES", "FunctionIndex", "SourceLines", "functions_of"]
 
@@ -34,27 +34,50 @@ _MAX_FILES: Final[int] = 128  # parsed files kept (least recently used dropped)
 _MAX_LINE_FILES: Final[int] = 16  # files whose lines are kept (each at most MAX_SOURCE_BYTES)
 MAX_LINE_CHARS: Final[int] = 1000  # a longer source line is cut (minified or generated code)
 
+_T = TypeVar("_T")
 # (first line, last line, qualified name), sorted by first line; nested spans follow their parent.
 _Spans = tuple[tuple[int, int, str], ...]
 
 
-class FunctionIndex:
+class _PerFile(Generic[_T]):
+    """What was read from each of the last ``max_files`` files (least recently used dropped),
+    keyed by a ``path:lineno`` frame's path; thread-safe: the analysis thread warms it, the
+    loop reads it."""
+
+    def __init__(self, load: Callable[[str], _T | None], max_files: int) -> None:
+        self.max_files = max_files
+        self._load = load
+        self._files: OrderedDict[str, _T | None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def lookup(self, frame: str) -> tuple[_T, int] | None:
+        """(what was read from the frame's file, its line number), None when unknown."""
+        path, _, line = frame.rpartition(":")
+        if not path or not line.isdigit():
+            return None
+        with self._lock:
+            if path in self._files:
+                self._files.move_to_end(path)
+                found = self._files[path]
+            else:
+                found = self._files[path] = self._load(path)
+                while len(self._files) > self.max_files:
+                    self._files.popitem(last=False)
+        return None if found is None else (found, int(line))
+
+
+class FunctionIndex(_PerFile[_Spans]):
     """``index("path/to/file.py:42")`` -> ``"Class.method"``, ``"<module>"`` for top-level
     code, or None when the file cannot be read or parsed. Bounded: ``max_files`` parsed files."""
 
     def __init__(self, max_files: int = _MAX_FILES) -> None:
-        self.max_files = max_files
-        self._files: OrderedDict[str, _Spans | None] = OrderedDict()
-        self._lock = threading.Lock()  # the analysis thread warms it, the loop reads it
+        super().__init__(_parse, max_files)
 
     def __call__(self, frame: str) -> str | None:
-        path, _, line = frame.rpartition(":")
-        if not path or not line.isdigit():
+        found = self.lookup(frame)
+        if found is None:
             return None
-        spans = self._spans(path)
-        if spans is None:
-            return None
-        lineno = int(line)
+        spans, lineno = found
         # the innermost span holding the line: the last one starting at or before it that
         # also ends at or after it (nested spans start after their parent)
         for start, end, name in reversed(spans[: bisect_right(spans, (lineno, 1 << 62, ""))]):
@@ -62,48 +85,23 @@ class FunctionIndex:
                 return name
         return "<module>"
 
-    def _spans(self, path: str) -> _Spans | None:
-        with self._lock:
-            if path in self._files:
-                self._files.move_to_end(path)
-                return self._files[path]
-            spans = _parse(path)
-            self._files[path] = spans
-            while len(self._files) > self.max_files:
-                self._files.popitem(last=False)
-            return spans
 
-
-class SourceLines:
+class SourceLines(_PerFile[tuple[str, ...]]):
     """``lines("path/to/file.py:42")`` -> that line of the file, stripped (None when the file
     cannot be read, the line does not exist or is blank). Bounded: the lines of the last
     ``max_files`` files read, each file at most :data:`MAX_SOURCE_BYTES`."""
 
     def __init__(self, max_files: int = _MAX_LINE_FILES) -> None:
-        self.max_files = max_files
-        self._files: OrderedDict[str, tuple[str, ...] | None] = OrderedDict()
-        self._lock = threading.Lock()
+        super().__init__(lambda path: _decode(_read(path)), max_files)
 
     def __call__(self, frame: str) -> str | None:
-        path, _, line = frame.rpartition(":")
-        if not path or not line.isdigit():
+        found = self.lookup(frame)
+        if found is None:
             return None
-        lines = self._lines(path)
-        lineno = int(line)
-        if lines is None or not 1 <= lineno <= len(lines):
+        lines, lineno = found
+        if not 1 <= lineno <= len(lines):
             return None
         return lines[lineno - 1].strip()[:MAX_LINE_CHARS] or None
-
-    def _lines(self, path: str) -> tuple[str, ...] | None:
-        with self._lock:
-            if path in self._files:
-                self._files.move_to_end(path)
-                return self._files[path]
-            lines = _decode(_read(path))
-            self._files[path] = lines
-            while len(self._files) > self.max_files:
-                self._files.popitem(last=False)
-            return lines
 
 
 def _decode(source: bytes | None) -> tuple[str, ...] | None:
